@@ -1,0 +1,1 @@
+"""circuitlab: circuit tracing for language models."""

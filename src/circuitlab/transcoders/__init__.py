@@ -1,0 +1,21 @@
+"""Transcoders: per-layer and cross-layer, their activation functions and on-disk formats."""
+
+from .activations import JumpReLU, ReLU, TopK, make_activation
+from .base import SparseActivations, Transcoders
+from .cross_layer import CrossLayerTranscoder
+from .per_layer import SingleLayerTranscoder, TranscoderSet
+from .random import random_cross_layer_transcoder, random_transcoder_set
+
+__all__ = [
+    "CrossLayerTranscoder",
+    "JumpReLU",
+    "ReLU",
+    "SingleLayerTranscoder",
+    "SparseActivations",
+    "TopK",
+    "TranscoderSet",
+    "Transcoders",
+    "make_activation",
+    "random_cross_layer_transcoder",
+    "random_transcoder_set",
+]
