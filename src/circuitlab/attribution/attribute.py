@@ -1,0 +1,266 @@
+"""``attribute``: build the attribution graph of a prompt, phase by phase.
+
+Phases (timed; ``verbose=True`` prints a report and shows a progress bar):
+
+0. forward: one plain forward pass records patterns, norm scales, transcoder inputs/outputs;
+1. sources: active features, error vectors, token embeddings; the transposed frozen model;
+2. targets: salient logits or the requested targets;
+3. logit rows: the edges into each target;
+4. feature rows: edges into features, chosen greedily by estimated influence on the targets
+   when ``max_feature_nodes`` is below the number of active features;
+5. graph: rows ordered as ``[selected features | logits]``, columns as ``[selected features |
+   errors | tokens | logits]``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from tqdm.auto import tqdm
+
+from ..graph.graph import Graph
+from ..graph.influence import compute_influence, normalize_rows
+from ..replacement import Prompt, ReplacementModel
+from .backward import FrozenBackward
+from .sources import Sources, pack_decoders
+from .targets import Targets, TargetSpec, resolve_targets
+
+logger = logging.getLogger("circuitlab.attribution")
+
+
+class _Timer:
+    def __init__(self, verbose: bool):
+        self.verbose = verbose
+        self.times: dict[str, float] = {}
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.times[name] = time.perf_counter() - start
+        logger.info("%s: %.3fs", name, self.times[name])
+
+    def report(self) -> str:
+        total = sum(self.times.values())
+        lines = [f"  {k:<14}{v:8.3f}s" for k, v in self.times.items()]
+        return "\n".join(["attribution phases:", *lines, f"  {'total':<14}{total:8.3f}s"])
+
+
+@torch.no_grad()
+def attribute(
+    model: ReplacementModel,
+    prompt: Prompt,
+    *,
+    attribution_targets: Sequence[TargetSpec] | torch.Tensor | None = None,
+    max_n_logits: int = 10,
+    desired_logit_prob: float = 0.95,
+    max_feature_nodes: int | None = None,
+    batch_size: int = 256,
+    update_interval: int = 4,
+    offload: str | None = None,
+    verbose: bool = False,
+) -> Graph:
+    """The attribution graph of ``prompt`` in ``model``'s local replacement model.
+
+    ``attribution_targets``: None (salient logits), token strings or ids, ``LogitDiff`` or
+    ``CustomTarget`` items (see ``attribution.targets``). ``max_feature_nodes`` caps the number
+    of feature rows; features are then chosen greedily by influence, re-ranked every
+    ``update_interval * batch_size`` rows. ``batch_size`` targets share one backward sweep.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    if offload not in (None, "cpu", "disk"):
+        raise ValueError(f"offload must be None, 'cpu' or 'disk'; got {offload!r}.")
+    timer = _Timer(verbose)
+    dtype = model.dtype
+    tc = model.transcoders
+
+    with timer.phase("forward"):
+        ids, cap = model.capture(prompt)
+    n_pos, n_layers = ids.shape[0], model.n_layers
+
+    with timer.phase("sources"):
+        reads, writes = cap.stacked_reads(), cap.stacked_writes()
+        features = tc.encode_sparse(reads, model.zero_positions)
+        errors = writes - tc.decode_sparse(features, reads)
+        errors[:, model.zero_positions] = 0
+        assert cap.embed is not None
+        n_active = len(features)
+        n_cols = n_active + (n_layers + 1) * n_pos
+        sources = Sources(
+            features=features,
+            decoders=pack_decoders(tc, features, n_pos, n_cols, dtype),
+            errors=errors.to(dtype),
+            tokens=cap.embed[0].to(dtype),
+            n_layers=n_layers,
+            n_pos=n_pos,
+        )
+        backward = FrozenBackward(model, cap, dtype)
+        encoders = _encoder_rows(model, features.indices, dtype)
+
+    with timer.phase("targets"):
+        assert cap.logits is not None and cap.final is not None
+        targets = resolve_targets(
+            attribution_targets,
+            cap.logits[0, -1],
+            model.unembed_weight.to(dtype),
+            model.tokenizer,
+            max_n_logits=max_n_logits,
+            desired_logit_prob=desired_logit_prob,
+        )
+    n_logits = len(targets)
+    n_nodes = n_cols + n_logits
+    n_rows_max = min(max_feature_nodes if max_feature_nodes is not None else n_active, n_active)
+    edges = torch.zeros(n_rows_max + n_logits, n_nodes, dtype=dtype)
+    row_nodes = torch.zeros(n_rows_max + n_logits, dtype=torch.long)
+    bar = tqdm(total=n_logits + n_rows_max, desc="attribution", unit="row", disable=not verbose)
+
+    with timer.phase("logit rows"):
+        for start in range(0, n_logits, batch_size):
+            sl = slice(start, min(start + batch_size, n_logits))
+            k = sl.stop - sl.start
+            rows = backward.rows(
+                sources,
+                torch.full((k,), n_layers),
+                torch.full((k,), n_pos - 1),
+                targets.vecs[sl],
+            )
+            edges[sl, :n_cols] = rows.cpu()
+            row_nodes[sl] = torch.arange(sl.start, sl.stop) + n_cols
+            bar.update(k)
+
+    with timer.phase("feature rows"):
+        visited = _feature_rows(
+            backward,
+            sources,
+            features.indices,
+            encoders,
+            edges,
+            row_nodes,
+            targets,
+            n_logits,
+            n_rows_max,
+            batch_size,
+            update_interval,
+            bar,
+        )
+    bar.close()
+
+    with timer.phase("graph"):
+        graph = _package(
+            model,
+            ids,
+            features,
+            visited,
+            edges,
+            row_nodes,
+            targets,
+            n_cols,
+            n_logits,
+            settings=dict(
+                max_n_logits=max_n_logits,
+                desired_logit_prob=desired_logit_prob,
+                max_feature_nodes=max_feature_nodes,
+                batch_size=batch_size,
+                dtype=str(dtype).removeprefix("torch."),
+            ),
+        )
+    if verbose:
+        print(timer.report())
+    graph.settings["timings"] = timer.times
+    return graph
+
+
+def _encoder_rows(
+    model: ReplacementModel, indices: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
+    """Encoder rows ``[n_active, d]`` of the active features, in their order."""
+    tc = model.transcoders
+    out = torch.empty(len(indices), tc.d_model, dtype=dtype, device=model.device)
+    for layer in range(tc.n_layers):
+        sel = (indices[:, 0] == layer).nonzero(as_tuple=True)[0]
+        if sel.numel():
+            out[sel] = tc.encoder_rows(layer, indices[sel, 2]).to(dtype)
+    return out
+
+
+def _feature_rows(
+    backward: FrozenBackward,
+    sources: Sources,
+    indices: torch.Tensor,
+    encoders: torch.Tensor,
+    edges: torch.Tensor,
+    row_nodes: torch.Tensor,
+    targets: Targets,
+    n_logits: int,
+    n_rows_max: int,
+    batch_size: int,
+    update_interval: int,
+    bar: tqdm,
+) -> torch.Tensor:
+    """Fills feature rows (after the logit rows) and returns the visited mask ``[n_active]``."""
+    n_active = len(indices)
+    n_cols = sources.n_cols
+    visited = torch.zeros(n_active, dtype=torch.bool)
+    st = n_logits
+    while st - n_logits < n_rows_max:
+        if n_rows_max == n_active:
+            pending = torch.arange(n_active)
+        else:
+            weights = torch.zeros(edges.shape[1], dtype=edges.dtype)
+            weights[n_cols:] = targets.weights.to(edges.dtype)
+            influence = compute_influence(normalize_rows(edges[:st]), row_nodes[:st], weights)
+            rank = torch.argsort(influence[:n_active], descending=True, stable=True)
+            room = min(update_interval * batch_size, n_rows_max - (st - n_logits))
+            pending = rank[~visited[rank]][:room]
+        # Sorting a chunk by position lets each batch stop at its furthest position.
+        pending = pending[torch.argsort(indices[pending, 1], stable=True)]
+        for chunk in pending.split(batch_size):
+            rows = backward.rows(sources, indices[chunk, 0], indices[chunk, 1], encoders[chunk])
+            edges[st : st + len(chunk), :n_cols] = rows.cpu()
+            row_nodes[st : st + len(chunk)] = chunk
+            visited[chunk] = True
+            st += len(chunk)
+            bar.update(len(chunk))
+    return visited
+
+
+def _package(
+    model: ReplacementModel,
+    ids: torch.Tensor,
+    features,  # SparseActivations
+    visited: torch.Tensor,
+    edges: torch.Tensor,
+    row_nodes: torch.Tensor,
+    targets: Targets,
+    n_cols: int,
+    n_logits: int,
+    settings: dict,
+) -> Graph:
+    n_active = len(features)
+    selected = visited.nonzero(as_tuple=True)[0]
+    keep_cols = torch.cat([selected, torch.arange(n_active, n_cols + n_logits)])
+    order = torch.argsort(row_nodes)  # features by index, then logits (node ids above n_cols)
+    rows = edges[order][:, keep_cols]
+    tok = model.tokenizer
+    return Graph(
+        input_string=tok.decode(ids.tolist())
+        if tok is not None
+        else " ".join(map(str, ids.tolist())),
+        input_tokens=ids.cpu(),
+        logit_targets=targets.logit_targets,
+        logit_probabilities=targets.weights.cpu(),
+        vocab_size=model.spec.vocab_size,
+        active_features=features.indices.cpu(),
+        activation_values=features.values.cpu(),
+        selected_features=selected,
+        edges=rows,
+        n_layers=model.n_layers,
+        model_name=model.name,
+        transcoder_name=model.transcoders.name,
+        settings=settings,
+    )

@@ -1,0 +1,267 @@
+"""``ReplacementModel``: a Hugging Face model, its transcoders, and the local replacement model.
+
+The local replacement model of a prompt freezes the attention patterns and every norm's scale
+at their values on that prompt and writes, at each layer's transcoder output point, the
+transcoder reconstruction plus an error term that is a constant. Its map from node values
+(features, errors, tokens) to feature pre-activations and logits is then linear.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from .models.adapters import Adapter, get_module
+from .models.loading import ModelSpec, load_model, model_spec
+from .models.session import Capture, Plan, check_hook_names, hooked
+from .transcoders.base import SparseActivations, Transcoders
+
+Prompt = str | Sequence[int] | torch.Tensor
+
+
+@dataclass(frozen=True)
+class Activations:
+    """Result of ``get_activations``: ``logits [pos, vocab]`` and the active features."""
+
+    logits: torch.Tensor
+    features: SparseActivations
+    n_layers: int
+    d_transcoder: int
+
+    def dense(self) -> torch.Tensor:
+        """Activations ``[layer, pos, feature]``."""
+        n_pos = self.logits.shape[0]
+        return self.features.to_dense(self.n_layers, n_pos, self.d_transcoder)
+
+
+class ReplacementModel(nn.Module):
+    """A transformers causal LM with transcoders attached (see the module docstring)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        transcoders: Transcoders,
+        adapter: Adapter,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        *,
+        zero_positions: slice = slice(0, 1),
+    ):
+        super().__init__()
+        self.model = model
+        self.transcoders = transcoders
+        self.adapter = adapter
+        self.tokenizer = tokenizer
+        self.zero_positions = zero_positions
+        self.spec: ModelSpec = model_spec(model)
+        _check_compatible(self.spec, transcoders)
+
+    # ---- construction ---------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str | nn.Module,
+        transcoders: str | Transcoders,
+        *,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        lazy_decoder: bool = True,
+        lazy_encoder: bool = False,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+    ) -> ReplacementModel:
+        """Loads a model (hub id, local dir, ``.gguf`` file or model) and its transcoders.
+
+        ``transcoders`` is a hub id, a local directory, a shortcut (``gemma``, ``llama``) or a
+        ``Transcoders`` object. Shapes and hook names are checked before any computation.
+        """
+        dtype = dtype or torch.float32
+        if isinstance(transcoders, str):
+            from .transcoders.loading import load_transcoders
+
+            transcoders = load_transcoders(
+                transcoders,
+                dtype=dtype,
+                device=device or "cpu",
+                lazy_decoder=lazy_decoder,
+                lazy_encoder=lazy_encoder,
+            )
+        if isinstance(model, str):
+            from transformers import AutoConfig
+
+            from .models.adapters import adapter_for
+            from .models.loading import _split_gguf
+
+            path, gguf = _split_gguf(model)
+            config = AutoConfig.from_pretrained(path, **({"gguf_file": gguf} if gguf else {}))
+            adapter_for(config.model_type)
+            _check_compatible(_spec_from_config(config), transcoders)
+        hf, tok, adapter = load_model(model, device=device, dtype=dtype, tokenizer=tokenizer)
+        transcoders = transcoders.to(dtype=dtype)
+        if device is not None:
+            transcoders = transcoders.to(device)
+        return cls(hf, transcoders, adapter, tok)
+
+    # ---- basic facts ----------------------------------------------------------------------
+    @property
+    def n_layers(self) -> int:
+        return self.spec.n_layers
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def name(self) -> str:
+        return str(getattr(self.model.config, "_name_or_path", "") or self.adapter.family)
+
+    @property
+    def unembed_weight(self) -> torch.Tensor:
+        """``W_U [vocab, d_model]`` (logits = final_normed @ W_U.T)."""
+        return get_module(self.model, self.adapter.unembed).weight  # type: ignore[return-value]
+
+    @property
+    def softcap(self) -> float | None:
+        if self.adapter.softcap_attr is None:
+            return None
+        return getattr(self.model.config, self.adapter.softcap_attr, None)
+
+    def module(self, path: str) -> nn.Module:
+        return get_module(self.model, path)
+
+    def block(self, layer: int) -> nn.Module:
+        return get_module(self.model, self.adapter.blocks)[layer]  # type: ignore[index]
+
+    # ---- tokens -----------------------------------------------------------------------------
+    def ensure_tokenized(self, prompt: Prompt) -> torch.Tensor:
+        """Token ids ``[pos]`` for text or ids, with a BOS prepended when the tokenizer has
+        one and the prompt does not start with a special token."""
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ValueError("This model has no tokenizer; pass token ids instead of text.")
+            ids = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids[0]
+        else:
+            ids = torch.as_tensor(prompt, dtype=torch.long).squeeze()
+            if ids.ndim != 1:
+                raise ValueError(
+                    f"Token ids must be 1-D after squeeze; got shape {tuple(ids.shape)}."
+                )
+        if ids.numel() == 0:
+            raise ValueError("The prompt is empty.")
+        if int(ids.max()) >= self.spec.vocab_size or int(ids.min()) < 0:
+            raise ValueError(f"Token ids must be in [0, {self.spec.vocab_size}).")
+        if self.tokenizer is not None:
+            special = set(self.tokenizer.all_special_ids)
+            if int(ids[0]) not in special:
+                tok = self.tokenizer
+                for cand in (tok.bos_token_id, tok.pad_token_id, tok.eos_token_id, *special):
+                    if cand is not None:
+                        ids = torch.cat([torch.tensor([cand]), ids])
+                        break
+        return ids.to(self.device)
+
+    # ---- forward passes ---------------------------------------------------------------------
+    def run(self, input_ids: torch.Tensor, plan: Plan) -> tuple[torch.Tensor, Capture | None]:
+        """One forward of ``input_ids [batch, pos]`` under ``plan``; returns logits and capture."""
+        with hooked(
+            self.model,
+            self.adapter,
+            plan,
+            self.transcoders.input_hook,
+            self.transcoders.output_hook,
+        ) as capture:
+            logits = self.model(input_ids=input_ids, use_cache=False).logits
+        if capture is not None:
+            capture.logits = logits.detach()
+        return logits, capture
+
+    @torch.no_grad()
+    def capture(self, prompt: Prompt) -> tuple[torch.Tensor, Capture]:
+        """Token ids ``[pos]`` and everything recorded in a plain forward of the prompt."""
+        ids = self.ensure_tokenized(prompt)
+        _, cap = self.run(ids[None], Plan(record=True))
+        assert cap is not None
+        return ids, cap
+
+    @torch.no_grad()
+    def get_activations(
+        self, prompt: Prompt, *, apply_activation_function: bool = True
+    ) -> Activations:
+        """Logits ``[pos, vocab]`` and sparse feature activations ``[layer, pos, feature]``.
+
+        With ``apply_activation_function=False`` the features are the pre-activations (all of
+        them, so use ``.dense()``). Features at the zeroed positions (BOS) are zero.
+        """
+        _, cap = self.capture(prompt)
+        reads = cap.stacked_reads()
+        if apply_activation_function:
+            feats = self.transcoders.encode_sparse(reads, self.zero_positions)
+        else:
+            pre = torch.stack(
+                [self.transcoders.pre_activations(i, reads[i]) for i in range(self.n_layers)]
+            )
+            pre[:, self.zero_positions] = 0
+            idx = pre.nonzero()
+            feats = SparseActivations(idx, pre[idx[:, 0], idx[:, 1], idx[:, 2]])
+        assert cap.logits is not None
+        return Activations(cap.logits[0], feats, self.n_layers, self.transcoders.d_transcoder)
+
+    def replacement_plan(
+        self, capture: Capture, features: SparseActivations | None = None, *, frozen: bool = True
+    ) -> Plan:
+        """The local replacement model of a captured prompt as a ``Plan``.
+
+        Each layer's output point becomes ``decode(features) + skip(read) + error`` with the
+        error a constant from ``capture``; with ``frozen`` the attention patterns and norm
+        scales are replayed from the capture (so the map is linear in the node values).
+        """
+        reads, writes = capture.stacked_reads(), capture.stacked_writes()
+        if features is None:
+            features = self.transcoders.encode_sparse(reads, self.zero_positions)
+        recon = self.transcoders.decode_sparse(features, reads)
+        errors = writes - recon
+        tc = self.transcoders
+
+        def write(layer: int, read: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+            value = recon[layer] + errors[layer]
+            sk = tc.skip(layer, read[0]) if tc.has_skip else None
+            if sk is not None:  # the skip path stays live: it is linear
+                value = value - tc.skip(layer, reads[layer]) + sk  # type: ignore[operator]
+            return value[None].to(out.dtype)
+
+        mode = "replay" if frozen else "live"
+        return Plan(attention=mode, norms=mode, frozen=capture, mlp_out=write)
+
+
+def _spec_from_config(config: object) -> ModelSpec:
+    cfg = getattr(config, "text_config", None) or config
+    n_heads = cfg.num_attention_heads  # type: ignore[attr-defined]
+    d_model = cfg.hidden_size  # type: ignore[attr-defined]
+    return ModelSpec(
+        n_layers=cfg.num_hidden_layers,  # type: ignore[attr-defined]
+        d_model=d_model,
+        n_heads=n_heads,
+        n_kv_heads=getattr(cfg, "num_key_value_heads", None) or n_heads,
+        d_head=getattr(cfg, "head_dim", None) or d_model // n_heads,
+        vocab_size=cfg.vocab_size,  # type: ignore[attr-defined]
+    )
+
+
+def _check_compatible(spec: ModelSpec, transcoders: Transcoders) -> None:
+    if transcoders.d_model != spec.d_model:
+        raise ValueError(
+            f"Transcoders have d_model {transcoders.d_model} but the model has d_model "
+            f"{spec.d_model}: they were trained for a different model."
+        )
+    if transcoders.n_layers != spec.n_layers:
+        raise ValueError(
+            f"Transcoders cover {transcoders.n_layers} layers but the model has {spec.n_layers}: "
+            "load transcoders for every layer of this model."
+        )
+    check_hook_names(transcoders.input_hook, transcoders.output_hook)
