@@ -8,7 +8,8 @@ transcoder reconstruction plus an error term that is a constant. Its map from no
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -131,6 +132,19 @@ class ReplacementModel(nn.Module):
         if self.adapter.softcap_attr is None:
             return None
         return getattr(self.model.config, self.adapter.softcap_attr, None)
+
+    @contextmanager
+    def zero_softcap(self) -> Iterator[None]:
+        """Within the block the model returns logits before any final softcap."""
+        attr, cfg = self.adapter.softcap_attr, self.model.config
+        old = getattr(cfg, attr, None) if attr else None
+        if attr:
+            setattr(cfg, attr, None)
+        try:
+            yield
+        finally:
+            if attr:
+                setattr(cfg, attr, old)
 
     def module(self, path: str) -> nn.Module:
         return get_module(self.model, path)

@@ -1,0 +1,60 @@
+"""Shared fixtures: tiny random models of every family with transcoders built in code."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from circuitlab.models.tiny import FAMILIES, tiny_model  # noqa: E402
+from circuitlab.replacement import ReplacementModel  # noqa: E402
+from circuitlab.transcoders import random_cross_layer_transcoder, random_transcoder_set  # noqa: E402
+
+TRANSCODER_KINDS = ("plt", "plt_skip", "plt_resid_mid", "clt_skip")
+PROMPT = [0, 5, 9, 3, 7, 7, 12, 4]
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(42)
+
+
+def build(
+    family: str,
+    kind: str = "plt",
+    *,
+    activation: str = "jump_relu",
+    dtype: torch.dtype = torch.float64,
+    n_layers: int = 2,
+    d_model: int = 16,
+    d_transcoder: int = 32,
+    output_hook: str = "hook_mlp_out",
+) -> ReplacementModel:
+    """A tiny model of ``family`` with transcoders of ``kind`` (see ``TRANSCODER_KINDS``)."""
+    hf = tiny_model(family, dtype=dtype, n_layers=n_layers, d_model=d_model)
+    common = dict(activation=activation, dtype=dtype, k=6, output_hook=output_hook)
+    if kind.startswith("clt"):
+        tc = random_cross_layer_transcoder(
+            n_layers,
+            d_model,
+            d_transcoder,
+            skip=kind.endswith("skip"),
+            **common,  # type: ignore[arg-type]
+        )
+    else:
+        tc = random_transcoder_set(
+            n_layers,
+            d_model,
+            d_transcoder,
+            skip=kind == "plt_skip",
+            input_hook="hook_resid_mid" if kind == "plt_resid_mid" else "mlp.hook_in",
+            **common,  # type: ignore[arg-type]
+        )
+    return ReplacementModel.from_pretrained(hf, tc, dtype=dtype)
+
+
+__all__ = ["FAMILIES", "PROMPT", "TRANSCODER_KINDS", "build"]
