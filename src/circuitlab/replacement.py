@@ -8,7 +8,7 @@ transcoder reconstruction plus an error term that is a constant. Its map from no
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -19,9 +19,8 @@ from transformers import PreTrainedTokenizerBase
 from .models.adapters import Adapter, get_module
 from .models.loading import ModelSpec, load_model, model_spec
 from .models.session import Capture, Plan, check_hook_names, hooked
+from .models.tokens import Prompt, tokenize
 from .transcoders.base import SparseActivations, Transcoders
-
-Prompt = str | Sequence[int] | torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -154,31 +153,8 @@ class ReplacementModel(nn.Module):
 
     # ---- tokens -----------------------------------------------------------------------------
     def ensure_tokenized(self, prompt: Prompt) -> torch.Tensor:
-        """Token ids ``[pos]`` for text or ids, with a BOS prepended when the tokenizer has
-        one and the prompt does not start with a special token."""
-        if isinstance(prompt, str):
-            if self.tokenizer is None:
-                raise ValueError("This model has no tokenizer; pass token ids instead of text.")
-            ids = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids[0]
-        else:
-            ids = torch.as_tensor(prompt, dtype=torch.long).squeeze()
-            if ids.ndim != 1:
-                raise ValueError(
-                    f"Token ids must be 1-D after squeeze; got shape {tuple(ids.shape)}."
-                )
-        if ids.numel() == 0:
-            raise ValueError("The prompt is empty.")
-        if int(ids.max()) >= self.spec.vocab_size or int(ids.min()) < 0:
-            raise ValueError(f"Token ids must be in [0, {self.spec.vocab_size}).")
-        if self.tokenizer is not None:
-            special = set(self.tokenizer.all_special_ids)
-            if int(ids[0]) not in special:
-                tok = self.tokenizer
-                for cand in (tok.bos_token_id, tok.pad_token_id, tok.eos_token_id, *special):
-                    if cand is not None:
-                        ids = torch.cat([torch.tensor([cand]), ids])
-                        break
-        return ids.to(self.device)
+        """Token ids ``[pos]`` on the model's device (see ``models.tokens.tokenize``)."""
+        return tokenize(prompt, self.tokenizer, self.spec.vocab_size).to(self.device)
 
     # ---- forward passes ---------------------------------------------------------------------
     def run(self, input_ids: torch.Tensor, plan: Plan) -> tuple[torch.Tensor, Capture | None]:

@@ -1,0 +1,1 @@
+"""Feature dashboards and the text corpora they (and transcoder training) stream."""
