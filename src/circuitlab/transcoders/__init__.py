@@ -3,6 +3,7 @@
 from .activations import JumpReLU, ReLU, TopK, make_activation
 from .base import SparseActivations, Transcoders
 from .cross_layer import CrossLayerTranscoder
+from .loading import load_transcoders
 from .per_layer import SingleLayerTranscoder, TranscoderSet
 from .random import random_cross_layer_transcoder, random_transcoder_set
 
@@ -15,6 +16,7 @@ __all__ = [
     "TopK",
     "TranscoderSet",
     "Transcoders",
+    "load_transcoders",
     "make_activation",
     "random_cross_layer_transcoder",
     "random_transcoder_set",

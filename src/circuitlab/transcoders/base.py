@@ -92,8 +92,12 @@ class Transcoders(nn.Module, ABC):
     def has_skip(self) -> bool: ...
 
     @abstractmethod
-    def save(self, directory: str) -> None:
-        """Writes circuit-tracer's on-disk layout (``config.yaml`` + safetensors)."""
+    def save(self, directory: str, *, overwrite: bool = False) -> None:
+        """Writes circuit-tracer's on-disk layout (``config.yaml`` + safetensors).
+
+        Refuses a non-empty ``directory`` unless ``overwrite``; an interrupted save leaves the
+        old contents in place.
+        """
 
     # ---- shared logic ---------------------------------------------------------------------
     def encode(self, layer: int, x: torch.Tensor) -> torch.Tensor:
@@ -116,9 +120,7 @@ class Transcoders(nn.Module, ABC):
             vals.append(acts[pos, feat])
         return SparseActivations(torch.cat(idx), torch.cat(vals))
 
-    def decode_sparse(
-        self, acts: SparseActivations, inputs: torch.Tensor
-    ) -> torch.Tensor:
+    def decode_sparse(self, acts: SparseActivations, inputs: torch.Tensor) -> torch.Tensor:
         """Reconstructions ``[n_layers, n_pos, d_model]``: decoded features + ``b_dec`` + skip."""
         n_layers, n_pos, d = inputs.shape
         out = torch.zeros(n_layers, n_pos, d, dtype=inputs.dtype, device=inputs.device)

@@ -89,7 +89,7 @@ class CrossLayerTranscoder(Transcoders):
     def has_skip(self) -> bool:
         return self.W_skip is not None
 
-    def save(self, directory: str) -> None:
+    def save(self, directory: str, *, overwrite: bool = False) -> None:
         from .formats.circuit_tracer import save_cross_layer_transcoder
 
-        save_cross_layer_transcoder(self, directory)
+        save_cross_layer_transcoder(self, directory, overwrite=overwrite)

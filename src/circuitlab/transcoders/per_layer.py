@@ -148,7 +148,7 @@ class TranscoderSet(Transcoders):
         """The activation of layer 0 (all layers share its kind)."""
         return self._layer(0).activation
 
-    def save(self, directory: str) -> None:
+    def save(self, directory: str, *, overwrite: bool = False) -> None:
         from .formats.circuit_tracer import save_transcoder_set
 
-        save_transcoder_set(self, directory)
+        save_transcoder_set(self, directory, overwrite=overwrite)

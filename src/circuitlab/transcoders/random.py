@@ -76,7 +76,10 @@ def random_cross_layer_transcoder(
     return CrossLayerTranscoder(
         W_enc=u(n_layers, d_transcoder, d_model),
         b_enc=u(n_layers, d_transcoder),
-        W_dec=[u(d_transcoder, n_layers - layer, d_model) / (n_layers - layer) ** 0.5 for layer in range(n_layers)],
+        W_dec=[
+            u(d_transcoder, n_layers - layer, d_model) / (n_layers - layer) ** 0.5
+            for layer in range(n_layers)
+        ],
         b_dec=u(n_layers, d_model),
         activations=[_activation(activation, d_transcoder, k, g, dtype) for _ in range(n_layers)],
         W_skip=u(n_layers, d_model, d_model) if skip else None,
