@@ -258,3 +258,10 @@ def test_missing_hook_names_the_key(tmp_path: Path) -> None:
     (tmp_path / "config.yaml").write_text("model_kind: transcoder_set\nfeature_input_hook: x\n")
     with pytest.raises(ValueError, match="no `feature_output_hook`.*hook_mlp_out"):
         load_circuit_tracer(tmp_path)
+
+
+def test_encoder_with_wrong_rank_is_named(tmp_path: Path) -> None:
+    _write_config(tmp_path)
+    save_file(_layer_tensors(W_enc=torch.zeros(8, 4, 1)), str(tmp_path / "layer_0.safetensors"))
+    with pytest.raises(ValueError, match=r"W_enc has shape \[8, 4, 1\]; expected \[d_t, d_model\]"):
+        load_circuit_tracer(tmp_path, lazy_decoder=False)

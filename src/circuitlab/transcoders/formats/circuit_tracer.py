@@ -72,6 +72,10 @@ class LayerWeights:
 
     def check_shapes(self) -> None:
         """Raises ValueError naming the file and tensor whose shape does not fit the others."""
+        if len(self.W_enc.shape) != 2:
+            raise ValueError(
+                f"{self.source}: W_enc has shape {list(self.W_enc.shape)}; expected [d_t, d_model]."
+            )
         d_t, d = tuple(self.W_enc.shape)
         want: dict[str, tuple[tuple[int, ...] | None, tuple[int, ...]]] = {
             "W_dec": (tuple(self.W_dec.shape), (d_t, d)),
