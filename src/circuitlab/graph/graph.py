@@ -1,0 +1,276 @@
+"""The attribution graph of one prompt.
+
+Node order (the circuit-tracer layout)::
+
+    [ selected features | errors, layer-major | tokens | logits ]
+      0 .. n_sel-1        error[l][p] = n_sel + l*n_pos + p
+                                          token[p] = n_sel + n_layers*n_pos + p
+                                                    logit[i] = N - n_logits + i
+
+with ``N = n_sel + n_layers*n_pos + n_pos + n_logits``.
+
+Error and token nodes have no inputs, so their rows of the square adjacency matrix are zero.
+The graph keeps only the rows that can be non-zero: ``edges[r, s]`` is the direct effect of
+source node ``s`` on the target of row ``r``, where rows are the selected features in order and
+then the logits in order (``row_nodes`` maps rows to node indices). That is ``(n_sel + n_logits)
+x N`` floats instead of ``N x N``; the square matrix is available on demand as
+``adjacency_matrix``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from circuitlab.graph.targets import LogitTarget
+
+NodeKind = Literal["feature", "error", "token", "logit"]
+
+
+@dataclass
+class Graph:
+    """An attribution graph over transcoder features.
+
+    Tensors (shapes by name):
+
+    * ``input_tokens[n_pos]`` (long): the prompt's token ids.
+    * ``logit_probabilities[n_logits]``: weight of each logit target (its probability, or the
+      weight given to a custom target); used by influence, pruning and scores.
+    * ``active_features[n_active, 3]`` (long): (layer, pos, feature) of every active feature, in
+      lexicographic order.
+    * ``activation_values[n_active]``: their activations.
+    * ``selected_features[n_sel]`` (long): ascending indices into ``active_features``; the
+      features that are nodes of the graph.
+    * ``edges[n_sel + n_logits, N]`` (float32 or float64): direct effects, rows = selected
+      features then logits, columns = all nodes.
+
+    ``settings`` is a JSON-able record of how the graph was made (``max_n_logits``,
+    ``desired_logit_prob``, ``max_feature_nodes``, ``batch_size``, ``dtype``, ...).
+    ``feature_labels`` maps feature node indices (``0 .. n_sel-1``) to human labels.
+    """
+
+    input_string: str
+    input_tokens: torch.Tensor
+    logit_targets: list[LogitTarget]
+    logit_probabilities: torch.Tensor
+    vocab_size: int
+    active_features: torch.Tensor
+    activation_values: torch.Tensor
+    selected_features: torch.Tensor
+    edges: torch.Tensor
+    n_layers: int
+    model_name: str
+    transcoder_name: str | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    feature_labels: dict[int, str] | None = None
+
+    def __post_init__(self) -> None:
+        self.logit_targets = [LogitTarget(str(t[0]), int(t[1])) for t in self.logit_targets]
+        if self.feature_labels is not None:
+            self.feature_labels = {int(k): str(v) for k, v in self.feature_labels.items()}
+        _check_graph(self)
+
+    # ---- sizes ------------------------------------------------------------------------------
+    @property
+    def n_pos(self) -> int:
+        """Number of prompt positions."""
+        return int(self.input_tokens.shape[0])
+
+    @property
+    def n_selected(self) -> int:
+        """Number of feature nodes."""
+        return int(self.selected_features.shape[0])
+
+    @property
+    def n_logits(self) -> int:
+        """Number of logit nodes."""
+        return len(self.logit_targets)
+
+    @property
+    def n_active(self) -> int:
+        """Number of active features (selected or not)."""
+        return int(self.active_features.shape[0])
+
+    @property
+    def n_errors(self) -> int:
+        """Number of error nodes (``n_layers * n_pos``)."""
+        return self.n_layers * self.n_pos
+
+    @property
+    def n_nodes(self) -> int:
+        """Total node count ``N``."""
+        return self.n_selected + self.n_errors + self.n_pos + self.n_logits
+
+    @property
+    def n_rows(self) -> int:
+        """Rows of ``edges``: ``n_sel + n_logits``."""
+        return self.n_selected + self.n_logits
+
+    # ---- node indices -----------------------------------------------------------------------
+    @property
+    def error_offset(self) -> int:
+        """Index of the first error node."""
+        return self.n_selected
+
+    @property
+    def token_offset(self) -> int:
+        """Index of the first token node."""
+        return self.n_selected + self.n_errors
+
+    @property
+    def logit_offset(self) -> int:
+        """Index of the first logit node."""
+        return self.token_offset + self.n_pos
+
+    def feature_node(self, i: int) -> int:
+        """Node index of the i-th selected feature (``active_features[selected_features[i]]``)."""
+        _check_range("feature", i, self.n_selected)
+        return i
+
+    def error_node(self, layer: int, pos: int) -> int:
+        """Node index of the error node at (layer, pos)."""
+        _check_range("layer", layer, self.n_layers)
+        _check_range("pos", pos, self.n_pos)
+        return self.error_offset + layer * self.n_pos + pos
+
+    def token_node(self, pos: int) -> int:
+        """Node index of the token node at ``pos``."""
+        _check_range("pos", pos, self.n_pos)
+        return self.token_offset + pos
+
+    def logit_node(self, i: int) -> int:
+        """Node index of the i-th logit target."""
+        _check_range("logit", i, self.n_logits)
+        return self.logit_offset + i
+
+    def node_kind(self, node: int) -> NodeKind:
+        """Which kind of node ``node`` is."""
+        _check_range("node", node, self.n_nodes)
+        if node < self.error_offset:
+            return "feature"
+        if node < self.token_offset:
+            return "error"
+        if node < self.logit_offset:
+            return "token"
+        return "logit"
+
+    def error_position(self, node: int) -> tuple[int, int]:
+        """(layer, pos) of an error node."""
+        if self.node_kind(node) != "error":
+            raise ValueError(f"node {node} is a {self.node_kind(node)} node, not an error node")
+        return divmod(node - self.error_offset, self.n_pos)
+
+    @property
+    def row_nodes(self) -> torch.Tensor:
+        """``row_nodes[n_rows]`` (long): the node index of each row of ``edges``."""
+        features = torch.arange(self.n_selected, device=self.edges.device)
+        logits = torch.arange(self.logit_offset, self.n_nodes, device=self.edges.device)
+        return torch.cat([features, logits])
+
+    @property
+    def selected_feature_coords(self) -> torch.Tensor:
+        """``[n_sel, 3]`` (layer, pos, feature) of each feature node."""
+        return self.active_features[self.selected_features.to(self.active_features.device)]
+
+    @property
+    def logit_token_ids(self) -> torch.Tensor:
+        """``[n_logits]`` (long) vocabulary index of each logit target."""
+        return torch.tensor([t.vocab_idx for t in self.logit_targets], dtype=torch.long)
+
+    def logit_weights(self) -> torch.Tensor:
+        """``w[N]``: zeros with the logit probabilities in the logit slots (influence seed)."""
+        w = torch.zeros(self.n_nodes, dtype=self.edges.dtype, device=self.edges.device)
+        w[self.logit_offset :] = self.logit_probabilities.to(w)
+        return w
+
+    @property
+    def adjacency_matrix(self) -> torch.Tensor:
+        """The square ``[N, N]`` matrix ``A[target, source]`` circuit-tracer stores.
+
+        Costly: it allocates ``N * N`` floats, almost all of them zero rows for errors and
+        tokens. Everything in circuitlab works on ``edges``; use this only for interop.
+        """
+        square = torch.zeros(
+            self.n_nodes, self.n_nodes, dtype=self.edges.dtype, device=self.edges.device
+        )
+        square[self.row_nodes] = self.edges
+        return square
+
+    # ---- devices and files ------------------------------------------------------------------
+    def to(self, device: torch.device | str) -> Graph:
+        """A copy with every tensor on ``device`` (the original is left as it is)."""
+        moved = {
+            f.name: value.to(device)
+            for f in dataclasses.fields(self)
+            if isinstance(value := getattr(self, f.name), torch.Tensor)
+        }
+        return dataclasses.replace(self, **moved)
+
+    def save(self, path: str | Path) -> None:
+        """Write the graph to one ``.safetensors`` file, atomically (see ``graph.storage``)."""
+        from circuitlab.graph.storage import save_graph
+
+        save_graph(self, path)
+
+    @classmethod
+    def load(cls, path: str | Path, device: torch.device | str = "cpu") -> Graph:
+        """Read a graph written by ``save`` (never unpickles)."""
+        from circuitlab.graph.storage import load_graph
+
+        return load_graph(path, device=device)
+
+
+def _check_range(what: str, value: int, size: int) -> None:
+    if not 0 <= value < size:
+        raise IndexError(f"{what} index {value} is out of range [0, {size})")
+
+
+def _check_graph(g: Graph) -> None:
+    """Raise ``ValueError`` naming the first inconsistent field."""
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise ValueError(f"invalid Graph: {message}")
+
+    need(g.input_tokens.dim() == 1, f"input_tokens must be 1-D, got {tuple(g.input_tokens.shape)}")
+    need(g.n_layers >= 0, f"n_layers must be >= 0, got {g.n_layers}")
+    need(
+        tuple(g.logit_probabilities.shape) == (g.n_logits,),
+        f"logit_probabilities has shape {tuple(g.logit_probabilities.shape)} "
+        f"but there are {g.n_logits} logit targets",
+    )
+    need(
+        g.active_features.dim() == 2 and g.active_features.shape[1] == 3,
+        f"active_features must be [n_active, 3], got {tuple(g.active_features.shape)}",
+    )
+    need(
+        tuple(g.activation_values.shape) == (g.n_active,),
+        f"activation_values has shape {tuple(g.activation_values.shape)}, expected ({g.n_active},)",
+    )
+    need(g.selected_features.dim() == 1, "selected_features must be 1-D")
+    for name in ("input_tokens", "active_features", "selected_features"):
+        dtype = getattr(g, name).dtype
+        need(not dtype.is_floating_point and dtype != torch.bool, f"{name} must be integer")
+    sel = g.selected_features
+    if sel.numel() and not sel.is_meta:  # value checks need data
+        need(
+            int(sel.min()) >= 0 and int(sel.max()) < g.n_active,
+            "selected_features must index active_features",
+        )
+        need(bool((sel[1:] > sel[:-1]).all()), "selected_features must be strictly ascending")
+    need(
+        g.edges.dtype in (torch.float32, torch.float64),
+        f"edges must be float32 or float64, got {g.edges.dtype}",
+    )
+    need(
+        tuple(g.edges.shape) == (g.n_rows, g.n_nodes),
+        f"edges has shape {tuple(g.edges.shape)}, expected (n_sel + n_logits, N) = "
+        f"({g.n_rows}, {g.n_nodes})",
+    )
+    if g.feature_labels is not None:
+        bad = [k for k in g.feature_labels if not 0 <= k < g.n_selected]
+        need(not bad, f"feature_labels keys must be feature node indices, got {bad[:5]}")

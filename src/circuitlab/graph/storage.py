@@ -1,0 +1,164 @@
+"""Graphs on disk: one ``.safetensors`` file, never a pickle.
+
+Layout of the file:
+
+* tensors ``input_tokens``, ``logit_probabilities``, ``active_features``, ``activation_values``,
+  ``selected_features``, ``edges`` (only the ``n_sel + n_logits`` rows that can be non-zero);
+* the safetensors metadata header (string to string) holds ``format`` =
+  ``"circuitlab.graph"``, ``format_version`` and ``graph``: a JSON object with every
+  non-tensor field (``input_string``, ``logit_targets`` as ``[token_str, vocab_idx]`` pairs,
+  ``vocab_size``, ``n_layers``, ``model_name``, ``transcoder_name``, ``settings``,
+  ``feature_labels``).
+
+Writes are atomic: the file is written under a temporary name in the target directory, flushed
+to disk and renamed over the destination, so an interrupted save never leaves a half-written
+graph and never destroys the previous file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from circuitlab.graph.graph import Graph
+from circuitlab.graph.targets import LogitTarget
+
+FORMAT_NAME = "circuitlab.graph"
+FORMAT_VERSION = 1
+TENSOR_FIELDS = (
+    "input_tokens",
+    "logit_probabilities",
+    "active_features",
+    "activation_values",
+    "selected_features",
+    "edges",
+)
+
+
+def save_graph(graph: Graph, path: str | Path) -> None:
+    """Write ``graph`` to ``path`` (a ``.safetensors`` file), atomically."""
+    path = Path(path)
+    tensors = {name: getattr(graph, name).detach().cpu().contiguous() for name in TENSOR_FIELDS}
+    metadata = {
+        "format": FORMAT_NAME,
+        "format_version": str(FORMAT_VERSION),
+        "graph": json.dumps(_header(graph)),
+    }
+    directory = path.parent if str(path.parent) else Path(".")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp_name, metadata=metadata)
+        _fsync_file(tmp_name)
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    _fsync_dir(directory)
+
+
+def load_graph(path: str | Path, device: torch.device | str = "cpu") -> Graph:
+    """Read a graph written by ``save_graph``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is not a circuitlab graph (or is damaged); a circuit-tracer ``.pt``
+            file is pointed to ``import_circuit_tracer_pt``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no graph file at {path}")
+    if _looks_like_torch_pickle(path):
+        raise ValueError(
+            f"{path} is a PyTorch pickle (.pt), not a circuitlab graph; if it is a "
+            "circuit-tracer graph, import it with circuitlab.graph.import_circuit_tracer_pt"
+        )
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            metadata = f.metadata() or {}
+            _check_format(path, metadata)
+            missing = [name for name in TENSOR_FIELDS if name not in f.keys()]
+            if missing:
+                raise ValueError(f"{path} is not a complete circuitlab graph: missing {missing}")
+            tensors = {name: f.get_tensor(name) for name in TENSOR_FIELDS}
+        header = json.loads(metadata["graph"])
+        return Graph(**tensors, **_fields_from_header(header))
+    except (SafetensorError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} is not a readable circuitlab graph file ({e})") from e
+
+
+def _header(graph: Graph) -> dict[str, Any]:
+    labels = graph.feature_labels
+    return {
+        "input_string": graph.input_string,
+        "logit_targets": [[t.token_str, t.vocab_idx] for t in graph.logit_targets],
+        "vocab_size": graph.vocab_size,
+        "n_layers": graph.n_layers,
+        "model_name": graph.model_name,
+        "transcoder_name": graph.transcoder_name,
+        "settings": graph.settings,
+        "feature_labels": None if labels is None else {str(k): v for k, v in labels.items()},
+    }
+
+
+def _fields_from_header(header: dict[str, Any]) -> dict[str, Any]:
+    labels = header.get("feature_labels")
+    return {
+        "input_string": str(header["input_string"]),
+        "logit_targets": [LogitTarget(str(s), int(i)) for s, i in header["logit_targets"]],
+        "vocab_size": int(header["vocab_size"]),
+        "n_layers": int(header["n_layers"]),
+        "model_name": str(header["model_name"]),
+        "transcoder_name": header.get("transcoder_name"),
+        "settings": dict(header.get("settings") or {}),
+        "feature_labels": None if labels is None else {int(k): v for k, v in labels.items()},
+    }
+
+
+def _check_format(path: Path, metadata: dict[str, str]) -> None:
+    if metadata.get("format") != FORMAT_NAME or "graph" not in metadata:
+        raise ValueError(
+            f"{path} is a safetensors file but not a circuitlab graph "
+            f"(metadata format={metadata.get('format')!r})"
+        )
+    version = metadata.get("format_version", "")
+    if not version.isdigit() or int(version) > FORMAT_VERSION:
+        raise ValueError(
+            f"{path} has graph format version {version!r}; this circuitlab reads versions up to "
+            f"{FORMAT_VERSION}: upgrade circuitlab"
+        )
+
+
+def _looks_like_torch_pickle(path: Path) -> bool:
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    # torch zip archive / legacy torch pickle (pickle protocol 2 + magic number long)
+    return magic in (b"PK\x03\x04", b"\x80\x02\x8a\x0a")
+
+
+def _fsync_file(name: str) -> None:
+    fd = os.open(name, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # some platforms cannot open directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
