@@ -23,6 +23,22 @@ def _seed() -> None:
     torch.manual_seed(42)
 
 
+WORDS = "the capital of state containing Dallas is Austin Texas France Paris a b c d".split()
+
+
+def tiny_tokenizer():
+    """A word-level tokenizer over ``WORDS`` (ids 3..), with <bos>=0, <eos>=1, <pad>=2."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<bos>": 0, "<eos>": 1, "<pad>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>"
+    )
+
+
 def build(
     family: str,
     kind: str = "plt",
@@ -54,7 +70,7 @@ def build(
             input_hook="hook_resid_mid" if kind == "plt_resid_mid" else "mlp.hook_in",
             **common,  # type: ignore[arg-type]
         )
-    return ReplacementModel.from_pretrained(hf, tc, dtype=dtype)
+    return ReplacementModel.from_pretrained(hf, tc, dtype=dtype, tokenizer=tiny_tokenizer())
 
 
-__all__ = ["FAMILIES", "PROMPT", "TRANSCODER_KINDS", "build"]
+__all__ = ["FAMILIES", "PROMPT", "TRANSCODER_KINDS", "WORDS", "build", "tiny_tokenizer"]

@@ -81,7 +81,9 @@ def direct_effects(
         cap = model.run(ids[None], frozen_plan(model, clean, delta, embed_delta))[1]
         return target_values(model, cap, features, logit_vecs) - base
 
-    for (layer, pos, feat), val in zip(features.indices.tolist(), features.values.tolist(), strict=True):
+    for (layer, pos, feat), val in zip(
+        features.indices.tolist(), features.values.tolist(), strict=True
+    ):
         dec = tc.decoder_rows(layer, torch.tensor([feat]))[0].to(errors.dtype)  # [n_out, d]
         delta = torch.zeros_like(errors)
         delta[layer : layer + dec.shape[0], pos] = val * dec

@@ -119,23 +119,11 @@ def test_unsupported_architecture_lists_supported_ones() -> None:
 
 
 def test_text_prompt_gets_a_bos() -> None:
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {
-        "<bos>": 0,
-        "<eos>": 1,
-        "<pad>": 2,
-        **{w: i + 3 for i, w in enumerate("a b c d".split())},
-    }
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>"
-    )
     rm = build("llama")
-    rm.tokenizer = fast
-    assert rm.ensure_tokenized("a b c").tolist() == [0, 3, 4, 5]
+    assert rm.ensure_tokenized("the capital of").tolist() == [0, 3, 4, 5]
     assert rm.ensure_tokenized([0, 3, 4]).tolist() == [0, 3, 4]
+    assert rm.ensure_tokenized([3, 4]).tolist() == [0, 3, 4]
     with pytest.raises(ValueError, match="empty"):
         rm.ensure_tokenized("")
+    with pytest.raises(ValueError, match=r"Token ids must be in \[0, 64\)"):
+        rm.ensure_tokenized([0, 99])
