@@ -10,6 +10,7 @@ later loads are fast.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -57,6 +58,7 @@ def packaged_model_dir(name: str = "smollm2") -> Path:
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        _add_rope_theta(tmp / "config.json")
         if (target / "config.json").is_file():  # another process won the race
             return target
         if target.exists():
@@ -66,3 +68,16 @@ def packaged_model_dir(name: str = "smollm2") -> Path:
         if tmp.exists():
             shutil.rmtree(tmp)
     return target
+
+
+def _add_rope_theta(config_path: Path) -> None:
+    """Also write ``rope_theta`` at the top level of a transformers-5 config.
+
+    transformers 4.x reads only the top-level key and would silently fall back to 10000
+    (SmolLM2 uses 100000), so peers on transformers 4 (circuit-tracer 0.5.0) need it.
+    """
+    cfg = json.loads(config_path.read_text())
+    rope = cfg.get("rope_parameters")
+    if isinstance(rope, dict) and "rope_theta" in rope and "rope_theta" not in cfg:
+        cfg["rope_theta"] = rope["rope_theta"]
+        config_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
