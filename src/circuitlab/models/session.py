@@ -5,7 +5,9 @@ duration of one call and removes them afterwards, so the model stays a plain tra
 A ``Plan`` says what to record and what to freeze:
 
 * attention patterns and norm scales are ``live`` (normal), ``detach`` (their value is kept but
-  gradients do not pass through them) or ``replay`` (taken from an earlier ``Capture``);
+  gradients do not pass through them) or ``replay`` (taken from an earlier ``Capture``; a
+  forward longer than the capture, e.g. a prompt plus generated tokens, replays the captured
+  positions and runs the rest live);
 * ``mlp_out`` replaces the value at the transcoders' output point of each layer (the local
   replacement model writes reconstruction + error there);
 * ``embed`` edits the embedding output (token nodes).
@@ -109,6 +111,24 @@ def _replayed(capture: Capture | None, value: torch.Tensor | None, what: str) ->
     return value
 
 
+def _replay_prefix(frozen: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
+    """Replays the rows of ``pattern [b, h, q, k]`` whose query position the capture covers.
+
+    Queries are the last ``q`` of ``k`` positions (as with a KV cache); rows past the captured
+    prompt keep their live values, captured rows get zeros beyond the captured keys (causal).
+    """
+    q, k = pattern.shape[-2:]
+    start = k - q
+    n = max(0, min(frozen.shape[-2] - start, q))
+    if n == 0:
+        return pattern
+    rows = frozen[..., start : start + n, : min(k, frozen.shape[-1])]
+    out = pattern.clone()
+    out[..., :n, :] = 0
+    out[..., :n, : rows.shape[-1]] = rows.expand(*pattern.shape[:2], n, rows.shape[-1])
+    return out
+
+
 class _Hooks:
     def __init__(self, adapter: Adapter, plan: Plan, input_hook: str, output_hook: str):
         self.adapter, self.plan = adapter, plan
@@ -133,19 +153,32 @@ class _Hooks:
                     if layer < 0
                     else _replayed(src, src.scales.get(slot, {}).get(layer) if src else None, slot)
                 )
+                n = scale.shape[1]
+                if x.shape[1] > n:  # positions past the capture run live
+                    live = norm_scale(kind, module, x[:, n:]).to(scale.dtype)
+                    scale = torch.cat([scale, live], dim=1)
+                    if self.capture is not None:
+                        self._record_scale(slot, layer, scale)
+                    out = output.clone()
+                    out[:, :n] = norm_apply(kind, module, x[:, :n], scale[:, :n].detach())
+                    return out
                 scale = scale[:, : x.shape[1]]
             else:
                 scale = norm_scale(kind, module, x)
             if self.capture is not None:
-                if layer < 0:
-                    self.capture.final_scale = scale.detach()
-                else:
-                    self.capture.scales.setdefault(slot, {})[layer] = scale.detach()
+                self._record_scale(slot, layer, scale)
             if mode == "live":
                 return None
             return norm_apply(kind, module, x, scale.detach())
 
         return hook
+
+    def _record_scale(self, slot: str, layer: int, scale: torch.Tensor) -> None:
+        assert self.capture is not None
+        if layer < 0:
+            self.capture.final_scale = scale.detach()
+        else:
+            self.capture.scales.setdefault(slot, {})[layer] = scale.detach()
 
     # -- attention ----------------------------------------------------------------------
     def pattern(self, layer: int, pattern: torch.Tensor) -> torch.Tensor:
@@ -158,7 +191,9 @@ class _Hooks:
             src = self.plan.frozen
             frozen = _replayed(src, src.patterns.get(layer) if src else None, "attention")
             q, k = pattern.shape[-2:]
-            return frozen[..., :q, :k].expand_as(pattern).to(pattern.dtype)
+            if k - q == 0 and q <= frozen.shape[-2]:
+                return frozen[..., :q, :k].expand_as(pattern).to(pattern.dtype)
+            return _replay_prefix(frozen, pattern)
         return pattern
 
     # -- transcoder points --------------------------------------------------------------
