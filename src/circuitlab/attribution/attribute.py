@@ -23,9 +23,10 @@ import torch
 from tqdm.auto import tqdm
 
 from ..graph.graph import Graph
-from ..graph.influence import compute_influence, normalize_rows
 from ..replacement import Prompt, ReplacementModel
+from ..transcoders.base import SparseActivations
 from .backward import FrozenBackward
+from .edge_store import EdgeRows
 from .sources import Sources, pack_decoders
 from .targets import Targets, TargetSpec, resolve_targets
 
@@ -113,24 +114,19 @@ def attribute(
             desired_logit_prob=desired_logit_prob,
         )
     n_logits = len(targets)
-    n_nodes = n_cols + n_logits
     n_rows_max = min(max_feature_nodes if max_feature_nodes is not None else n_active, n_active)
-    edges = torch.zeros(n_rows_max + n_logits, n_nodes, dtype=dtype)
-    row_nodes = torch.zeros(n_rows_max + n_logits, dtype=torch.long)
+    layer_counts = torch.bincount(features.indices[:, 0].cpu(), minlength=n_layers)
+    feature_start = [0, *torch.cumsum(layer_counts, 0).tolist()]
+    store = EdgeRows(feature_start, (n_layers + 1) * n_pos, dtype)
     bar = tqdm(total=n_logits + n_rows_max, desc="attribution", unit="row", disable=not verbose)
 
     with timer.phase("logit rows"):
         for start in range(0, n_logits, batch_size):
             sl = slice(start, min(start + batch_size, n_logits))
             k = sl.stop - sl.start
-            rows = backward.rows(
-                sources,
-                torch.full((k,), n_layers),
-                torch.full((k,), n_pos - 1),
-                targets.vecs[sl],
-            )
-            edges[sl, :n_cols] = rows.cpu()
-            row_nodes[sl] = torch.arange(sl.start, sl.stop) + n_cols
+            layers = torch.full((k,), n_layers)
+            rows = backward.rows(sources, layers, torch.full((k,), n_pos - 1), targets.vecs[sl])
+            store.add(rows, layers, torch.arange(sl.start, sl.stop) + n_cols)
             bar.update(k)
 
     with timer.phase("feature rows"):
@@ -139,10 +135,8 @@ def attribute(
             sources,
             features.indices,
             encoders,
-            edges,
-            row_nodes,
+            store,
             targets,
-            n_logits,
             n_rows_max,
             batch_size,
             update_interval,
@@ -156,10 +150,8 @@ def attribute(
             ids,
             features,
             visited,
-            edges,
-            row_nodes,
+            store,
             targets,
-            n_cols,
             n_logits,
             settings=dict(
                 max_n_logits=max_n_logits,
@@ -193,38 +185,36 @@ def _feature_rows(
     sources: Sources,
     indices: torch.Tensor,
     encoders: torch.Tensor,
-    edges: torch.Tensor,
-    row_nodes: torch.Tensor,
+    store: EdgeRows,
     targets: Targets,
-    n_logits: int,
     n_rows_max: int,
     batch_size: int,
     update_interval: int,
     bar: tqdm,
 ) -> torch.Tensor:
-    """Fills feature rows (after the logit rows) and returns the visited mask ``[n_active]``."""
+    """Computes feature rows into ``store`` and returns the visited mask ``[n_active]``."""
     n_active = len(indices)
     n_cols = sources.n_cols
     visited = torch.zeros(n_active, dtype=torch.bool)
-    st = n_logits
-    while st - n_logits < n_rows_max:
+    done = 0
+    while done < n_rows_max:
         if n_rows_max == n_active:
             pending = torch.arange(n_active)
         else:
-            weights = torch.zeros(edges.shape[1], dtype=edges.dtype)
-            weights[n_cols:] = targets.weights.to(edges.dtype)
-            influence = compute_influence(normalize_rows(edges[:st]), row_nodes[:st], weights)
+            weights = torch.zeros(n_cols + len(targets), dtype=store.dtype)
+            weights[n_cols:] = targets.weights.to(store.dtype)
+            influence = store.influence(weights)
             rank = torch.argsort(influence[:n_active], descending=True, stable=True)
-            room = min(update_interval * batch_size, n_rows_max - (st - n_logits))
+            room = min(update_interval * batch_size, n_rows_max - done)
             pending = rank[~visited[rank]][:room]
         # Sorting a chunk by position lets each batch stop at its furthest position.
         pending = pending[torch.argsort(indices[pending, 1], stable=True)]
         for chunk in pending.split(batch_size):
-            rows = backward.rows(sources, indices[chunk, 0], indices[chunk, 1], encoders[chunk])
-            edges[st : st + len(chunk), :n_cols] = rows.cpu()
-            row_nodes[st : st + len(chunk)] = chunk
+            layers = indices[chunk, 0]
+            rows = backward.rows(sources, layers, indices[chunk, 1], encoders[chunk])
+            store.add(rows, layers, chunk)
             visited[chunk] = True
-            st += len(chunk)
+            done += len(chunk)
             bar.update(len(chunk))
     return visited
 
@@ -232,20 +222,19 @@ def _feature_rows(
 def _package(
     model: ReplacementModel,
     ids: torch.Tensor,
-    features,  # SparseActivations
+    features: SparseActivations,
     visited: torch.Tensor,
-    edges: torch.Tensor,
-    row_nodes: torch.Tensor,
+    store: EdgeRows,
     targets: Targets,
-    n_cols: int,
     n_logits: int,
     settings: dict,
 ) -> Graph:
-    n_active = len(features)
     selected = visited.nonzero(as_tuple=True)[0]
-    keep_cols = torch.cat([selected, torch.arange(n_active, n_cols + n_logits)])
-    order = torch.argsort(row_nodes)  # features by index, then logits (node ids above n_cols)
-    rows = edges[order][:, keep_cols]
+    rows = store.dense(selected, n_logits)
+    row_nodes = torch.cat([b.nodes for b in store.blocks])[
+        torch.argsort(torch.cat([b.rows for b in store.blocks]))
+    ]
+    rows = rows[torch.argsort(row_nodes)]  # features by index, then logits (ids above n_cols)
     tok = model.tokenizer
     return Graph(
         input_string=tok.decode(ids.tolist())

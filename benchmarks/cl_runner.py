@@ -1,0 +1,83 @@
+"""Run circuitlab's ``attribute`` in a fresh process and report time and memory.
+
+The twin of ``ct_runner.py`` for our side, so both tools are measured the same way: a
+subprocess, ``perf_counter`` around ``attribute`` only, RSS just before it and the peak
+(``ru_maxrss``) at the end. Writes the graph (``Graph.save``) plus a JSON sidecar.
+
+    python benchmarks/cl_runner.py --model DIR --transcoders DIR --prompt-ids '[1, 2, 3]' \\
+        --batch-size 64 --max-feature-nodes 1024 --out /tmp/ours.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+from pathlib import Path
+
+
+def _rss() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", required=True)
+    p.add_argument("--transcoders", required=True)
+    p.add_argument("--prompt-ids", required=True)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--max-feature-nodes", type=int, default=None)
+    p.add_argument("--max-n-logits", type=int, default=10)
+    p.add_argument("--desired-logit-prob", type=float, default=0.95)
+    p.add_argument("--update-interval", type=int, default=4)
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--offload", default=None)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", required=True)
+    a = p.parse_args()
+
+    import torch
+
+    from circuitlab import ReplacementModel, attribute
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    t0 = time.perf_counter()
+    model = ReplacementModel.from_pretrained(a.model, a.transcoders, dtype=getattr(torch, a.dtype))
+    load = time.perf_counter() - t0
+    ids = json.loads(a.prompt_ids)
+    rss_before = _rss()
+    t0 = time.perf_counter()
+    graph = attribute(
+        model,
+        ids,
+        max_n_logits=a.max_n_logits,
+        desired_logit_prob=a.desired_logit_prob,
+        max_feature_nodes=a.max_feature_nodes,
+        batch_size=a.batch_size,
+        update_interval=a.update_interval,
+        offload=a.offload,
+    )
+    seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    graph.save(a.out)
+    meta = {
+        "attribute_seconds": seconds,
+        "load_seconds": load,
+        "phases": graph.settings.get("timings", {}),
+        "rss_before_attribute": rss_before,
+        "peak_rss": peak,
+        "attribute_peak_increment": max(peak - rss_before, 0),
+        "n_active": graph.n_active,
+        "n_selected": graph.n_selected,
+        "n_nodes": graph.n_nodes,
+    }
+    Path(a.out + ".json").write_text(json.dumps(meta, indent=2))
+
+
+if __name__ == "__main__":
+    main()
