@@ -8,9 +8,10 @@ transcoder reconstruction plus an error term that is a constant. Its map from no
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -21,6 +22,10 @@ from .models.loading import ModelSpec, load_model, model_spec
 from .models.session import Capture, Plan, check_hook_names, hooked
 from .models.tokens import Prompt, tokenize
 from .transcoders.base import SparseActivations, Transcoders
+
+if TYPE_CHECKING:
+    from .interventions.generate import GenerationResult
+    from .interventions.intervene import InterventionResult
 
 
 @dataclass(frozen=True)
@@ -201,6 +206,42 @@ class ReplacementModel(nn.Module):
             feats = SparseActivations(idx, pre[idx[:, 0], idx[:, 1], idx[:, 2]])
         assert cap.logits is not None
         return Activations(cap.logits[0], feats, self.n_layers, self.transcoders.d_transcoder)
+
+    # ---- interventions (see circuitlab.interventions) ----------------------------------------
+    def feature_intervention(
+        self,
+        prompt: Prompt,
+        interventions: Iterable[Any],
+        *,
+        constrained_layers: Iterable[int] | None = None,
+        freeze_attention: bool = True,
+        apply_activation_function: bool = True,
+        sparse: bool = False,
+        return_activations: bool = True,
+    ) -> InterventionResult:
+        """Logits ``[pos, vocab]`` and activations after ``interventions``; see
+        ``circuitlab.interventions.feature_intervention``."""
+        from .interventions.intervene import feature_intervention
+
+        return feature_intervention(
+            self,
+            prompt,
+            interventions,
+            constrained_layers=constrained_layers,
+            freeze_attention=freeze_attention,
+            apply_activation_function=apply_activation_function,
+            sparse=sparse,
+            return_activations=return_activations,
+        )
+
+    def feature_intervention_generate(
+        self, prompt: Prompt, interventions: Iterable[Any] = (), **kwargs: Any
+    ) -> GenerationResult:
+        """Steered generation with a KV cache; see
+        ``circuitlab.interventions.feature_intervention_generate`` for the options."""
+        from .interventions.generate import feature_intervention_generate
+
+        return feature_intervention_generate(self, prompt, interventions, **kwargs)
 
     def replacement_plan(
         self, capture: Capture, features: SparseActivations | None = None, *, frozen: bool = True

@@ -154,4 +154,4 @@ def _decode(model: ReplacementModel, tokens: torch.Tensor, n_prompt: int) -> tup
     if tok is None:
         return "", ""
     full = tok.decode(tokens.tolist(), skip_special_tokens=True)
-    return full, tok.decode(tokens[n_prompt:].tolist(), skip_special_tokens=True)
+    return str(full), str(tok.decode(tokens[n_prompt:].tolist(), skip_special_tokens=True))

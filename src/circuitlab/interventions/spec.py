@@ -22,13 +22,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Union
+from typing import Literal
 
 import torch
 
-Position = Union[int, slice, torch.Tensor, Sequence[int]]
-FeatureIndex = Union[int, torch.Tensor, Sequence[int]]
-Value = Union[float, int, torch.Tensor]
+Position = int | slice | torch.Tensor | Sequence[int]
+FeatureIndex = int | torch.Tensor | Sequence[int]
+Value = float | int | torch.Tensor
 Op = Literal["set", "scale"]
 
 
@@ -47,10 +47,12 @@ class Intervention:
         return self.feature is None
 
 
-InterventionLike = Union[Intervention, tuple]
+InterventionLike = Intervention | tuple
 
 
-def set_feature(layer: int, position: Position, feature: FeatureIndex, value: Value) -> Intervention:
+def set_feature(
+    layer: int, position: Position, feature: FeatureIndex, value: Value
+) -> Intervention:
     """Feature(s) take ``value`` (circuit-tracer's ``(layer, position, feature, value)``)."""
     return Intervention(layer, position, feature, value, "set")
 
