@@ -25,6 +25,8 @@ class Adapter:
     ``ln2`` before the MLP, ``post_mlp_norm`` after it (Gemma).
     ``value_weight(attn)`` is ``W_V [n_kv_heads * d_head, d_model]`` (``v = x @ W_V.T``) and
     ``out_weight(attn)`` is ``W_O [d_model, n_heads * d_head]`` (``out = z @ W_O.T``).
+    ``out_proj`` is the attention's output projection, relative to ``attn``; its input is
+    ``z [b, pos, n_heads * d_head]``, the heads' outputs side by side (per-head analysis).
     """
 
     family: str
@@ -43,6 +45,7 @@ class Adapter:
     post_attn_norm: str | None = None
     post_mlp_norm: str | None = None
     softcap_attr: str | None = None
+    out_proj: str = "o_proj"
 
 
 def _linear_v(attn: nn.Module) -> torch.Tensor:
@@ -101,6 +104,7 @@ ADAPTERS: tuple[Adapter, ...] = (
         mlp="mlp",
         value_weight=_gpt2_v,
         out_weight=_gpt2_o,
+        out_proj="c_proj",
     ),
     Adapter(family="llama", model_types=("llama",), **_LLAMA_LIKE),  # type: ignore[arg-type]
     Adapter(family="mistral", model_types=("mistral",), **_LLAMA_LIKE),  # type: ignore[arg-type]
