@@ -61,25 +61,28 @@ def fit_layer(
     x: torch.Tensor, y: torch.Tensor, d_transcoder: int, l0: float, ridge: float, g: torch.Generator
 ) -> SingleLayerTranscoder:
     """One layer from inputs ``x [n, d]`` and MLP outputs ``y [n, d]``."""
-    d = x.shape[1]
+    n, d = x.shape
     W_enc = torch.randn(d_transcoder, d, generator=g)
     W_enc /= W_enc.norm(dim=1, keepdim=True)
     pre = x @ W_enc.T
-    frac = min(max(l0 / d_transcoder, 1.0 / x.shape[0]), 1.0)
-    threshold = torch.quantile(pre, 1 - frac, dim=0).clamp(min=1e-6)
-    acts = pre * (pre > threshold)
-    a_mean, y_mean = acts.mean(0), y.mean(0)
-    a, yc = acts - a_mean, y - y_mean
-    gram = a.T @ a
+    fires = min(max(int(round(l0 * n / d_transcoder)), 1), n)  # tokens each feature fires on
+    threshold = pre.kthvalue(n - fires + 1 if fires < n else 1, dim=0).values
+    threshold = threshold.clamp(min=1e-6)
+    acts = (pre * (pre >= threshold)).to_sparse()
+    del pre
+    # Ridge regression on centred activations; the Gram matrix comes from the sparse acts.
+    a_mean, y_mean = (acts.sum(0).to_dense() / n), y.mean(0)
+    gram = torch.sparse.mm(acts.t(), acts.to_dense()) - n * torch.outer(a_mean, a_mean)
     gram.diagonal().add_(ridge * gram.diagonal().mean().clamp(min=1e-8))
-    W_dec = torch.linalg.solve(gram, a.T @ yc)
+    rhs = torch.sparse.mm(acts.t(), y) - n * torch.outer(a_mean, y_mean)
+    W_dec = torch.linalg.solve(gram, rhs)
     b_dec = y_mean - a_mean @ W_dec
     return SingleLayerTranscoder(
         W_enc=W_enc,
         b_enc=torch.zeros(d_transcoder),
         W_dec=W_dec,
         b_dec=b_dec,
-        activation=JumpReLU(threshold),
+        activation=JumpReLU(threshold.nextafter(torch.zeros_like(threshold))),
     )
 
 
