@@ -1,0 +1,349 @@
+"""Graph files for the web lab: ``create_graph_files`` writes ``{slug}.json`` and upserts
+``graph-metadata.json``.
+
+The JSON is the schema circuit-tracer and Neuronpedia read (``metadata``, ``qParams``, ``nodes``,
+``links``; documented in ``docs/formats.md``), so graphs move between the three tools. Node ids:
+
+* feature ``{layer}_{feature}_{pos}``
+* error   ``{layer}_-1_{pos}``          (``-1`` never names a feature, so no collisions)
+* token   ``E_{token_id}_{pos}``
+* logit   ``{n_layers + 1}_{vocab_idx}_{n_pos - 1}``
+
+Only the pruned graph is written: nodes that survive ``prune_graph`` and touch a kept edge, plus
+every token and logit node; links are the kept edges with their raw weights.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import re
+import struct
+import tempfile
+import threading
+import time
+import zlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from circuitlab.graph.graph import Graph
+from circuitlab.graph.pruning import prune_graph
+
+SCHEMA_VERSION = 1
+FEATURE_TYPE = "cross layer transcoder"  # what circuit-tracer and Neuronpedia call any feature
+ERROR_TYPE = "mlp reconstruction error"
+SLUG_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_METADATA_LOCK = threading.Lock()
+
+
+def cantor(layer: int, feature: int) -> int:
+    """circuit-tracer's feature index: the Cantor pairing of (layer, feature)."""
+    return (layer + feature) * (layer + feature + 1) // 2 + feature
+
+
+def check_slug(slug: str) -> str:
+    """Return ``slug`` or raise ``ValueError``: letters, digits, ``.``, ``_``, ``-`` only."""
+    if not isinstance(slug, str) or not SLUG_PATTERN.match(slug) or ".." in slug:
+        raise ValueError(
+            f"bad slug {slug!r}: use 1-128 letters, digits, '.', '_' or '-', starting with a "
+            "letter or digit (it becomes a file name)"
+        )
+    return slug
+
+
+def create_graph_files(
+    graph: Graph | str | Path,
+    slug: str,
+    output_dir: str | Path,
+    node_threshold: float = 0.8,
+    edge_threshold: float = 0.98,
+    *,
+    scan: str | None = None,
+    tokenizer: Any = None,
+    labels: Mapping[tuple[int, int], str] | None = None,
+    features_dir: str | Path | None = None,
+) -> Path:
+    """Write ``{output_dir}/{slug}.json`` and upsert ``{output_dir}/graph-metadata.json``.
+
+    ``graph`` is a ``Graph`` or a path to one saved with ``Graph.save``. ``tokenizer`` decodes
+    the prompt tokens (default: the graph's ``model_name`` loaded from local files, else
+    ``<id>``). Feature labels (``clerp``), first found wins: ``graph.feature_labels``,
+    ``labels[(layer, feature)]``, the ``label`` field of the feature's dashboard record in
+    ``features_dir``. Both files are replaced atomically. Returns the graph file's path.
+    """
+    if not isinstance(graph, Graph):
+        graph = Graph.load(graph)
+    check_slug(slug)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data = graph_json(
+        graph,
+        slug,
+        node_threshold,
+        edge_threshold,
+        scan=scan,
+        tokenizer=tokenizer,
+        labels=labels,
+        features_dir=features_dir,
+    )
+    path = out / f"{slug}.json"
+    write_atomic(path, json.dumps(data, separators=(",", ":"), allow_nan=False).encode())
+    upsert_graph_metadata(out, data["metadata"])
+    return path
+
+
+def graph_json(
+    graph: Graph,
+    slug: str,
+    node_threshold: float = 0.8,
+    edge_threshold: float = 0.98,
+    *,
+    scan: str | None = None,
+    tokenizer: Any = None,
+    labels: Mapping[tuple[int, int], str] | None = None,
+    features_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """The graph-file dict ``create_graph_files`` writes (see the module docstring)."""
+    pruned = prune_graph(graph, node_threshold=node_threshold, edge_threshold=edge_threshold)
+    g = graph.to("cpu")
+    node_mask = pruned.node_mask.cpu()
+    edge_mask = pruned.edge_mask.cpu() & node_mask[None, :]
+    row_nodes = g.row_nodes
+    edge_mask &= node_mask[row_nodes][:, None]
+    rows, cols = edge_mask.nonzero(as_tuple=True)
+    weights = g.edges[rows, cols].float().tolist()
+    sources, targets = cols.tolist(), row_nodes[rows].tolist()
+
+    in_links = torch.zeros(g.n_nodes, dtype=torch.bool)
+    in_links[cols] = True
+    in_links[row_nodes[rows]] = True
+    keep = in_links & node_mask
+    keep[g.token_offset :] = True  # tokens and logits always stay
+
+    tokens = decode_tokens(g, tokenizer)
+    ids = node_ids(g)
+    clerps = feature_clerps(g, labels, features_dir, keep)
+    scores = pruned.cumulative_scores.cpu().float().tolist()
+    nodes = [
+        node_record(g, i, ids[i], scores[i], tokens, clerps.get(i, ""))
+        for i in keep.nonzero().flatten().tolist()
+    ]
+    links = [
+        {"source": ids[s], "target": ids[t], "weight": float(f"{w:.6g}")}
+        for s, t, w in zip(sources, targets, weights, strict=True)
+    ]
+    return {
+        "metadata": graph_metadata(g, slug, scan, tokens, node_threshold, edge_threshold),
+        "qParams": {
+            "pinnedIds": [],
+            "supernodes": [],
+            "linkType": "both",
+            "clickedId": "",
+            "sg_pos": "",
+        },
+        "nodes": nodes,
+        "links": links,
+    }
+
+
+def node_ids(g: Graph) -> list[str]:
+    """``node_id`` of every node ``0 .. N-1`` (unique; see the module docstring)."""
+    coords = g.selected_feature_coords.tolist()
+    ids = [f"{layer}_{feat}_{pos}" for layer, pos, feat in coords]
+    ids += [f"{layer}_-1_{pos}" for layer in range(g.n_layers) for pos in range(g.n_pos)]
+    ids += [f"E_{tok}_{pos}" for pos, tok in enumerate(g.input_tokens.tolist())]
+    ids += [f"{g.n_layers + 1}_{t.vocab_idx}_{g.n_pos - 1}" for t in g.logit_targets]
+    if len(set(ids)) != len(ids):
+        raise ValueError("graph has two nodes with the same id (repeated logit targets?)")
+    return ids
+
+
+def node_record(
+    g: Graph, i: int, node_id: str, influence: float, tokens: list[str], clerp: str
+) -> dict[str, Any]:
+    """One entry of ``nodes``."""
+    kind = g.node_kind(i)
+    rec: dict[str, Any] = {"node_id": node_id, "influence": influence, "activation": None}
+    if kind == "feature":
+        layer, pos, feat = g.selected_feature_coords[i].tolist()
+        act = float(g.activation_values[int(g.selected_features[i])])
+        rec.update(feature=cantor(layer, feat), layer=str(layer), ctx_idx=pos, activation=act)
+        rec.update(feature_type=FEATURE_TYPE, jsNodeId=f"{layer}_{feat}-0")
+    elif kind == "error":
+        layer, pos = g.error_position(i)
+        rec.update(feature=-1, layer=str(layer), ctx_idx=pos, feature_type=ERROR_TYPE)
+        rec.update(jsNodeId=f"{layer}_-1-{pos}")
+    elif kind == "token":
+        pos = i - g.token_offset
+        tok = int(g.input_tokens[pos])
+        rec.update(feature=pos, layer="E", ctx_idx=pos, feature_type="embedding")
+        rec.update(jsNodeId=f"E_{tok}-{pos}")
+    else:
+        k = i - g.logit_offset
+        target, prob = g.logit_targets[k], float(g.logit_probabilities[k])
+        pos = g.n_pos - 1
+        rec.update(feature=target.vocab_idx, layer=str(g.n_layers + 1), ctx_idx=pos)
+        rec.update(feature_type="logit", jsNodeId=f"L_{target.vocab_idx}-{pos}")
+        rec.update(token_prob=prob, is_target_logit=k == 0)
+        clerp = f'Output "{target.token_str}" (p={prob:.3f})'
+    rec.setdefault("token_prob", 0.0)
+    rec.setdefault("is_target_logit", False)
+    rec.update(clerp=clerp, run_idx=0, reverse_ctx_idx=g.n_pos - 1 - int(rec["ctx_idx"]))
+    return rec
+
+
+def graph_metadata(
+    g: Graph,
+    slug: str,
+    scan: str | None,
+    tokens: list[str],
+    node_threshold: float,
+    edge_threshold: float,
+) -> dict[str, Any]:
+    """``metadata``: circuit-tracer's required keys plus Neuronpedia's optional ones."""
+    from circuitlab import __version__
+
+    return {
+        "slug": slug,
+        "scan": scan or g.transcoder_name or g.model_name,
+        "transcoder_list": [],
+        "prompt_tokens": tokens,
+        "prompt": g.input_string,
+        "node_threshold": node_threshold,
+        "schema_version": SCHEMA_VERSION,
+        "model_name": g.model_name,
+        "n_layers": g.n_layers,
+        "pruning_settings": {"node_threshold": node_threshold, "edge_threshold": edge_threshold},
+        "generation_settings": _json_safe(g.settings),
+        "info": {
+            "generator": {"name": "circuitlab", "version": __version__},
+            "create_time_ms": int(time.time() * 1000),
+        },
+    }
+
+
+def decode_tokens(g: Graph, tokenizer: Any = None) -> list[str]:
+    """The prompt's tokens as strings (``<id>`` when no tokenizer can be found)."""
+    ids = g.input_tokens.tolist()
+    if tokenizer is None and g.model_name:
+        try:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(g.model_name, local_files_only=True)
+        except Exception:  # any failure means "no tokenizer"; fall back to ids
+            tokenizer = None
+    if tokenizer is None:
+        return [f"<{t}>" for t in ids]
+    return [str(tokenizer.decode([t])) for t in ids]
+
+
+def feature_clerps(
+    g: Graph,
+    labels: Mapping[tuple[int, int], str] | None,
+    features_dir: str | Path | None,
+    keep: torch.Tensor,
+) -> dict[int, str]:
+    """Labels of kept feature nodes, by node index."""
+    out: dict[int, str] = {}
+    coords = g.selected_feature_coords.tolist()
+    store = FeatureStore.open(features_dir) if features_dir is not None else None
+    for i in keep[: g.n_selected].nonzero().flatten().tolist():
+        layer, _pos, feat = coords[i]
+        label = (g.feature_labels or {}).get(i) or (labels or {}).get((layer, feat))
+        if not label and store is not None:
+            record = store.read(layer, feat)
+            label = record.get("label") if record else None
+        if label:
+            out[i] = str(label)
+    return out
+
+
+class FeatureStore:
+    """Reads the compact dashboard store (``docs/formats.md``): ``index.json.gz`` maps each
+    layer to ``{filename, offsets}``; feature ``f`` is bytes ``[offsets[f], offsets[f+1])`` of
+    that file, a 4-byte little-endian length then zlib-compressed JSON."""
+
+    def __init__(self, root: Path, index: dict[str, Any]):
+        self.root = root
+        self.index = index
+
+    @classmethod
+    def find_root(cls, features_dir: str | Path) -> Path | None:
+        """The folder holding ``index.json.gz``: ``features_dir`` or ``features_dir/features``."""
+        base = Path(features_dir)
+        for root in (base, base / "features"):
+            if (root / "index.json.gz").is_file():
+                return root
+        return None
+
+    @classmethod
+    def open(cls, features_dir: str | Path) -> FeatureStore | None:
+        root = cls.find_root(features_dir)
+        if root is None:
+            return None
+        index = json.loads(gzip.decompress((root / "index.json.gz").read_bytes()))
+        if isinstance(index, dict) and isinstance(index.get("layers"), (dict, list)):
+            index = index["layers"]
+        if isinstance(index, list):
+            index = {str(i): v for i, v in enumerate(index)}
+        return cls(root, index)
+
+    def read(self, layer: int, feature: int) -> dict[str, Any] | None:
+        """The feature's record, or None when the store does not hold it."""
+        entry = self.index.get(str(layer))
+        if not entry or not 0 <= feature < len(entry["offsets"]) - 1:
+            return None
+        start, end = entry["offsets"][feature], entry["offsets"][feature + 1]
+        if end <= start:
+            return None
+        path = (self.root / entry["filename"]).resolve()
+        if not path.is_relative_to(self.root.resolve()):
+            raise ValueError(f"feature index names a file outside {self.root}: {path}")
+        with open(path, "rb") as f:
+            f.seek(start)
+            blob = f.read(end - start)
+        return decode_feature_record(blob)
+
+
+def decode_feature_record(blob: bytes) -> dict[str, Any]:
+    """Decode one record: ``<u32 little-endian length> <zlib(JSON)>``."""
+    if len(blob) < 4:
+        raise ValueError("feature record shorter than its 4-byte length prefix")
+    (n,) = struct.unpack("<I", blob[:4])
+    return json.loads(zlib.decompress(blob[4 : 4 + n]))
+
+
+def upsert_graph_metadata(output_dir: Path, metadata: dict[str, Any]) -> None:
+    """Replace (or add) the entry with ``metadata['slug']`` in ``graph-metadata.json``."""
+    path = output_dir / "graph-metadata.json"
+    with _METADATA_LOCK:
+        graphs: list[dict[str, Any]] = []
+        if path.is_file():
+            try:
+                graphs = list(json.loads(path.read_text()).get("graphs", []))
+            except (ValueError, AttributeError):
+                graphs = []  # unreadable: rebuilt from this graph on (nothing else to keep)
+        graphs = [m for m in graphs if m.get("slug") != metadata["slug"]] + [metadata]
+        write_atomic(path, json.dumps({"graphs": graphs}, indent=1).encode())
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, fsync, then rename over ``path``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_safe(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))

@@ -1,0 +1,241 @@
+"""The lab's FastAPI application: the page, graph files, feature files, annotations, tracing.
+
+Routes (all relative, so the page also works behind a path prefix or in a notebook iframe):
+
+* ``GET /`` the page; ``GET /assets/{file}`` its bundle (``circuitlab/web/dist``).
+* ``GET /data/{file}.json`` (alias ``/graph_data/``): graph files, gzip when accepted;
+  ``graph-metadata.json`` is built from the graph files when it is missing.
+* ``GET /features/{path}``: the dashboard store, with HTTP byte ranges.
+* ``POST /save_graph/{slug}``: ``{"qParams": {...}}`` replaces the file's ``qParams`` atomically.
+* ``GET /api/info``; with a ``Tracer``: ``POST /api/trace``, ``GET /api/jobs``,
+  ``DELETE /api/jobs/{id}``, and ``WS /api/ws`` (job updates as they happen).
+
+Safety: paths are resolved under their root (no ``..``, no hidden files, no symlink escapes);
+request bodies are capped; writes need ``Content-Type: application/json`` and a same-origin
+``Origin`` (so other sites' pages cannot post); the ``Host`` header must be a loopback name
+unless the server was bound elsewhere (no DNS rebinding).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+
+from circuitlab.graph.export import FeatureStore
+from circuitlab.server.files import (
+    AnnotationStore,
+    GzipCache,
+    HTTPProblem,
+    check_qparams,
+    file_response,
+    list_graphs,
+    range_response,
+    read_json_body,
+    resolve_under,
+)
+from circuitlab.server.jobs import Tracer
+
+WEB_DIST = Path(__file__).resolve().parent.parent / "web" / "dist"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "testserver")
+DEFAULT_MAX_BODY = 8 * 1024 * 1024
+_MEDIA = {".js": "text/javascript", ".css": "text/css", ".html": "text/html", ".txt": "text/plain"}
+
+
+def create_app(
+    graph_file_dir: str | Path,
+    features_dir: str | Path | None = None,
+    *,
+    tracer: Tracer | None = None,
+    allowed_hosts: Iterable[str] | None = LOOPBACK_HOSTS,
+    max_body: int = DEFAULT_MAX_BODY,
+) -> FastAPI:
+    """The lab application over ``graph_file_dir`` (``allowed_hosts=None`` allows any host)."""
+    graph_dir = Path(graph_file_dir)
+    if not graph_dir.is_dir():
+        raise NotADirectoryError(f"graph file directory {graph_dir} does not exist")
+    feature_root = None
+    if features_dir is not None:
+        feature_root = FeatureStore.find_root(features_dir)
+        if feature_root is None:
+            raise FileNotFoundError(
+                f"no index.json.gz in {features_dir} or {Path(features_dir) / 'features'}: "
+                "point --features_dir at a dashboard store (see docs/formats.md)"
+            )
+    hosts = None if allowed_hosts is None else {h.lower() for h in allowed_hosts}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if tracer is not None:
+            tracer.close()
+
+    app = FastAPI(title="circuitlab lab", docs_url=None, redoc_url=None, lifespan=lifespan)
+    app.state.graph_dir = graph_dir
+    app.state.tracer = tracer
+    gzip_cache = GzipCache()
+    annotations = AnnotationStore(graph_dir)
+
+    @app.exception_handler(HTTPProblem)
+    async def _problem(_request: Request, exc: HTTPProblem) -> Response:
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status)
+
+    @app.middleware("http")
+    async def _guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]):
+        problem = check_host_and_origin(request.headers, hosts)
+        if problem is None and request.method not in ("GET", "HEAD"):
+            declared = request.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > max_body:
+                problem = HTTPProblem(413, f"body larger than {max_body} bytes")
+        if problem is not None:
+            return JSONResponse({"detail": problem.detail}, status_code=problem.status)
+        return await call_next(request)
+
+    # ---- the page ---------------------------------------------------------------------------
+    @app.get("/", include_in_schema=False)
+    def index() -> Response:
+        page = WEB_DIST / "index.html"
+        if not page.is_file():
+            raise HTTPProblem(
+                500, "the page bundle is missing; see docs/web-lab.md (npm run build)"
+            )
+        return FileResponse(page, media_type="text/html", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/assets/{name:path}", include_in_schema=False)
+    def asset(name: str) -> Response:
+        path = resolve_under(WEB_DIST, name)
+        return FileResponse(path, media_type=_MEDIA.get(path.suffix, "application/octet-stream"))
+
+    # ---- graph files ------------------------------------------------------------------------
+    def graph_file(name: str, request: Request) -> Response:
+        if name == "graph-metadata.json":
+            return JSONResponse(list_graphs(graph_dir), headers={"Cache-Control": "no-cache"})
+        if not name.endswith(".json"):
+            raise HTTPProblem(404, "not found")
+        return file_response(
+            resolve_under(graph_dir, name), request, "application/json", gzip_cache
+        )
+
+    @app.get("/data/{name:path}")
+    def data(name: str, request: Request) -> Response:
+        return graph_file(name, request)
+
+    @app.get("/graph_data/{name:path}")
+    def graph_data(name: str, request: Request) -> Response:
+        return graph_file(name, request)
+
+    @app.get("/features/{name:path}")
+    def features(name: str, request: Request) -> Response:
+        if feature_root is None:
+            raise HTTPProblem(404, "this server has no --features_dir")
+        path = resolve_under(feature_root, name)
+        return range_response(path, request, "application/octet-stream")
+
+    @app.post("/save_graph/{slug}")
+    async def save_graph(slug: str, request: Request) -> dict[str, Any]:
+        body = await read_json_body(request, max_body)
+        qparams = body.get("qParams", body) if isinstance(body, dict) else body
+        annotations.save(slug, check_qparams(qparams))
+        return {"saved": slug}
+
+    # ---- tracing ----------------------------------------------------------------------------
+    @app.get("/api/info")
+    def info() -> dict[str, Any]:
+        from circuitlab import __version__
+
+        return {
+            "version": __version__,
+            "features": feature_root is not None,
+            "tracing": tracer is not None,
+            "models": sorted(tracer.models) if tracer else [],
+            "steering": False,
+        }
+
+    def need_tracer() -> Tracer:
+        if tracer is None:
+            raise HTTPProblem(
+                404, "this server traces nothing; start it with --model and --transcoders"
+            )
+        return tracer
+
+    @app.get("/api/jobs")
+    def jobs() -> dict[str, Any]:
+        return {"jobs": need_tracer().jobs()}
+
+    @app.post("/api/trace")
+    async def trace(request: Request) -> dict[str, Any]:
+        t = need_tracer()
+        body = await read_json_body(request, 64 * 1024)
+        if not isinstance(body, dict):
+            raise HTTPProblem(400, 'send {"prompt": "...", "targets": ["..."]}')
+        try:
+            job = t.submit(
+                body.get("prompt"),  # type: ignore[arg-type]
+                body.get("targets") or None,
+                model=body.get("model") or None,
+                slug=body.get("slug") or None,
+            )
+        except (ValueError, TypeError) as e:
+            raise HTTPProblem(400, str(e)) from None
+        return {"job": job.public()}
+
+    @app.delete("/api/jobs/{job_id}")
+    def cancel(job_id: str) -> dict[str, Any]:
+        try:
+            return {"job": need_tracer().cancel(job_id).public()}
+        except KeyError:
+            raise HTTPProblem(404, f"no job {job_id}") from None
+
+    @app.websocket("/api/ws")
+    async def ws(socket: WebSocket) -> None:
+        problem = check_host_and_origin(socket.headers, hosts)
+        if problem is not None or tracer is None:
+            await socket.close(code=1008)
+            return
+        await socket.accept()
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        unsubscribe = tracer.subscribe(lambda ev: loop.call_soon_threadsafe(queue.put_nowait, ev))
+        try:
+            await socket.send_json({"type": "jobs", "jobs": tracer.jobs()})
+            receiver = asyncio.ensure_future(socket.receive_text())
+            while True:
+                getter = asyncio.ensure_future(queue.get())
+                done, _ = await asyncio.wait({getter, receiver}, return_when="FIRST_COMPLETED")
+                if receiver in done:
+                    getter.cancel()
+                    receiver.result()  # raises WebSocketDisconnect on close
+                    receiver = asyncio.ensure_future(socket.receive_text())
+                    continue
+                await socket.send_json({"type": "job", "job": getter.result()})
+        except (WebSocketDisconnect, RuntimeError):
+            pass
+        finally:
+            unsubscribe()
+
+    return app
+
+
+def check_host_and_origin(headers: Any, hosts: set[str] | None) -> HTTPProblem | None:
+    """None when the ``Host`` is allowed and any ``Origin`` is this same server."""
+    host = headers.get("host", "")
+    if hosts is not None and _hostname(host) not in hosts:
+        return HTTPProblem(403, f"host {host!r} is not allowed (DNS rebinding guard)")
+    origin = headers.get("origin")
+    if origin and origin != "null" and urlsplit(origin).netloc.lower() != host.lower():
+        return HTTPProblem(403, f"cross-origin request from {origin} refused")
+    return None
+
+
+def _hostname(host: str) -> str:
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].split("]")[0]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host

@@ -1,0 +1,233 @@
+"""File handling for the lab server: safe paths, gzip, byte ranges, atomic annotation saves."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from circuitlab.graph.export import check_slug, write_atomic
+
+
+class HTTPProblem(Exception):
+    """An error the client caused: ``status`` and a one-line ``detail``."""
+
+    def __init__(self, status: int, detail: str):
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+def resolve_under(root: Path, rel: str) -> Path:
+    """``root / rel`` if it stays inside ``root`` and names an existing file, else 404.
+
+    Rejects absolute paths, ``..`` and hidden parts (temporary files start with a dot) before
+    touching the disk, and checks the resolved path (symlinks followed) is still under ``root``.
+    """
+    parts = rel.replace("\\", "/").split("/")
+    if "\x00" in rel or rel.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise HTTPProblem(404, "not found")
+    if any(p.startswith(".") for p in parts):
+        raise HTTPProblem(404, "not found")
+    base = root.resolve()
+    path = (base / rel).resolve()
+    if not path.is_relative_to(base) or not path.is_file():
+        raise HTTPProblem(404, "not found")
+    return path
+
+
+class GzipCache:
+    """Compressed copies of recently served files, keyed by path, size and mtime."""
+
+    def __init__(self, max_entries: int = 16):
+        self.max_entries = max_entries
+        self._items: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, path: Path, raw: bytes) -> bytes:
+        st = path.stat()
+        key = (str(path), st.st_size, st.st_mtime_ns)
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        packed = gzip.compress(raw, compresslevel=5)
+        with self._lock:
+            self._items[key] = packed
+            while len(self._items) > self.max_entries:
+                self._items.popitem(last=False)
+        return packed
+
+
+def file_response(
+    path: Path, request: Request, media_type: str, cache: GzipCache, min_gzip: int = 1024
+) -> Response:
+    """The whole file, gzip-compressed when the client accepts it and it is worth it."""
+    raw = path.read_bytes()
+    headers = {"Cache-Control": "no-cache", "Vary": "Accept-Encoding"}
+    if len(raw) >= min_gzip and "gzip" in request.headers.get("accept-encoding", ""):
+        headers["Content-Encoding"] = "gzip"
+        return Response(cache.get(path, raw), media_type=media_type, headers=headers)
+    return Response(raw, media_type=media_type, headers=headers)
+
+
+def parse_range(header: str, size: int) -> tuple[int, int] | None:
+    """``(start, end_exclusive)`` of a single ``bytes=`` range; None to send the whole file.
+
+    Raises ``HTTPProblem(416)`` when the range cannot be satisfied.
+    """
+    unit, _, spec = header.partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None  # other units and multi-ranges: the whole file is a valid answer
+    first, dash, last = spec.strip().partition("-")
+    try:
+        if not dash:
+            return None
+        if first == "":
+            n = int(last)
+            if n <= 0:
+                raise HTTPProblem(416, "empty suffix range")
+            return max(0, size - n), size
+        start = int(first)
+        end = int(last) + 1 if last else size
+    except ValueError:
+        return None
+    if start < 0 or start >= size or end <= start:
+        raise HTTPProblem(416, f"range {header!r} is outside the file ({size} bytes)")
+    return start, min(end, size)
+
+
+def range_response(path: Path, request: Request, media_type: str) -> Response:
+    """A file with HTTP range support (206 for one satisfiable range, 416 for a bad one)."""
+    size = path.stat().st_size
+    header = request.headers.get("range")
+    base = {"Accept-Ranges": "bytes", "Cache-Control": "no-cache"}
+    try:
+        rng = parse_range(header, size) if header else None
+    except HTTPProblem:
+        return Response(status_code=416, headers={**base, "Content-Range": f"bytes */{size}"})
+    with open(path, "rb") as f:
+        if rng is None:
+            return Response(f.read(), media_type=media_type, headers=base)
+        start, end = rng
+        f.seek(start)
+        body = f.read(end - start)
+    headers = {**base, "Content-Range": f"bytes {start}-{end - 1}/{size}"}
+    return Response(body, status_code=206, media_type=media_type, headers=headers)
+
+
+async def read_json_body(request: Request, limit: int) -> Any:
+    """The request's JSON body; 413 past ``limit`` bytes, 415 unless sent as JSON, 400 if bad.
+
+    Requiring ``application/json`` also means browsers must ask (CORS preflight) before another
+    site's page can post here, and this server never says yes.
+    """
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/json":
+        raise HTTPProblem(415, "send the body as application/json")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPProblem(413, f"body larger than {limit} bytes")
+    chunks, total = [], 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise HTTPProblem(413, f"body larger than {limit} bytes")
+        chunks.append(chunk)
+    try:
+        return json.loads(b"".join(chunks))
+    except ValueError as e:
+        raise HTTPProblem(400, f"body is not valid JSON: {e}") from None
+
+
+# qParams keys the lab reads, with the JSON types each may take (circuit-tracer's page saves
+# raw URL strings, ours saves arrays and objects; both are accepted).
+_QPARAM_TYPES: dict[str, tuple[type, ...]] = {
+    "pinnedIds": (list, str),
+    "hiddenIds": (list, str),
+    "supernodes": (list, str),
+    "linkType": (str,),
+    "clickedId": (str,),
+    "sg_pos": (str, dict),
+    "pruningThreshold": (int, float, str, type(None)),
+    "clerps": (list, str),
+    "nodeLabels": (dict,),
+}
+
+
+def check_qparams(qparams: Any) -> dict[str, Any]:
+    """Validate posted ``qParams`` (an object; known keys must have their JSON types)."""
+    if not isinstance(qparams, dict):
+        raise HTTPProblem(400, "qParams must be a JSON object")
+    for key, value in qparams.items():
+        allowed = _QPARAM_TYPES.get(key)
+        if allowed is not None and not isinstance(value, allowed):
+            names = " or ".join(t.__name__ for t in allowed)
+            raise HTTPProblem(400, f"qParams.{key} must be {names}")
+    for group in (
+        qparams.get("supernodes", []) if isinstance(qparams.get("supernodes"), list) else []
+    ):
+        if not isinstance(group, list) or not all(isinstance(x, str) for x in group):
+            raise HTTPProblem(400, "each supernode must be a list of strings [label, ...node_ids]")
+    pinned = qparams.get("pinnedIds")
+    if isinstance(pinned, list) and not all(isinstance(x, str) for x in pinned):
+        raise HTTPProblem(400, "qParams.pinnedIds must hold node id strings")
+    return qparams
+
+
+class AnnotationStore:
+    """Saves ``qParams`` into graph files, one writer per file at a time, atomically."""
+
+    def __init__(self, graph_dir: Path):
+        self.graph_dir = graph_dir
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def _lock(self, slug: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(slug, threading.Lock())
+
+    def save(self, slug: str, qparams: dict[str, Any]) -> None:
+        try:
+            check_slug(slug)
+        except ValueError as e:
+            raise HTTPProblem(400, str(e)) from None
+        path = resolve_under(self.graph_dir, f"{slug}.json")
+        with self._lock(slug):
+            try:
+                data = json.loads(path.read_bytes())
+            except ValueError:
+                raise HTTPProblem(409, f"{slug}.json is not valid JSON; not overwritten") from None
+            if not isinstance(data, dict):
+                raise HTTPProblem(409, f"{slug}.json is not a graph file; not overwritten")
+            data["qParams"] = qparams
+            write_atomic(path, json.dumps(data, separators=(",", ":")).encode())
+
+
+def list_graphs(graph_dir: Path) -> dict[str, Any]:
+    """``graph-metadata.json``, or one built from the graph files when it is missing."""
+    meta = graph_dir / "graph-metadata.json"
+    if meta.is_file():
+        try:
+            data = json.loads(meta.read_bytes())
+            if isinstance(data, dict) and isinstance(data.get("graphs"), list):
+                return data
+        except ValueError:
+            pass
+    graphs = []
+    for path in sorted(graph_dir.glob("*.json")):
+        if path.name == "graph-metadata.json" or path.name.startswith("."):
+            continue
+        try:
+            m = json.loads(path.read_bytes()).get("metadata", {})
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(m, dict):
+            graphs.append({**m, "slug": m.get("slug") or path.stem})
+    return {"graphs": graphs}

@@ -1,0 +1,311 @@
+"""Tracing jobs: prompts queued per model, run one at a time in a background thread.
+
+Each model has its own queue and worker thread, so one model never runs two attributions at
+once (they would fight over memory and its hooks) while different models can. Progress comes
+from the attribution engine's phase log (``forward``, ``sources``, ... ``graph``); cancelling a
+queued job drops it, cancelling a running job stops it at the next phase boundary and discards
+its result. Every change is published to subscribers (the server's websocket clients).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from circuitlab.graph.export import check_slug, create_graph_files
+from circuitlab.graph.graph import Graph
+
+JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
+PHASES = ("forward", "sources", "targets", "logit rows", "feature rows", "graph")
+MAX_PROMPT_CHARS = 4000
+MAX_TARGETS = 16
+_ATTRIBUTION_LOGGER = "circuitlab.attribution"
+
+
+class JobCancelled(Exception):
+    """Raised inside a running job when its cancellation was requested."""
+
+
+@dataclass
+class Job:
+    """One tracing request and where it is."""
+
+    id: str
+    model: str
+    prompt: str
+    targets: list[str]
+    slug: str
+    status: JobStatus = "queued"
+    phase: str = "queued"
+    progress: float = 0.0
+    error: str | None = None
+    created: float = field(default_factory=time.time)
+    finished: float | None = None
+    cancel_requested: bool = False
+
+    def public(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("cancel_requested")
+        return d
+
+
+class Progress:
+    """What a running job reports through; ``check`` raises ``JobCancelled`` when asked to."""
+
+    def __init__(self, job: Job, publish: Callable[[Job], None]):
+        self.job = job
+        self._publish = publish
+
+    def update(self, phase: str, progress: float) -> None:
+        self.check()
+        self.job.phase, self.job.progress = phase, max(0.0, min(1.0, progress))
+        self._publish(self.job)
+
+    def check(self) -> None:
+        if self.job.cancel_requested:
+            raise JobCancelled
+
+
+RunFn = Callable[[Any, Job, Progress], Graph]
+
+
+class Tracer:
+    """Runs attribution jobs for named ``ReplacementModel`` s and writes their graph files.
+
+    ``run_fn(model, job, progress) -> Graph`` does the work (default: ``attribute`` with
+    ``attribute_kwargs``); graphs land in ``graph_dir`` as ``{slug}.json`` (pruned with
+    ``node_threshold``/``edge_threshold``) and ``{slug}.safetensors``.
+    """
+
+    def __init__(
+        self,
+        models: Mapping[str, Any],
+        graph_dir: str | Path,
+        *,
+        node_threshold: float = 0.8,
+        edge_threshold: float = 0.98,
+        attribute_kwargs: Mapping[str, Any] | None = None,
+        run_fn: RunFn | None = None,
+        history: int = 100,
+    ):
+        if not models:
+            raise ValueError("Tracer needs at least one model")
+        self.models = dict(models)
+        self.graph_dir = Path(graph_dir)
+        self.node_threshold = node_threshold
+        self.edge_threshold = edge_threshold
+        self.attribute_kwargs = dict(attribute_kwargs or {})
+        self.run_fn = run_fn or self._run_attribution
+        self._jobs: dict[str, Job] = {}
+        self._queues: dict[str, deque[Job]] = {name: deque() for name in self.models}
+        self._cond = threading.Condition()
+        self._subscribers: list[Callable[[dict[str, Any]], object]] = []
+        self._history = history
+        self._closed = False
+        self._threads = [
+            threading.Thread(target=self._worker, args=(name,), daemon=True, name=f"trace-{name}")
+            for name in self.models
+        ]
+        for t in self._threads:
+            t.start()
+
+    # ---- public API -------------------------------------------------------------------------
+    def submit(
+        self,
+        prompt: str,
+        targets: list[str] | None = None,
+        *,
+        model: str | None = None,
+        slug: str | None = None,
+    ) -> Job:
+        """Queue a prompt; returns the job (``ValueError`` names any bad input)."""
+        model = model or next(iter(self.models))
+        if model not in self.models:
+            raise ValueError(f"unknown model {model!r}; this server has {sorted(self.models)}")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError("prompt must be a non-empty string")
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise ValueError(f"prompt is longer than {MAX_PROMPT_CHARS} characters")
+        targets = list(targets or [])
+        if len(targets) > MAX_TARGETS or not all(isinstance(t, str) and t for t in targets):
+            raise ValueError(f"targets must be up to {MAX_TARGETS} non-empty token strings")
+        job_id = uuid.uuid4().hex[:12]
+        slug = check_slug(slug) if slug else f"trace-{time.strftime('%Y%m%d-%H%M%S')}-{job_id[:6]}"
+        job = Job(id=job_id, model=model, prompt=prompt, targets=targets, slug=slug)
+        with self._cond:
+            if self._closed:
+                raise ValueError("the tracer is shut down")
+            self._jobs[job.id] = job
+            self._queues[model].append(job)
+            self._trim()
+            self._cond.notify_all()
+        self._publish(job)
+        return job
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a queued or running job (finished jobs are left as they are)."""
+        with self._cond:
+            job = self._jobs.get(job_id)
+            if job is None:
+                raise KeyError(job_id)
+            if job.status == "queued":
+                self._queues[job.model].remove(job)
+                self._finish(job, "cancelled")
+            elif job.status == "running":
+                job.cancel_requested = True
+                job.phase = "cancelling"
+        self._publish(job)
+        return job
+
+    def jobs(self) -> list[dict[str, Any]]:
+        """Every known job, oldest first."""
+        with self._cond:
+            return [j.public() for j in self._jobs.values()]
+
+    def get(self, job_id: str) -> Job | None:
+        return self._jobs.get(job_id)
+
+    def subscribe(self, callback: Callable[[dict[str, Any]], object]) -> Callable[[], None]:
+        """Call ``callback(job_dict)`` on every change (from worker threads); returns unsubscribe."""
+        self._subscribers.append(callback)
+        return lambda: self._subscribers.remove(callback) if callback in self._subscribers else None
+
+    def wait(self, job_id: str, timeout: float = 60.0) -> Job:
+        """Block until the job has finished (for scripts and tests)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while (job := self._jobs[job_id]).finished is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"job {job_id} still {job.status} after {timeout}s")
+                self._cond.wait(left)
+        return job
+
+    def close(self) -> None:
+        """Cancel everything and stop the workers."""
+        with self._cond:
+            self._closed = True
+            for job in list(self._jobs.values()):
+                if job.status == "running":
+                    job.cancel_requested = True
+            for q in self._queues.values():
+                while q:
+                    self._finish(q.popleft(), "cancelled")
+            self._cond.notify_all()
+
+    # ---- workers ----------------------------------------------------------------------------
+    def _worker(self, name: str) -> None:
+        while True:
+            with self._cond:
+                while not self._queues[name] and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                job = self._queues[name].popleft()
+                job.status, job.phase = "running", "starting"
+            self._publish(job)
+            self._run(job)
+
+    def _run(self, job: Job) -> None:
+        progress = Progress(job, self._publish)
+        try:
+            graph = self.run_fn(self.models[job.model], job, progress)
+            progress.update("writing graph files", 0.95)
+            self.graph_dir.mkdir(parents=True, exist_ok=True)
+            graph.save(self.graph_dir / f"{job.slug}.safetensors")
+            create_graph_files(
+                graph,
+                job.slug,
+                self.graph_dir,
+                self.node_threshold,
+                self.edge_threshold,
+                tokenizer=getattr(self.models[job.model], "tokenizer", None),
+            )
+            status, error = "done", None
+        except JobCancelled:
+            status, error = "cancelled", None
+        except Exception as e:  # a failed job is reported to the page, the worker lives on
+            status, error = "failed", f"{type(e).__name__}: {e}"
+        with self._cond:
+            if status == "done":
+                job.progress = 1.0
+            self._finish(job, status, error)  # type: ignore[arg-type]
+        self._publish(job)
+
+    def _finish(self, job: Job, status: JobStatus, error: str | None = None) -> None:
+        job.status, job.error, job.finished = status, error, time.time()
+        job.phase = status
+        self._cond.notify_all()
+
+    def _trim(self) -> None:
+        done = [j for j in self._jobs.values() if j.finished is not None]
+        for j in done[: max(0, len(self._jobs) - self._history)]:
+            del self._jobs[j.id]
+
+    def _publish(self, job: Job) -> None:
+        event = job.public()
+        for callback in list(self._subscribers):
+            try:
+                callback(event)
+            except Exception:  # a broken subscriber must not break the job
+                logging.getLogger(__name__).exception("job subscriber failed")
+
+    def _run_attribution(self, model: Any, job: Job, progress: Progress) -> Graph:
+        from circuitlab.attribution import attribute
+
+        with phase_progress(progress):
+            return attribute(
+                model,
+                job.prompt,
+                attribution_targets=job.targets or None,
+                **self.attribute_kwargs,
+            )
+
+
+_level_lock = threading.Lock()
+_level_users = 0
+_saved_level = logging.NOTSET
+
+
+@contextmanager
+def phase_progress(progress: Progress) -> Iterator[None]:
+    """Turn the engine's per-phase log records (this thread only) into progress updates."""
+    global _level_users, _saved_level
+    logger = logging.getLogger(_ATTRIBUTION_LOGGER)
+    thread = threading.get_ident()
+
+    class Handler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.thread != thread or not isinstance(record.args, tuple) or not record.args:
+                return
+            name = str(record.args[0])
+            if name in PHASES:  # raising here (cancel) unwinds attribute() itself
+                done = PHASES.index(name) + 1
+                nxt = PHASES[done] if done < len(PHASES) else "finishing"
+                progress.update(nxt, 0.9 * done / len(PHASES))
+
+    handler = Handler(logging.INFO)
+    with _level_lock:
+        if _level_users == 0:
+            _saved_level = logger.level
+            if logger.getEffectiveLevel() > logging.INFO:
+                logger.setLevel(logging.INFO)
+        _level_users += 1
+    logger.addHandler(handler)
+    progress.update(PHASES[0], 0.0)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        with _level_lock:
+            _level_users -= 1
+            if _level_users == 0:
+                logger.setLevel(_saved_level)
