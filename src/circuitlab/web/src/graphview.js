@@ -1,0 +1,329 @@
+// The graph pane: layers (rows, embeddings at the bottom, logits on top) x token positions
+// (columns). Three stacked canvases: links (redrawn when the layout changes), nodes, and an
+// overlay for hover/selection, which is all a mouse move repaints; a quadtree finds the node
+// under the pointer. This keeps 5,000 nodes / 100,000 links interactive without SVG.
+import { quadtree } from "d3-quadtree";
+import { KIND, nodeTitle, tokenText } from "./data.js";
+import { emit, isVisible, state, togglePin } from "./state.js";
+
+const MARGIN = { left: 44, right: 10, top: 10, bottom: 46 };
+const COLOR = { feature: "#3b6fb6", error: "#8c8c8c", token: "#2e9d5b", logit: "#e07b1a" };
+const POS = "37,99,235"; // positive links
+const NEG = "220,38,38"; // negative links
+const BUCKETS = 8;
+
+export const timings = { layout: 0, links: 0, nodes: 0, overlay: 0 };
+
+export class GraphView {
+  constructor(wrap) {
+    this.wrap = wrap;
+    this.canvases = ["links", "nodes", "overlay"].map((id) => wrap.querySelector(`#${id}`));
+    this.tooltip = wrap.querySelector("#tooltip");
+    this.visible = [];
+    this.tree = null;
+    this.frozen = false;
+    new ResizeObserver(() => this.redraw()).observe(wrap);
+    const top = this.canvases[2];
+    top.addEventListener("mousemove", (e) => this.onMove(e));
+    top.addEventListener("mouseleave", () => this.setHover(""));
+    top.addEventListener("click", (e) => this.onClick(e));
+  }
+
+  // ---- layout -----------------------------------------------------------------------------
+  layout() {
+    const t0 = performance.now();
+    const g = state.graph;
+    const { width, height } = this.size;
+    this.visible = g.nodes.filter(isVisible);
+    const visibleSet = new Set(this.visible);
+    this.links = g.links.filter((l) => visibleSet.has(l.source) && visibleSet.has(l.target));
+    const rows = g.nLayers + 2;
+    const rowOf = (n) => (n.kind === KIND.token ? 0 : n.kind === KIND.logit ? rows - 1 : n.layer + 1);
+    const cells = new Map();
+    for (const n of this.visible) {
+      const key = rowOf(n) * 100000 + n.pos;
+      if (!cells.has(key)) cells.set(key, []);
+      cells.get(key).push(n);
+    }
+    const colMax = new Array(g.nPos).fill(1);
+    for (const [key, list] of cells) {
+      const pos = key % 100000;
+      colMax[pos] = Math.max(colMax[pos], list.length);
+    }
+    const weights = colMax.map((c) => Math.max(1, c) ** 0.6);
+    const innerW = Math.max(50, width - MARGIN.left - MARGIN.right);
+    const innerH = Math.max(50, height - MARGIN.top - MARGIN.bottom);
+    const total = weights.reduce((a, b) => a + b, 0);
+    this.colX = [];
+    let x = MARGIN.left;
+    for (const w of weights) {
+      const cw = (w / total) * innerW;
+      this.colX.push([x, cw]);
+      x += cw;
+    }
+    this.rowH = innerH / rows;
+    this.rowY = (r) => MARGIN.top + (rows - 1 - r + 0.5) * this.rowH;
+    this.rows = rows;
+    const rMax = Math.max(2.5, Math.min(7, this.rowH / 3));
+    for (const [key, list] of cells) {
+      const row = Math.floor(key / 100000);
+      const [cx, cw] = this.colX[key % 100000];
+      list.sort((a, b) => (a.influence ?? 2) - (b.influence ?? 2));
+      const step = Math.min((cw * 0.9) / list.length, rMax * 2.4);
+      const start = cx + cw / 2 - (step * (list.length - 1)) / 2;
+      list.forEach((n, i) => {
+        n.x = start + i * step;
+        n.y = this.rowY(row);
+        n.r = radius(n, rMax);
+      });
+    }
+    this.tree = quadtree().x((n) => n.x).y((n) => n.y).addAll(this.visible);
+    timings.layout = performance.now() - t0;
+  }
+
+  get size() {
+    return { width: this.wrap.clientWidth, height: this.wrap.clientHeight };
+  }
+
+  contexts() {
+    const { width, height } = this.size;
+    const dpr = window.devicePixelRatio || 1;
+    return this.canvases.map((c) => {
+      if (c.width !== Math.round(width * dpr) || c.height !== Math.round(height * dpr)) {
+        c.width = Math.round(width * dpr);
+        c.height = Math.round(height * dpr);
+        c.style.width = `${width}px`;
+        c.style.height = `${height}px`;
+      }
+      const ctx = c.getContext("2d");
+      ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+      ctx.clearRect(0, 0, width, height);
+      return ctx;
+    });
+  }
+
+  // ---- drawing ----------------------------------------------------------------------------
+  redraw() {
+    if (!state.graph || !this.size.width) return;
+    this.layout();
+    const [links, nodes] = this.contexts();
+    this.linkCtx = links;
+    this.nodeCtx = nodes;
+    this.drawLinks();
+    this.drawNodes();
+    this.drawOverlay();
+  }
+
+  drawLinks() {
+    const t0 = performance.now();
+    const ctx = this.linkCtx;
+    const { width, height } = this.size;
+    ctx.clearRect(0, 0, width, height);
+    const maxAbs = state.graph.maxAbs || 1;
+    // Many links would paint the pane solid: fade them as their number grows.
+    const density = Math.min(1, Math.max(0.06, Math.sqrt(3000 / Math.max(1, this.links.length))));
+    const dim = (state.clickedId ? 0.35 : 1) * density;
+    const paths = [[], []].map(() => Array.from({ length: BUCKETS }, () => new Path2D()));
+    for (const l of this.links) {
+      const b = Math.min(BUCKETS - 1, Math.floor(Math.sqrt(Math.abs(l.weight) / maxAbs) * BUCKETS));
+      const p = paths[l.weight >= 0 ? 0 : 1][b];
+      p.moveTo(l.source.x, l.source.y);
+      p.lineTo(l.target.x, l.target.y);
+    }
+    ctx.lineWidth = 0.6;
+    for (let b = 0; b < BUCKETS; b++) {
+      const alpha = (0.04 + 0.5 * ((b + 1) / BUCKETS) ** 2) * dim;
+      ctx.strokeStyle = `rgba(${POS},${alpha})`;
+      ctx.stroke(paths[0][b]);
+      ctx.strokeStyle = `rgba(${NEG},${alpha})`;
+      ctx.stroke(paths[1][b]);
+    }
+    timings.links = performance.now() - t0;
+  }
+
+  drawNodes() {
+    const t0 = performance.now();
+    const ctx = this.nodeCtx;
+    const g = state.graph;
+    const { width, height } = this.size;
+    ctx.clearRect(0, 0, width, height);
+    drawAxes(ctx, g, this);
+    const pinned = new Set(state.pinned);
+    for (const kind of [KIND.token, KIND.error, KIND.feature, KIND.logit]) {
+      for (const n of this.visible) {
+        if (n.kind !== kind) continue;
+        const imp = n.influence == null ? 0.6 : Math.max(0, 1 - n.influence);
+        ctx.globalAlpha = kind === KIND.feature || kind === KIND.error ? 0.35 + 0.65 * imp : 0.95;
+        ctx.fillStyle = COLOR[kind];
+        shape(ctx, n);
+        ctx.fill();
+        if (pinned.has(n.id)) {
+          ctx.globalAlpha = 1;
+          ctx.lineWidth = 1.6;
+          ctx.strokeStyle = "#111";
+          ctx.stroke();
+        }
+      }
+    }
+    ctx.globalAlpha = 1;
+    timings.nodes = performance.now() - t0;
+  }
+
+  drawOverlay() {
+    const t0 = performance.now();
+    const ctx = this.overlayCtx();
+    const { width, height } = this.size;
+    ctx.clearRect(0, 0, width, height);
+    const g = state.graph;
+    const maxAbs = g.maxAbs || 1;
+    for (const id of [state.clickedId, state.hoveredId]) {
+      const n = id && g.byId.get(id);
+      if (!n || n.x == null || !isVisible(n)) continue;
+      const strong = id === state.clickedId;
+      const lists = [];
+      if (state.linkType !== "output") lists.push(n.inputs);
+      if (state.linkType !== "input") lists.push(n.outputs);
+      for (const list of lists) {
+        for (const l of list) {
+          if (!isVisible(l.source) || !isVisible(l.target)) continue;
+          const s = Math.sqrt(Math.abs(l.weight) / maxAbs);
+          ctx.strokeStyle = `rgba(${l.weight >= 0 ? POS : NEG},${strong ? 0.35 + 0.6 * s : 0.25 + 0.4 * s})`;
+          ctx.lineWidth = 0.5 + 3 * s;
+          ctx.beginPath();
+          ctx.moveTo(l.source.x, l.source.y);
+          ctx.lineTo(l.target.x, l.target.y);
+          ctx.stroke();
+        }
+      }
+      ctx.lineWidth = strong ? 2.5 : 1.5;
+      ctx.strokeStyle = strong ? "#f59e0b" : "#444";
+      ctx.beginPath();
+      ctx.arc(n.x, n.y, n.r + 3, 0, 2 * Math.PI);
+      ctx.stroke();
+    }
+    timings.overlay = performance.now() - t0;
+  }
+
+  overlayCtx() {
+    const ctx = this.canvases[2].getContext("2d");
+    const dpr = window.devicePixelRatio || 1;
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    return ctx;
+  }
+
+  // Selection and pins change what is highlighted and drawn dimmed, not the layout.
+  refreshHighlights() {
+    if (!this.linkCtx) return this.redraw();
+    this.drawLinks();
+    this.drawNodes();
+    this.drawOverlay();
+  }
+
+  // ---- interaction ------------------------------------------------------------------------
+  nodeAt(e) {
+    if (!this.tree) return null;
+    const rect = this.canvases[2].getBoundingClientRect();
+    const n = this.tree.find(e.clientX - rect.left, e.clientY - rect.top, 12);
+    return n || null;
+  }
+
+  onMove(e) {
+    if (e.shiftKey) return; // shift freezes the hover
+    const n = this.nodeAt(e);
+    this.setHover(n ? n.id : "");
+    if (n) {
+      const rect = this.wrap.getBoundingClientRect();
+      this.tooltip.hidden = false;
+      this.tooltip.textContent = nodeTitle(state.graph, n, state.clerps);
+      this.tooltip.style.left = `${Math.min(e.clientX - rect.left + 12, rect.width - 160)}px`;
+      this.tooltip.style.top = `${e.clientY - rect.top + 12}px`;
+    } else {
+      this.tooltip.hidden = true;
+    }
+  }
+
+  setHover(id) {
+    if (id === state.hoveredId) return;
+    state.hoveredId = id;
+    if (!id) this.tooltip.hidden = true;
+    this.drawOverlay();
+    emit("hover");
+  }
+
+  onClick(e) {
+    const n = this.nodeAt(e);
+    if (!n) return;
+    if (e.ctrlKey || e.metaKey) {
+      togglePin(n.id);
+      return;
+    }
+    state.clickedId = state.clickedId === n.id ? "" : n.id;
+    emit("select");
+  }
+
+  // Page coordinates of a node's centre (for tests and the subgraph's "show in graph").
+  screenPos(id) {
+    const n = state.graph && state.graph.byId.get(id);
+    if (!n || n.x == null || !isVisible(n)) return null;
+    const rect = this.canvases[2].getBoundingClientRect();
+    return { x: rect.left + n.x, y: rect.top + n.y };
+  }
+}
+
+function radius(n, rMax) {
+  if (n.kind === KIND.token) return Math.min(5, rMax);
+  if (n.kind === KIND.logit) return Math.min(rMax, 3 + 6 * n.prob);
+  const imp = n.influence == null ? 0.5 : Math.max(0, 1 - n.influence);
+  return 1.5 + (rMax - 1.5) * imp * imp;
+}
+
+function shape(ctx, n) {
+  ctx.beginPath();
+  if (n.kind === KIND.error) {
+    ctx.rect(n.x - n.r, n.y - n.r, 2 * n.r, 2 * n.r);
+  } else if (n.kind === KIND.token) {
+    ctx.rect(n.x - n.r, n.y - n.r * 0.7, 2 * n.r, 1.4 * n.r);
+  } else if (n.kind === KIND.logit) {
+    ctx.moveTo(n.x, n.y - n.r * 1.2);
+    ctx.lineTo(n.x + n.r * 1.1, n.y + n.r * 0.8);
+    ctx.lineTo(n.x - n.r * 1.1, n.y + n.r * 0.8);
+    ctx.closePath();
+  } else {
+    ctx.arc(n.x, n.y, n.r, 0, 2 * Math.PI);
+  }
+}
+
+function drawAxes(ctx, g, view) {
+  ctx.save();
+  ctx.font = "11px system-ui, sans-serif";
+  ctx.fillStyle = "#777";
+  ctx.strokeStyle = "#eee";
+  ctx.textAlign = "right";
+  ctx.textBaseline = "middle";
+  const every = Math.max(1, Math.ceil(14 / view.rowH));
+  for (let r = 0; r < view.rows; r++) {
+    const y = view.rowY(r);
+    ctx.beginPath();
+    ctx.moveTo(MARGIN.left, y);
+    ctx.lineTo(view.size.width - MARGIN.right, y);
+    ctx.stroke();
+    const name = r === 0 ? "Emb" : r === view.rows - 1 ? "Lgt" : (r - 1) % every ? "" : `L${r - 1}`;
+    if (name) ctx.fillText(name, MARGIN.left - 6, y);
+  }
+  ctx.textAlign = "center";
+  ctx.textBaseline = "top";
+  const yTok = view.size.height - MARGIN.bottom + 8;
+  view.colX.forEach(([x, w], pos) => {
+    ctx.strokeStyle = "#f3f3f3";
+    ctx.beginPath();
+    ctx.moveTo(x, MARGIN.top);
+    ctx.lineTo(x, yTok - 6);
+    ctx.stroke();
+    let text = tokenText(g, pos).replace(/\n/g, "⏎");
+    const fit = Math.max(1, Math.floor(w / 6.5));
+    if (text.length > fit) text = `${text.slice(0, Math.max(1, fit - 1))}…`;
+    ctx.fillStyle = "#333";
+    ctx.fillText(text, x + w / 2, yTok);
+  });
+  ctx.restore();
+}

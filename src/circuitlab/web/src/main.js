@@ -1,0 +1,180 @@
+// The lab page: loads the graph list and a graph, wires the panes to the shared state.
+import { parseGraph } from "./data.js";
+import { renderFeatureCard } from "./featurecard.js";
+import { GraphView, timings } from "./graphview.js";
+import { renderInspector } from "./inspector.js";
+import { applyQParams, emit, on, qParams, state, togglePin, writeUrl } from "./state.js";
+import { finishGrouping, grouping, renderSubgraph } from "./subgraph.js";
+import { setupTrace } from "./trace.js";
+import { el } from "./dom.js";
+
+const $ = (id) => document.getElementById(id);
+let info = { features: false, tracing: false, models: [] };
+let view;
+
+async function getJSON(url) {
+  const r = await fetch(url, { cache: "no-cache" });
+  if (!r.ok) throw new Error(`${url}: ${r.status}`);
+  return r.json();
+}
+
+async function loadList(selected) {
+  const { graphs } = await getJSON("data/graph-metadata.json");
+  const select = $("graph-select");
+  select.replaceChildren(...graphs.map((g) => el("option", { value: g.slug }, g.title_prefix ? `${g.title_prefix} ${g.slug}` : g.slug)));
+  if (selected) select.value = selected;
+  return graphs;
+}
+
+async function loadGraph(slug, url) {
+  const t0 = performance.now();
+  const data = await getJSON(`data/${encodeURIComponent(slug)}.json`);
+  state.slug = slug;
+  state.graph = parseGraph(data);
+  applyQParams(state.graph.qParams, url);
+  timings.parse = performance.now() - t0;
+  $("graph-select").value = slug;
+  const prune = $("prune");
+  prune.max = String(Math.max(state.graph.meta.node_threshold || 0.8, state.pruning, 0.01));
+  prune.value = String(state.pruning);
+  document.title = `circuitlab · ${slug}`;
+  emit("graph");
+  state.dirty = false;
+  updateSaveState();
+  if (state.graph.duplicates) setStatus(`${state.graph.duplicates} duplicate node ids ignored (old circuit-tracer file)`);
+}
+
+function setStatus(text) {
+  $("save-state").textContent = text;
+}
+
+function updateSaveState() {
+  setStatus(state.dirty ? "unsaved changes" : "");
+  $("save").classList.toggle("attention", state.dirty);
+}
+
+async function save() {
+  if (!state.slug) return;
+  const r = await fetch(`save_graph/${encodeURIComponent(state.slug)}`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ qParams: qParams() }),
+  });
+  if (r.ok) {
+    state.dirty = false;
+    updateSaveState();
+    setStatus("saved");
+  } else {
+    setStatus(`save failed: ${(await r.json().catch(() => ({}))).detail || r.status}`);
+  }
+}
+
+function updateCounts() {
+  const g = state.graph;
+  if (!g || !view.visible) return;
+  $("counts").textContent = `${view.visible.length}/${g.nodes.length} nodes · ${view.links.length}/${g.links.length} links`;
+  $("prune-value").textContent = state.pruning.toFixed(2);
+}
+
+function render(what) {
+  if (!state.graph) return;
+  if (what === "graph" || what === "prune") {
+    view.redraw();
+  } else if (what === "select" || what === "pins" || what === "labels") {
+    view.refreshHighlights();
+  }
+  if (what !== "hover" && what !== "layout") {
+    renderInspector($("inspector"));
+    renderSubgraph($("subgraph"), $("supernodes"));
+  }
+  if (what === "graph" || what === "select") renderFeatureCard($("feature"), info.features);
+  updateCounts();
+  updateSaveState();
+}
+
+function keys() {
+  window.addEventListener("keydown", (e) => {
+    const typing = /^(INPUT|TEXTAREA|SELECT)$/.test(e.target.tagName);
+    if ((e.ctrlKey || e.metaKey) && e.key.toLowerCase() === "s") {
+      e.preventDefault();
+      save();
+      return;
+    }
+    if (typing) return;
+    if (e.key === "Escape") {
+      $("help").hidden = true;
+      if (state.clickedId) { state.clickedId = ""; emit("select"); }
+    } else if (e.key === "g" || e.key === "G") {
+      grouping.held = true;
+      document.body.classList.add("grouping");
+    } else if (e.key === "p" && state.clickedId) {
+      togglePin(state.clickedId);
+    } else if (e.key === "[" || e.key === "]") {
+      const p = $("prune");
+      const v = Math.min(Number(p.max), Math.max(Number(p.min), state.pruning + (e.key === "]" ? 0.05 : -0.05)));
+      p.value = String(v);
+      state.pruning = Number(p.value);
+      emit("prune");
+    } else if (e.key === "?") {
+      $("help").hidden = !$("help").hidden;
+    } else if (e.key === "/" && info.tracing) {
+      e.preventDefault();
+      $("trace-prompt").focus();
+    }
+  });
+  window.addEventListener("keyup", (e) => {
+    if (e.key === "g" || e.key === "G") {
+      document.body.classList.remove("grouping");
+      finishGrouping();
+    }
+  });
+  window.addEventListener("blur", () => { grouping.held = false; grouping.picked.clear(); });
+}
+
+async function main() {
+  view = new GraphView($("graph-wrap"));
+  on(render);
+  keys();
+  $("save").addEventListener("click", save);
+  $("help-toggle").addEventListener("click", () => { $("help").hidden = !$("help").hidden; });
+  $("graph-select").addEventListener("change", (e) => {
+    history.replaceState(null, "", `?slug=${encodeURIComponent(e.target.value)}`);
+    loadGraph(e.target.value, null);
+  });
+  let pruneTimer = 0;
+  $("prune").addEventListener("input", (e) => {
+    state.pruning = Number(e.target.value);
+    $("prune-value").textContent = state.pruning.toFixed(2);
+    cancelAnimationFrame(pruneTimer);
+    pruneTimer = requestAnimationFrame(() => emit("prune", { dirty: true }));
+  });
+  window.addEventListener("beforeunload", writeUrl);
+  info = await getJSON("api/info").catch(() => info);
+  const url = new URLSearchParams(location.search);
+  const graphs = await loadList(url.get("slug"));
+  setupTrace(info, {
+    onDone: async (job) => {
+      await loadList(job.slug);
+      history.replaceState(null, "", `?slug=${encodeURIComponent(job.slug)}`);
+      await loadGraph(job.slug, null);
+    },
+  });
+  const slug = url.get("slug") || (graphs[0] && graphs[0].slug);
+  if (slug) await loadGraph(slug, url);
+  else $("inspector").replaceChildren(el("p", { class: "muted" }, "No graphs yet: trace a prompt or write graph files."));
+  document.body.dataset.ready = "1";
+}
+
+// Hooks for tests and for measuring (read-only use).
+window.__lab = {
+  state,
+  timings,
+  screenPos: (id) => view && view.screenPos(id),
+  redraw: () => { const t0 = performance.now(); view.redraw(); return performance.now() - t0; },
+};
+
+main().catch((e) => {
+  console.error(e);
+  document.body.dataset.ready = "error";
+  $("inspector").replaceChildren(el("p", { class: "error" }, String(e.message || e)));
+});
