@@ -14,6 +14,8 @@ EXAMPLES = """examples:
   circuitlab attribute -p "The capital of France is" -t ./my-transcoders -m ./my-model -o france.safetensors
   circuitlab attribute -p "Fact: the capital of the state containing Dallas is" -t llama \\
       --target " Austin" --logit-diff " Austin" " Dallas" -o dallas.safetensors --verbose
+  circuitlab attribute -p "The capital of France is" -t ./my-transcoders --slug france \
+      --graph_file_dir ./graphs --server
 """
 
 DTYPES = {
@@ -70,6 +72,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar=("POS", "NEG"),
         help="a logit-difference target logit(POS) - logit(NEG); repeatable",
     )
+    g = p.add_argument_group("graph files for the web lab (as in circuit-tracer)")
+    g.add_argument("--slug", help="name of the graph in the lab (file {slug}.json)")
+    g.add_argument("--graph_file_dir", help="folder for the lab's graph files")
+    g.add_argument("--node_threshold", type=float, default=0.8, help="node pruning share")
+    g.add_argument("--edge_threshold", type=float, default=0.98, help="edge pruning share")
+    g.add_argument("--server", action="store_true", help="serve the lab afterwards")
+    g.add_argument("--port", type=int, default=8041, help="port for --server")
+    g.add_argument("--features_dir", help="dashboard store for --server and feature labels")
     p.add_argument("--verbose", action="store_true", help="progress bar and phase timings")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
@@ -84,9 +94,13 @@ def run(args: argparse.Namespace) -> int:
     from . import UsageError
 
     out = args.graph_output_path
-    if out is None:
-        raise UsageError("nothing would be saved: pass -o/--graph_output_path GRAPH.safetensors")
-    if Path(out).suffix == ".pt":
+    files = check_graph_file_flags(args)
+    if out is None and not files:
+        raise UsageError(
+            "nothing would be saved: pass -o/--graph_output_path GRAPH.safetensors "
+            "and/or --slug NAME --graph_file_dir DIR"
+        )
+    if out is not None and Path(out).suffix == ".pt":
         raise UsageError(
             "circuitlab saves graphs as safetensors, never pickles: use -o NAME.safetensors "
             "(circuit-tracer .pt graphs can be imported with circuitlab.import_circuit_tracer_pt)"
@@ -114,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
         offload=args.offload,
         verbose=args.verbose,
     )
-    graph.save(out)
+    if out is not None:
+        graph.save(out)
     scores = compute_graph_scores(graph)
     print(f"{graph.n_selected} features of {graph.n_active} active, {graph.n_nodes} nodes")
     print(
@@ -125,5 +140,52 @@ def run(args: argparse.Namespace) -> int:
         )
     )
     print(f"replacement score {scores.replacement:.3f}, completeness {scores.completeness:.3f}")
-    print(f"saved {out}")
+    if out is not None:
+        print(f"saved {out}")
+    if files:
+        write_graph_files(args, graph, model.tokenizer)
     return 0
+
+
+def check_graph_file_flags(args: argparse.Namespace) -> bool:
+    """circuit-tracer's rules: both --slug and --graph_file_dir make files; --server needs both."""
+    import sys
+
+    from ..graph.export import check_slug
+    from . import UsageError
+
+    if args.server and not (args.slug and args.graph_file_dir):
+        raise UsageError("--server needs --slug and --graph_file_dir (the graph to serve)")
+    if bool(args.slug) != bool(args.graph_file_dir):
+        print(
+            "circuitlab attribute: warning: graph files need both --slug and --graph_file_dir; "
+            "none will be written",
+            file=sys.stderr,
+        )
+        return False
+    if args.slug:
+        check_slug(args.slug)
+        for name in ("node_threshold", "edge_threshold"):
+            if not 0.0 <= getattr(args, name) <= 1.0:
+                raise UsageError(f"--{name} must be between 0 and 1, got {getattr(args, name)}")
+    return bool(args.slug)
+
+
+def write_graph_files(args: argparse.Namespace, graph: object, tokenizer: object) -> None:
+    from ..graph.export import create_graph_files
+
+    path = create_graph_files(
+        graph,  # type: ignore[arg-type]
+        args.slug,
+        args.graph_file_dir,
+        args.node_threshold,
+        args.edge_threshold,
+        tokenizer=tokenizer,
+        features_dir=args.features_dir,
+    )
+    print(f"wrote {path}")
+    if args.server:
+        from ..server import serve
+
+        print(f"circuitlab lab on http://127.0.0.1:{args.port}/?slug={args.slug} (Ctrl+C stops it)")
+        serve(args.graph_file_dir, args.features_dir, port=args.port)

@@ -223,6 +223,12 @@ class Graph:
 
         return load_graph(path, device=device)
 
+    def show(self, slug: str | None = None, **kwargs: Any) -> Any:
+        """Render the web lab on this graph inline in Jupyter (see ``circuitlab.server.show``)."""
+        from circuitlab.server.notebook import show
+
+        return show(self, slug, **kwargs)
+
 
 def _check_range(what: str, value: int, size: int) -> None:
     if not 0 <= value < size:

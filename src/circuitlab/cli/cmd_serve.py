@@ -1,0 +1,73 @@
+"""``circuitlab serve``: the web lab over a folder of graph files."""
+
+from __future__ import annotations
+
+import argparse
+
+NAME = "serve"
+HELP = "serve the web lab over a folder of graph files"
+DESCRIPTION = """Serves the lab page, the graph files in --graph_file_dir (written by `circuitlab
+attribute --slug ... --graph_file_dir ...` or by circuit-tracer), feature dashboards from
+--features_dir, and saves annotations into the graph files. With --model and --transcoders the
+page can also trace new prompts. Binds to 127.0.0.1 unless --host says otherwise."""
+EXAMPLES = """examples:
+  circuitlab serve --graph_file_dir ./graphs
+  circuitlab serve --graph_file_dir ./graphs --features_dir ./my-transcoders --port 8041
+  circuitlab serve --graph_file_dir ./graphs --model ./my-model --transcoders ./my-transcoders
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--graph_file_dir", required=True, help="folder of graph JSON files")
+    p.add_argument("--features_dir", help="dashboard store (holds index.json.gz or features/)")
+    p.add_argument("--port", type=int, default=8041)
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    p.add_argument("-m", "--model", help="model to trace with (hub id, local dir or .gguf)")
+    p.add_argument(
+        "-t", "--transcoders", "--transcoder_set", dest="transcoders", help="transcoders"
+    )
+    p.add_argument("--max_feature_nodes", type=int, default=None)
+    p.add_argument("--batch_size", type=int, default=256)
+    p.add_argument("--node_threshold", type=float, default=0.8)
+    p.add_argument("--edge_threshold", type=float, default=0.98)
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..server import serve
+    from . import UsageError
+
+    if not 0 < args.port < 65536:
+        raise UsageError(f"--port must be 1-65535, got {args.port}")
+    if not Path(args.graph_file_dir).is_dir():
+        raise UsageError(f"--graph_file_dir {args.graph_file_dir} is not a folder")
+    if args.model and not args.transcoders:
+        raise UsageError("--model needs --transcoders to trace prompts")
+    models = None
+    if args.transcoders:
+        from ..replacement import ReplacementModel
+        from ..transcoders import load_transcoders
+
+        transcoders = load_transcoders(args.transcoders)
+        model_ref = args.model or getattr(transcoders, "model_name", None)
+        if not model_ref:
+            raise UsageError("the transcoders name no model_name: pass -m/--model")
+        model = ReplacementModel.from_pretrained(model_ref, transcoders)
+        models = {Path(str(model_ref)).name or str(model_ref): model}
+    print(f"circuitlab lab on http://{args.host}:{args.port}/  (Ctrl+C stops it)")
+    serve(
+        args.graph_file_dir,
+        args.features_dir,
+        port=args.port,
+        host=args.host,
+        models=models,
+        attribute_kwargs={
+            "max_feature_nodes": args.max_feature_nodes,
+            "batch_size": args.batch_size,
+        },
+        node_threshold=args.node_threshold,
+        edge_threshold=args.edge_threshold,
+    )
+    return 0
