@@ -280,6 +280,11 @@ def _value(
         t = torch.tensor(float(value), dtype=dtype)
     t = t.cpu()
     k, m = shape
+    if open_ended and t.ndim == 2 and t.shape[0] > 1:
+        raise ValueError(
+            f"{where}: an open-ended position slice covers generated tokens too, so its value "
+            f"cannot vary by position; pass a scalar or shape [{axis}={m}]."
+        )
     if t.ndim == 1 and k > 1 and m == 1 and t.shape[0] == k:  # one value per position
         t = t[:, None]
     try:
@@ -291,9 +296,4 @@ def _value(
             f"{where}: value of shape {tuple(t.shape)} does not broadcast to "
             f"[positions={k}, {axis}={m}]; pass a scalar or a tensor of that shape."
         ) from None
-    if open_ended and t.ndim == 2 and t.shape[0] > 1:
-        raise ValueError(
-            f"{where}: an open-ended position slice covers generated tokens too, so its value "
-            f"cannot vary by position; pass a scalar or shape [{axis}={m}]."
-        )
     return out
