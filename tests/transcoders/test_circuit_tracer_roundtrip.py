@@ -18,7 +18,7 @@ from circuitlab.transcoders import (
     random_transcoder_set,
 )
 from circuitlab.transcoders.formats import load_circuit_tracer
-from circuitlab.transcoders.rows import SafetensorsRows, TensorRows
+from circuitlab.transcoders.rows import ParameterRows, SafetensorsRows
 
 from .conftest import Equivalent
 
@@ -100,7 +100,7 @@ def test_lazy_decoder_rows_equal_eager_rows(tmp_path: Path) -> None:
     assert isinstance(lazy, TranscoderSet) and isinstance(eager, TranscoderSet)
     assert isinstance(lazy._layer(0).dec, SafetensorsRows)
     assert isinstance(lazy._layer(0).enc, SafetensorsRows)
-    assert isinstance(eager._layer(0).dec, TensorRows)
+    assert isinstance(eager._layer(0).dec, ParameterRows)
     idx = torch.tensor([15, 0, 15, 7])
     for layer in range(2):
         assert torch.equal(lazy.decoder_rows(layer, idx), eager.decoder_rows(layer, idx))

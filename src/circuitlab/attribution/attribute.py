@@ -27,6 +27,7 @@ from ..replacement import Prompt, ReplacementModel
 from ..transcoders.base import SparseActivations
 from .backward import FrozenBackward
 from .edge_store import EdgeRows
+from .offload import OFFLOAD_MODES, offloaded
 from .sources import Sources, pack_decoders
 from .targets import Targets, TargetSpec, resolve_targets
 
@@ -71,10 +72,13 @@ def attribute(
     ``CustomTarget`` items (see ``attribution.targets``). ``max_feature_nodes`` caps the number
     of feature rows; features are then chosen greedily by influence, re-ranked every
     ``update_interval * batch_size`` rows. ``batch_size`` targets share one backward sweep.
+    ``offload`` ("cpu" or "disk") moves the MLPs and transcoders off the model's device (or
+    to a temporary file) while the sweep runs, for models that barely fit; they are restored
+    afterwards, also on error.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-    if offload not in (None, "cpu", "disk"):
+    if offload not in OFFLOAD_MODES:
         raise ValueError(f"offload must be None, 'cpu' or 'disk'; got {offload!r}.")
     timer = _Timer(verbose)
     dtype = model.dtype
@@ -120,28 +124,31 @@ def attribute(
     store = EdgeRows(feature_start, (n_layers + 1) * n_pos, dtype)
     bar = tqdm(total=n_logits + n_rows_max, desc="attribution", unit="row", disable=not verbose)
 
-    with timer.phase("logit rows"):
-        for start in range(0, n_logits, batch_size):
-            sl = slice(start, min(start + batch_size, n_logits))
-            k = sl.stop - sl.start
-            layers = torch.full((k,), n_layers)
-            rows = backward.rows(sources, layers, torch.full((k,), n_pos - 1), targets.vecs[sl])
-            store.add(rows, layers, torch.arange(sl.start, sl.stop) + n_cols)
-            bar.update(k)
+    # The sweep needs neither the MLPs nor the transcoders any more.
+    mlps = [model.block(i).get_submodule(model.adapter.mlp) for i in range(n_layers)]
+    with offloaded([*mlps, tc], offload):
+        with timer.phase("logit rows"):
+            for start in range(0, n_logits, batch_size):
+                sl = slice(start, min(start + batch_size, n_logits))
+                k = sl.stop - sl.start
+                layers = torch.full((k,), n_layers)
+                rows = backward.rows(sources, layers, torch.full((k,), n_pos - 1), targets.vecs[sl])
+                store.add(rows, layers, torch.arange(sl.start, sl.stop) + n_cols)
+                bar.update(k)
 
-    with timer.phase("feature rows"):
-        visited = _feature_rows(
-            backward,
-            sources,
-            features.indices,
-            encoders,
-            store,
-            targets,
-            n_rows_max,
-            batch_size,
-            update_interval,
-            bar,
-        )
+        with timer.phase("feature rows"):
+            visited = _feature_rows(
+                backward,
+                sources,
+                features.indices,
+                encoders,
+                store,
+                targets,
+                n_rows_max,
+                batch_size,
+                update_interval,
+                bar,
+            )
     bar.close()
 
     with timer.phase("graph"):

@@ -7,7 +7,7 @@ from torch import nn
 
 from .activations import Activation
 from .base import Transcoders
-from .rows import Rows, TensorRows
+from .rows import ParameterRows, Rows
 
 
 class CrossLayerTranscoder(Transcoders):
@@ -47,7 +47,7 @@ class CrossLayerTranscoder(Transcoders):
             if isinstance(d, torch.Tensor):  # registered so that ``.to()`` moves it
                 param = nn.Parameter(d, requires_grad=False)
                 self.register_parameter(f"W_dec_{layer}", param)
-                d = TensorRows(param)
+                d = ParameterRows(self, f"W_dec_{layer}")
             self.dec.append(d)
         for layer, dec in enumerate(self.dec):
             want = (d_t, n_layers - layer, d_model)

@@ -7,7 +7,7 @@ from torch import nn
 
 from .activations import Activation
 from .base import Transcoders
-from .rows import Rows, TensorRows
+from .rows import ParameterRows, Rows
 
 
 class SingleLayerTranscoder(nn.Module):
@@ -29,7 +29,7 @@ class SingleLayerTranscoder(nn.Module):
     ):
         super().__init__()
         # In-memory weights are registered parameters (so ``.to()`` moves them) behind a
-        # ``TensorRows`` view; lazy ones stay ``Rows`` sources that read on demand.
+        # ``ParameterRows`` view; lazy ones stay ``Rows`` sources that read on demand.
         enc, dec = self._rows("W_enc_data", W_enc), self._rows("W_dec_data", W_dec)
         if enc.shape != dec.shape:
             raise ValueError(f"W_enc {enc.shape} and W_dec {dec.shape} must have the same shape.")
@@ -46,7 +46,7 @@ class SingleLayerTranscoder(nn.Module):
             return w
         param = nn.Parameter(w, requires_grad=False)
         self.register_parameter(name, param)
-        return TensorRows(param)
+        return ParameterRows(self, name)
 
     @property
     def d_transcoder(self) -> int:
@@ -59,6 +59,8 @@ class SingleLayerTranscoder(nn.Module):
     @property
     def W_enc(self) -> torch.Tensor:
         """``[d_t, d_model]`` (read once and kept if the encoder is lazy)."""
+        if isinstance(self.enc, ParameterRows):
+            return self.enc.tensor
         if self._W_enc_full is None:
             self._W_enc_full = self.enc.full()
         return self._W_enc_full

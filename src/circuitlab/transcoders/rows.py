@@ -47,6 +47,33 @@ class TensorRows:
         return self.tensor
 
 
+class ParameterRows:
+    """Rows of a parameter registered on a module, looked up on every access.
+
+    Holding the module and name (not the tensor) keeps the view valid when the parameter is
+    replaced, e.g. by ``load_state_dict(assign=True)`` after an offload.
+    """
+
+    def __init__(self, module: torch.nn.Module, name: str):
+        self.module = module
+        self.name = name
+
+    @property
+    def tensor(self) -> torch.Tensor:
+        return getattr(self.module, self.name)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.tensor.shape)
+
+    def rows(self, idx: torch.Tensor) -> torch.Tensor:
+        t = self.tensor
+        return t[idx.to(t.device)]
+
+    def full(self) -> torch.Tensor:
+        return self.tensor
+
+
 class SafetensorsRows:
     """Rows of one tensor in a safetensors file, read lazily with slices.
 

@@ -1,0 +1,73 @@
+"""Moving modules out of the way while the backward sweep runs.
+
+After the forward pass and the source vectors are built, the sweep never touches the MLPs or
+the transcoders again (decoder rows are already packed, encoder rows gathered, skip matrices
+copied). ``offloaded(modules, "cpu")`` moves them to the CPU (useful when the model lives on
+an accelerator); ``"disk"`` writes their tensors to a temporary safetensors file and frees
+them (parameters become meta tensors). Both restore the modules when the block ends, also on
+error or interruption.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+OFFLOAD_MODES = (None, "cpu", "disk")
+
+
+@contextmanager
+def offloaded(modules: Sequence[nn.Module], mode: str | None) -> Iterator[None]:
+    """Offloads ``modules`` for the duration of the block (see the module docstring)."""
+    if mode not in OFFLOAD_MODES:
+        raise ValueError(f"offload must be None, 'cpu' or 'disk'; got {mode!r}.")
+    if mode is None or not modules:
+        yield
+        return
+    if mode == "cpu":
+        devices = [_device(m) for m in modules]
+        for m in modules:
+            m.to("cpu")
+        try:
+            yield
+        finally:
+            for m, d in zip(modules, devices, strict=True):
+                m.to(d)
+        return
+    fd, path = tempfile.mkstemp(prefix="circuitlab-offload-", suffix=".safetensors")
+    os.close(fd)
+    devices = [_device(m) for m in modules]
+    try:
+        state = {
+            f"{i}.{k}": v.detach().cpu().contiguous()
+            for i, m in enumerate(modules)
+            for k, v in m.state_dict(keep_vars=True).items()
+        }
+        save_file(state, path)
+        del state
+        for m in modules:
+            m.to("meta")
+        try:
+            yield
+        finally:
+            saved = load_file(path)
+            for i, (m, d) in enumerate(zip(modules, devices, strict=True)):
+                prefix = f"{i}."
+                own = {k[len(prefix) :]: v.to(d) for k, v in saved.items() if k.startswith(prefix)}
+                m.load_state_dict(own, assign=True)
+                for p in m.parameters():
+                    p.requires_grad_(False)
+    finally:
+        os.unlink(path)
+
+
+def _device(module: nn.Module) -> torch.device:
+    for t in module.parameters():
+        return t.device
+    return torch.device("cpu")
