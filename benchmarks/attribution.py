@@ -25,6 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 from circuitlab import load_graph  # noqa: E402
+
 from fixtures import FIXTURES, Fixture  # noqa: E402
 from peer import find_peer_python, peer_missing_reason, run_peer  # noqa: E402
 

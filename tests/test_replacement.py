@@ -10,6 +10,7 @@ from circuitlab.models.session import Plan
 from circuitlab.models.tiny import tiny_model
 from circuitlab.replacement import ReplacementModel
 from circuitlab.transcoders import random_transcoder_set
+
 from conftest import FAMILIES, PROMPT, build
 
 

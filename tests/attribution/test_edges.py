@@ -10,6 +10,7 @@ from circuitlab.attribution import attribute
 from circuitlab.graph import Graph
 from circuitlab.models.session import Plan
 from circuitlab.replacement import ReplacementModel
+
 from conftest import FAMILIES, PROMPT, TRANSCODER_KINDS, build
 from perturb import direct_effects, frozen_plan, target_values
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import PROMPT, build
 
 from circuitlab.attribution import attribute
 from circuitlab.attribution.backward import FrozenBackward
+
+from conftest import PROMPT, build
 
 
 def _state(rm) -> dict[str, torch.Tensor]:

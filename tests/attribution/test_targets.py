@@ -7,6 +7,7 @@ import torch
 
 from circuitlab.attribution import CustomTarget, LogitDiff, attribute
 from circuitlab.graph import Graph
+
 from conftest import PROMPT, build
 from perturb import direct_effects
 
