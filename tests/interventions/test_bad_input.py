@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from circuitlab.interventions import Intervention, feature_intervention, set_error
+
 from conftest import PROMPT, build
 
 N = len(PROMPT)

@@ -10,6 +10,7 @@ from circuitlab.attribution import attribute
 from circuitlab.graph import Graph
 from circuitlab.interventions import InterventionResult, feature_intervention, scale_error
 from circuitlab.replacement import ReplacementModel
+
 from conftest import FAMILIES, PROMPT, TRANSCODER_KINDS, build
 
 
@@ -45,7 +46,7 @@ def test_doubling_a_node_changes_every_target_by_its_graph_column(family: str, k
         graph = attribute(rm, PROMPT, max_n_logits=4, desired_logit_prob=0.99)
         clean = rm.get_activations(PROMPT, apply_activation_function=False).dense()
         base = _direct(rm, [])
-        scale = graph.edges.abs().max()
+        scale = float(graph.edges.abs().max())
         for i in _sample(graph.n_selected, 1):
             layer, pos, feat = graph.selected_feature_coords[i].tolist()
             new = _direct(rm, [(layer, pos, feat, 2 * clean[layer, pos, feat])])

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from circuitlab.interventions import feature_intervention_generate, scale_feature, set_feature
+from circuitlab.interventions import scale_feature, set_error, set_feature
+
 from conftest import FAMILIES, PROMPT, build
 
 
@@ -84,21 +85,12 @@ def test_generation_returns_text_tokens_and_one_logit_row_per_new_token() -> Non
 
 def test_generation_stops_at_eos() -> None:
     rm = build("qwen2", "plt")
-    eos = rm.tokenizer.eos_token_id  # type: ignore[union-attr]
-    # Push the eos logit far up through every position's output bias: set an error vector.
-    direction = rm.unembed_weight[eos].detach() * 1e3
-    res = rm.feature_intervention_generate(
-        PROMPT,
-        [],
-        max_new_tokens=5,
-    )
-    assert res.tokens.shape[0] <= len(PROMPT) + 5
-    from circuitlab.interventions import set_error
-
-    steered = rm.feature_intervention_generate(
-        PROMPT, [set_error(1, slice(1, None), direction)], max_new_tokens=5
-    )
+    eos = int(rm.tokenizer.eos_token_id)  # type: ignore[union-attr, arg-type]
+    # Steer every position's last MLP output toward the eos token's unembedding.
+    push = set_error(1, slice(1, None), rm.unembed_weight[eos].detach() * 1e3)
+    steered = rm.feature_intervention_generate(PROMPT, [push], max_new_tokens=5)
     assert steered.tokens[-1] == eos and steered.tokens.shape[0] == len(PROMPT) + 1
+    assert steered.logits.shape[0] == 1
 
 
 def test_sampling_is_reproducible_with_a_seed() -> None:

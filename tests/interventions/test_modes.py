@@ -14,6 +14,7 @@ from circuitlab.interventions import (
 from circuitlab.models.session import Plan
 from circuitlab.replacement import ReplacementModel
 from circuitlab.transcoders.base import SparseActivations
+
 from conftest import PROMPT, build
 
 
