@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from circuitlab.features.corpus import batched_windows, bos_token_id, open_corpus, token_windows
+
 from conftest import tiny_tokenizer
 
 

@@ -16,8 +16,10 @@ from circuitlab.features.corpus import token_windows
 from circuitlab.features.logits import logit_effects
 from circuitlab.features.stats import LayerStats
 from circuitlab.features.store import read_feature, read_index
+from circuitlab.models.session import Plan
 from circuitlab.replacement import ReplacementModel
-from conftest import WORDS, build, tiny_tokenizer
+
+from conftest import FAMILIES, WORDS, build, tiny_tokenizer
 
 SETTINGS = BuildSettings(n_tokens=600, context=12, batch_size=4, checkpoint_every=3)
 
@@ -166,3 +168,18 @@ def test_cli_builds_clt_dashboards(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(args) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert main(["features", "show", str(tmp_path / "dash"), "7", "0"]) == 2
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("kind", ["plt", "plt_resid_mid"])
+def test_lean_forward_reads_what_the_hooked_session_reads(family: str, kind: str) -> None:
+    model = build(family, kind)
+    ids = torch.randint(3, 60, (2, 7), generator=torch.Generator().manual_seed(0))
+    ids[:, 0] = 0
+    acts = layer_activations(model, ids)
+    _, cap = model.run(ids, Plan(record=True))
+    assert cap is not None
+    for layer in range(model.n_layers):
+        want = model.transcoders.encode(layer, cap.reads[layer])
+        want[:, 0] = 0
+        torch.testing.assert_close(acts[layer], want.float())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from circuitlab.features.stats import LayerStats, StatsConfig, band_of, segmented_top
+from circuitlab.features.stats import LayerStats, StatsConfig, band_of
 
 
 def _stream(n_batches: int = 12, batch: int = 5, pos: int = 7, d_t: int = 9, seed: int = 0):
@@ -17,16 +17,6 @@ def _stream(n_batches: int = 12, batch: int = 5, pos: int = 7, d_t: int = 9, see
         a[:, :, 0] = 0  # a dead feature
         out.append((a, torch.arange(i * batch, (i + 1) * batch)))
     return out
-
-
-def test_segmented_top_matches_a_sort_per_group() -> None:
-    g = torch.Generator().manual_seed(3)
-    keys = torch.randint(0, 6, (200,), generator=g)
-    vals = torch.randn(200, generator=g)
-    taken, (got,) = segmented_top(keys, vals, 6, 4, [vals])
-    for k in range(6):
-        want = vals[keys == k].sort(descending=True).values[:4]
-        assert torch.equal(got[k][taken[k]], want)
 
 
 def test_top_windows_are_the_highest_window_maxima() -> None:

@@ -32,9 +32,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
-from ..models.session import Plan
+from ..models.adapters import get_module
+from ..models.session import READ_POINTS, check_hook_names
 from ..replacement import ReplacementModel
 from .corpus import batched_windows, token_windows
 from .logits import top_bottom_logits
@@ -78,14 +80,51 @@ class _State:
 
 
 # ---- activations ------------------------------------------------------------------------------
+class _Done(Exception):
+    """Raised by the last layer's input hook: nothing after it is needed."""
+
+
+@torch.no_grad()
+def transcoder_inputs(model: ReplacementModel, ids: torch.Tensor) -> list[torch.Tensor]:
+    """The transcoders' inputs ``[layer][batch, pos, d_model]`` for windows ``[batch, pos]``.
+
+    A lean forward: one hook per layer at the input point (the pre-MLP norm's output for
+    ``mlp.hook_in`` / ``ln2.hook_normalized``, its input for ``hook_resid_mid``), and the
+    forward stops after the last layer's input, so the last MLP and the unembedding never run.
+    """
+    ad, tc = model.adapter, model.transcoders
+    check_hook_names(tc.input_hook, tc.output_hook)
+    after_norm = READ_POINTS[tc.input_hook] == "mlp_in"
+    reads: list[torch.Tensor] = []
+
+    def keep(module: nn.Module, args: tuple[Any, ...], output: Any = None) -> None:
+        reads.append((output if after_norm else args[0]).detach())
+        if len(reads) == model.n_layers:
+            raise _Done
+
+    handles = []
+    for layer in range(model.n_layers):
+        ln2 = get_module(model.block(layer), ad.ln2)
+        if after_norm:
+            handles.append(ln2.register_forward_hook(keep))
+        else:
+            handles.append(ln2.register_forward_pre_hook(keep))
+    try:
+        model.model(input_ids=ids.to(model.device), use_cache=False)
+    except _Done:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return reads
+
+
 @torch.no_grad()
 def layer_activations(model: ReplacementModel, ids: torch.Tensor) -> list[torch.Tensor]:
     """Feature activations ``[layer][batch, pos, d_t]`` for windows ``[batch, pos]``, BOS zeroed."""
-    _, cap = model.run(ids.to(model.device), Plan(record=True))
-    assert cap is not None
     out = []
-    for layer in range(model.n_layers):
-        acts = model.transcoders.encode(layer, cap.reads[layer])
+    for layer, x in enumerate(transcoder_inputs(model, ids)):
+        acts = model.transcoders.encode(layer, x)
         acts[:, model.zero_positions] = 0
         out.append(acts.float().cpu())
     return out

@@ -43,31 +43,6 @@ class StatsConfig:
         return asdict(self)
 
 
-def segmented_top(
-    keys: torch.Tensor, values: torch.Tensor, n_groups: int, m: int, payloads: list[torch.Tensor]
-) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """For each group ``g`` in ``[0, n_groups)``, the ``m`` entries with the highest ``values``.
-
-    ``keys [n]`` name the group of each entry; ties keep the input order. Returns ``taken
-    [n_groups, m]`` (bool: slot holds an entry) and each payload scattered to ``[n_groups, m]``
-    (unfilled slots hold zeros), slots in decreasing value.
-    """
-    order = torch.argsort(values, descending=True, stable=True)
-    order = order[torch.argsort(keys[order], stable=True)]
-    ks = keys[order]
-    rank = torch.arange(ks.numel()) - torch.searchsorted(ks, ks)
-    keep = rank < m
-    g, r = ks[keep], rank[keep]
-    taken = torch.zeros(n_groups, m, dtype=torch.bool)
-    taken[g, r] = True
-    outs = []
-    for p in payloads:
-        out = torch.zeros(n_groups, m, dtype=p.dtype)
-        out[g, r] = p[order][keep]
-        outs.append(out)
-    return taken, outs
-
-
 def priority(windows: torch.Tensor, features: torch.Tensor, seed: int) -> torch.Tensor:
     """A fixed pseudo-random number in [0, 1) per (window, feature) pair (integer hash)."""
     x = (windows * 0x9E3779B1 + features * 0x85EBCA77 + seed * 0xC2B2AE3D) & 0x7FFFFFFF
@@ -112,10 +87,9 @@ class LayerStats:
         self.act_min = torch.minimum(self.act_min, masked.amin((0, 1)))
         _, _, f = on.nonzero(as_tuple=True)
         self._add_to_histogram(f, acts[on])
-        wmax = acts.amax(1)  # [batch, d_t]
-        b, f = (wmax > 0).nonzero(as_tuple=True)
-        self._update_top(f, wmax[b, f], windows.cpu()[b])
-        self._update_bands(f, wmax[b, f], windows.cpu()[b])
+        wmax = acts.amax(1).clamp(min=0)  # [batch, d_t]
+        self._update_top(wmax, windows.cpu())
+        self._update_bands(wmax, windows.cpu())
 
     def _add_to_histogram(self, f: torch.Tensor, vals: torch.Tensor) -> None:
         nb = self.config.hist_bins
@@ -134,43 +108,41 @@ class LayerStats:
             idx = (vals / self.hist_hi[f] * nb).long().clamp(0, nb - 1)
             self.hist.view(-1).index_add_(0, f * nb + idx, torch.ones_like(idx))
 
-    def _update_top(self, f: torch.Tensor, score: torch.Tensor, win: torch.Tensor) -> None:
-        F, k = self.d_transcoder, self.config.top_k
-        old = self.top_win >= 0
-        of, _ = old.nonzero(as_tuple=True)
-        keys = torch.cat([of, f])
-        taken, (s, w) = segmented_top(
-            keys,
-            torch.cat([self.top_score[old], score]),
-            F,
-            k,
-            [torch.cat([self.top_score[old], score]), torch.cat([self.top_win[old], win])],
-        )
-        self.top_score, self.top_win = s, torch.where(taken, w, -1)
+    def _update_top(self, wmax: torch.Tensor, windows: torch.Tensor) -> None:
+        """Merges the batch's window maxima ``[batch, d_t]`` into the top-k of each feature."""
+        k = self.config.top_k
+        scores = torch.cat([self.top_score, wmax.T], dim=1)  # [d_t, k + batch]
+        wins = torch.cat([self.top_win, windows[None].expand(self.d_transcoder, -1)], dim=1)
+        scores = torch.where(wins >= 0, scores, torch.zeros_like(scores))
+        # sort by score, ties to the earlier window (kept slots come first and are older)
+        order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
+        self.top_score = scores.gather(1, order)
+        self.top_win = torch.where(self.top_score > 0, wins.gather(1, order), -1)
 
-    def _update_bands(self, f: torch.Tensor, score: torch.Tensor, win: torch.Tensor) -> None:
+    def _update_bands(self, wmax: torch.Tensor, windows: torch.Tensor) -> None:
+        """Merges the batch's window maxima ``[batch, d_t]`` into each band's sample."""
         cfg, F = self.config, self.d_transcoder
-        top_band = band_of(self.act_max.clamp(min=torch.finfo(torch.float32).tiny))
-        old = self.band_win >= 0
-        of, _ = old.nonzero(as_tuple=True)
-        feats = torch.cat([of, f])
-        wins = torch.cat([self.band_win[old], win])
-        scores = torch.cat([self.band_score[old], score])
-        absb = torch.cat([self.band_abs[old], band_of(score)])
-        r = top_band[feats] - absb
-        inside = (r >= 0) & (r < cfg.n_bands)
-        feats, wins, scores, absb, r = (t[inside] for t in (feats, wins, scores, absb, r))
-        taken, (w, s, a) = segmented_top(
-            feats * cfg.n_bands + r,
-            priority(wins, feats, cfg.seed),
-            F * cfg.n_bands,
-            cfg.per_band,
-            [wins, scores, absb],
-        )
-        shape = (F, cfg.n_bands * cfg.per_band)
-        self.band_win = torch.where(taken, w, -1).view(shape)
-        self.band_score = s.view(shape)
-        self.band_abs = a.view(shape)
+        if cfg.n_bands == 0:
+            return
+        top_band = band_of(self.act_max.clamp(min=torch.finfo(torch.float32).tiny))[:, None]
+        new_wins = windows[None].expand(F, -1)
+        wins = torch.cat([self.band_win, new_wins], dim=1)  # [d_t, slots + batch]
+        scores = torch.cat([self.band_score, wmax.T], dim=1)
+        absb = torch.cat([self.band_abs, band_of(wmax.T.clamp(min=1e-38))], dim=1)
+        valid = (wins >= 0) & (scores > 0)
+        r = top_band - absb
+        prio = priority(wins.clamp(min=0), torch.arange(F)[:, None], cfg.seed)
+        new_win, new_score, new_abs = [], [], []
+        for band in range(cfg.n_bands):
+            p = torch.where(valid & (r == band), prio, torch.full_like(prio, -1.0))
+            order = torch.sort(p, dim=1, descending=True, stable=True).indices[:, : cfg.per_band]
+            taken = p.gather(1, order) >= 0
+            new_win.append(torch.where(taken, wins.gather(1, order), -1))
+            new_score.append(torch.where(taken, scores.gather(1, order), 0.0))
+            new_abs.append(torch.where(taken, absb.gather(1, order), 0))
+        self.band_win = torch.cat(new_win, dim=1)
+        self.band_score = torch.cat(new_score, dim=1)
+        self.band_abs = torch.cat(new_abs, dim=1)
 
     # ---- results --------------------------------------------------------------------------
     def referenced_windows(self) -> torch.Tensor:
