@@ -128,7 +128,7 @@ def _build(args: argparse.Namespace) -> int:
     secs = meta["seconds"]
     print(
         f"{meta['n_layers']} layers x {meta['d_transcoder']} features from {meta['tokens']} "
-        f"tokens: streaming {secs['stream']} s, examples {secs['example_windows']} s, "
+        f"tokens: streaming {secs['stream']} s, "
         f"writing {secs['write']} s"
     )
     print(f"saved {out}")

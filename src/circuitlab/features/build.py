@@ -1,16 +1,15 @@
 """Feature dashboards: stream a corpus through a model and its transcoders, write a store.
 
-``build_dashboards(model, texts, out_dir, settings)`` runs in three phases:
+``build_dashboards(model, texts, out_dir, settings)`` runs in two phases:
 
 1. **Stream** ``settings.n_tokens`` tokens as windows (``corpus.token_windows``: BOS +
    ``context - 1`` tokens) in batches through the model; every layer's activations update that
-   layer's ``LayerStats`` (counts, min/max, histogram, top windows, banded samples). The token
-   ids of windows some example slot still refers to are kept; the others are dropped.
-   Every ``checkpoint_every`` batches the whole state goes atomically to
-   ``out_dir/.features-build/state.pt``; a rerun with the same settings continues from it.
-2. **Re-run the example windows** (only those some slot refers to) to get each example's
-   per-token activations for its feature.
-3. **Write** one record per feature (see ``record_for``) into a temporary directory next to
+   layer's ``LayerStats`` (counts, min/max, histogram, top windows and banded samples with
+   their per-token activations). The token ids of windows some example slot still refers to
+   are kept; the others are dropped. Every ``checkpoint_every`` batches the whole state goes
+   atomically to ``out_dir/.features-build/state.pt``; a rerun with the same settings
+   continues from it.
+2. **Write** one record per feature (see ``layer_records``) into a temporary directory next to
    ``out_dir/features`` and rename it into place; then the checkpoint is deleted.
 
 BOS positions are never counted (their activations are zeroed, as in attribution).
@@ -221,31 +220,7 @@ def _stream(
     _prune_bank(state)
 
 
-# ---- phase 2: per-token activations of the examples ---------------------------------------------
-def _example_activations(
-    model: ReplacementModel, state: _State, settings: BuildSettings, verbose: bool
-) -> list[torch.Tensor]:
-    """Per layer ``[d_t, slots, context]`` (float16): each slot's per-token activations."""
-    slots = [s.example_slots() for s in state.layers]
-    d_t = model.transcoders.d_transcoder
-    out = [torch.zeros(d_t, sl.shape[1], settings.context, dtype=torch.float16) for sl in slots]
-    ids = sorted(state.bank)
-    bar = tqdm(total=len(ids), desc="features: example windows", disable=not verbose)
-    for start in range(0, len(ids), settings.batch_size):
-        batch_ids = torch.tensor(ids[start : start + settings.batch_size])
-        tokens = torch.stack([state.bank[i] for i in batch_ids.tolist()])
-        for layer, acts in enumerate(layer_activations(model, tokens)):
-            sw = slots[layer]
-            pos = torch.searchsorted(batch_ids, sw.clamp(min=0)).clamp(max=len(batch_ids) - 1)
-            hit = (sw >= 0) & (batch_ids[pos] == sw)
-            f, s = hit.nonzero(as_tuple=True)
-            out[layer][f, s] = acts[pos[f, s], :, f].clamp(-65000, 65000).half()
-        bar.update(len(batch_ids))
-    bar.close()
-    return out
-
-
-# ---- phase 3: records ----------------------------------------------------------------------------
+# ---- records ----------------------------------------------------------------------------
 class _Tokens:
     """Token strings, decoded once per id."""
 
@@ -262,46 +237,57 @@ class _Tokens:
         return out
 
 
-def record_for(
+def _rounded(t: torch.Tensor, digits: int = 5) -> list:
+    """Values rounded to ``digits`` decimals (as short JSON numbers; no -0.0)."""
+    scale = 10.0**digits
+    return ((t.double() * scale).round() / scale + 0.0).tolist()
+
+
+def layer_records(
     stats: LayerStats,
-    feature: int,
     example_acts: torch.Tensor,
-    bank: dict[int, torch.Tensor],
-    tokens: _Tokens,
+    window_tokens: dict[int, list[str]],
     extra: dict[str, Any],
-) -> dict[str, Any]:
-    """The per-feature JSON (circuit-tracer's fields); ``example_acts [slots, context]``.
+) -> list[dict[str, Any]]:
+    """The per-feature JSON of one layer (circuit-tracer's fields, without logits, histogram
+    and quantiles); ``example_acts [d_t, slots, context]``.
 
     Examples show the window without its BOS: ``tokens`` (strings), ``tokens_acts_list`` (this
     feature's activation per token) and ``train_token_ind`` (the token with the largest one).
     ``is_repeated_datapoint`` marks a window that an earlier bucket already shows.
     """
-    slots = stats.example_slots()[feature]
-    seen: set[int] = set()
-    quantiles = []
-    for name, slot_ids, _scores in stats.buckets(feature):
-        examples = []
-        for s in slot_ids:
-            win = int(slots[s])
-            acts = example_acts[s, 1:].float() + 0.0  # no -0.0 in the JSON
-            examples.append(
-                {
-                    "tokens": tokens(bank[win][1:].tolist()),
-                    "tokens_acts_list": [round(a, 5) for a in acts.tolist()],
-                    "train_token_ind": int(acts.argmax()),
-                    "is_repeated_datapoint": win in seen,
-                }
-            )
-            seen.add(win)
-        quantiles.append({"quantile_name": name, "examples": examples})
-    fired = int(stats.fire_count[feature]) > 0
-    return {
-        **extra,
-        "index": feature,
-        "examples_quantiles": quantiles,
-        "act_min": float(stats.act_min[feature]) if fired else 0.0,
-        "act_max": float(stats.act_max[feature]),
-    }
+    slots = stats.example_slots().tolist()
+    acts = _rounded(example_acts[:, :, 1:].float())
+    fired = (stats.fire_count > 0).tolist()
+    act_min, act_max = stats.act_min.tolist(), stats.act_max.tolist()
+    records = []
+    for f, buckets in enumerate(stats.all_buckets()):
+        seen: set[int] = set()
+        quantiles = []
+        for name, slot_ids, _scores in buckets:
+            examples = []
+            for s in slot_ids:
+                win, a = slots[f][s], acts[f][s]
+                examples.append(
+                    {
+                        "tokens": window_tokens[win],
+                        "tokens_acts_list": a,
+                        "train_token_ind": max(range(len(a)), key=a.__getitem__),
+                        "is_repeated_datapoint": win in seen,
+                    }
+                )
+                seen.add(win)
+            quantiles.append({"quantile_name": name, "examples": examples})
+        records.append(
+            {
+                **extra,
+                "index": f,
+                "examples_quantiles": quantiles,
+                "act_min": act_min[f] if fired[f] else 0.0,
+                "act_max": act_max[f],
+            }
+        )
+    return records
 
 
 def _write_layer(
@@ -311,30 +297,24 @@ def _write_layer(
     state: _State,
     example_acts: torch.Tensor,
     settings: BuildSettings,
+    window_tokens: dict[int, list[str]],
     tokens: _Tokens,
     transcoder_id: str,
 ) -> None:
     stats = state.layers[layer]
     top, bottom = top_bottom_logits(model, layer, settings.n_logits)
-    hist = stats.histogram(settings.histogram_bins)
-    quant = stats.quantile_values()
-    freq = stats.fire_count.double() / max(state.tokens_done, 1)
-    for f in range(stats.d_transcoder):
-        rec = record_for(
-            stats,
-            f,
-            example_acts[f],
-            state.bank,
-            tokens,
-            {"transcoder_id": transcoder_id, "layer": layer},
-        )
-        rec["top_logits"] = tokens(top[f].tolist())
-        rec["bottom_logits"] = tokens(bottom[f].tolist())
-        rec["quantile_values"] = (
-            [round(v, 5) for v in quant[f].tolist()] if stats.fire_count[f] > 0 else []
-        )
-        rec["histogram"] = [round(v, 3) for v in hist[f].tolist()]
-        rec["activation_frequency"] = float(freq[f])
+    hist = _rounded(stats.histogram(settings.histogram_bins), 3)
+    quant = _rounded(stats.quantile_values())
+    fired = (stats.fire_count > 0).tolist()
+    freq = (stats.fire_count.double() / max(state.tokens_done, 1)).tolist()
+    extra = {"transcoder_id": transcoder_id, "layer": layer}
+    records = layer_records(stats, example_acts, window_tokens, extra)
+    for f, (rec, t, b) in enumerate(zip(records, top.tolist(), bottom.tolist(), strict=True)):
+        rec["top_logits"] = tokens(t)
+        rec["bottom_logits"] = tokens(b)
+        rec["quantile_values"] = quant[f] if fired[f] else []
+        rec["histogram"] = hist[f]
+        rec["activation_frequency"] = freq[f]
         writer.add(rec)
 
 
@@ -387,18 +367,27 @@ def build_dashboards(
 
     _stream(model, texts, settings, state, save, verbose)
     save()  # an interruption from here on skips the streaming
-    t1 = time.perf_counter()
-    example_acts = _example_activations(model, state, settings, verbose)
     t2 = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".features-tmp-", dir=out_dir))
     tokens = _Tokens(model.tokenizer)
+    window_tokens = {i: tokens(t[1:].tolist()) for i, t in state.bank.items()}
     tid = transcoder_id or model.transcoders.name or "transcoders"
     entries = []
     for layer in tqdm(range(model.n_layers), desc="features: writing", disable=not verbose):
         writer = LayerWriter(tmp, layer)
         try:
-            _write_layer(writer, model, layer, state, example_acts[layer], settings, tokens, tid)
+            _write_layer(
+                writer,
+                model,
+                layer,
+                state,
+                state.layers[layer].example_acts(),
+                settings,
+                window_tokens,
+                tokens,
+                tid,
+            )
         finally:
             entries.append(writer.close())
     write_index(tmp, entries)
@@ -414,7 +403,6 @@ def build_dashboards(
         "resumed_from_window": resumed_from,
         "seconds": {
             "stream": round(state.stream_seconds, 2),
-            "example_windows": round(t2 - t1, 2),
             "write": round(t3 - t2, 2),
             "this_run": round(t3 - t0, 2),
         },

@@ -17,8 +17,11 @@ For every feature ``f`` of a layer, over all non-BOS tokens streamed so far:
   everything that fell in the band and does not depend on batch boundaries. When ``act_max``
   crosses a power of two the bands slide up and the lowest band's sample is dropped.
 
-Everything is a tensor updated with vectorised ops per batch, so the state is
-``O(d_transcoder * (hist_bins + top_k + n_bands * per_band))`` however long the corpus is, and
+Each example slot also keeps its window's per-token activations of ``f`` (float16), so the
+dashboards need no second pass over the corpus. Everything is a tensor updated with
+vectorised ops per batch, so the state is
+``O(d_transcoder * (hist_bins + (top_k + n_bands * per_band) * context))`` however long the
+corpus is, and
 ``state_dict()`` / ``load_state_dict()`` make a checkpoint exact.
 """
 
@@ -57,6 +60,11 @@ def band_of(values: torch.Tensor) -> torch.Tensor:
     return torch.frexp(values).exponent.long() - 1
 
 
+def _gather_rows(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """``x [F, n, pos]`` rows picked by ``order [F, m]`` -> ``[F, m, pos]``."""
+    return x.gather(1, order[..., None].expand(-1, -1, x.shape[-1]))
+
+
 class LayerStats:
     """The streaming state of one layer's ``d_transcoder`` features (module docstring)."""
 
@@ -74,6 +82,9 @@ class LayerStats:
         self.band_score = torch.zeros(F, n_slots)
         self.band_win = torch.full((F, n_slots), -1, dtype=torch.long)
         self.band_abs = torch.zeros(F, n_slots, dtype=torch.long)
+        # per-token activations (float16) of each slot's window: [d_t, slots, pos]
+        self.top_acts = torch.zeros(F, cfg.top_k, 0, dtype=torch.float16)
+        self.band_acts = torch.zeros(F, n_slots, 0, dtype=torch.float16)
 
     # ---- streaming ------------------------------------------------------------------------
     @torch.no_grad()
@@ -88,8 +99,14 @@ class LayerStats:
         _, _, f = on.nonzero(as_tuple=True)
         self._add_to_histogram(f, acts[on])
         wmax = acts.amax(1).clamp(min=0)  # [batch, d_t]
-        self._update_top(wmax, windows.cpu())
-        self._update_bands(wmax, windows.cpu())
+        if self.top_acts.shape[-1] != acts.shape[1]:
+            if self.top_acts.shape[-1] and (self.top_win >= 0).any():
+                raise ValueError("All windows of one build must have the same length.")
+            self.top_acts = torch.zeros(*self.top_win.shape, acts.shape[1], dtype=torch.float16)
+            self.band_acts = torch.zeros(*self.band_win.shape, acts.shape[1], dtype=torch.float16)
+        per_token = acts.clamp(-65000, 65000).half().permute(2, 0, 1)  # [d_t, batch, pos]
+        self._update_top(wmax, windows.cpu(), per_token)
+        self._update_bands(wmax, windows.cpu(), per_token)
 
     def _add_to_histogram(self, f: torch.Tensor, vals: torch.Tensor) -> None:
         nb = self.config.hist_bins
@@ -108,7 +125,9 @@ class LayerStats:
             idx = (vals / self.hist_hi[f] * nb).long().clamp(0, nb - 1)
             self.hist.view(-1).index_add_(0, f * nb + idx, torch.ones_like(idx))
 
-    def _update_top(self, wmax: torch.Tensor, windows: torch.Tensor) -> None:
+    def _update_top(
+        self, wmax: torch.Tensor, windows: torch.Tensor, per_token: torch.Tensor
+    ) -> None:
         """Merges the batch's window maxima ``[batch, d_t]`` into the top-k of each feature."""
         k = self.config.top_k
         scores = torch.cat([self.top_score, wmax.T], dim=1)  # [d_t, k + batch]
@@ -117,9 +136,12 @@ class LayerStats:
         # sort by score, ties to the earlier window (kept slots come first and are older)
         order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
         self.top_score = scores.gather(1, order)
+        self.top_acts = _gather_rows(torch.cat([self.top_acts, per_token], dim=1), order)
         self.top_win = torch.where(self.top_score > 0, wins.gather(1, order), -1)
 
-    def _update_bands(self, wmax: torch.Tensor, windows: torch.Tensor) -> None:
+    def _update_bands(
+        self, wmax: torch.Tensor, windows: torch.Tensor, per_token: torch.Tensor
+    ) -> None:
         """Merges the batch's window maxima ``[batch, d_t]`` into each band's sample."""
         cfg, F = self.config, self.d_transcoder
         if cfg.n_bands == 0:
@@ -132,7 +154,8 @@ class LayerStats:
         valid = (wins >= 0) & (scores > 0)
         r = top_band - absb
         prio = priority(wins.clamp(min=0), torch.arange(F)[:, None], cfg.seed)
-        new_win, new_score, new_abs = [], [], []
+        all_acts = torch.cat([self.band_acts, per_token], dim=1)
+        new_win, new_score, new_abs, new_acts = [], [], [], []
         for band in range(cfg.n_bands):
             p = torch.where(valid & (r == band), prio, torch.full_like(prio, -1.0))
             order = torch.sort(p, dim=1, descending=True, stable=True).indices[:, : cfg.per_band]
@@ -140,15 +163,21 @@ class LayerStats:
             new_win.append(torch.where(taken, wins.gather(1, order), -1))
             new_score.append(torch.where(taken, scores.gather(1, order), 0.0))
             new_abs.append(torch.where(taken, absb.gather(1, order), 0))
+            new_acts.append(_gather_rows(all_acts, order) * taken[..., None])
         self.band_win = torch.cat(new_win, dim=1)
         self.band_score = torch.cat(new_score, dim=1)
         self.band_abs = torch.cat(new_abs, dim=1)
+        self.band_acts = torch.cat(new_acts, dim=1)
 
     # ---- results --------------------------------------------------------------------------
     def referenced_windows(self) -> torch.Tensor:
         """Sorted ids of every window some example slot holds."""
         ids = torch.cat([self.top_win.flatten(), self.band_win.flatten()])
         return torch.unique(ids[ids >= 0])
+
+    def example_acts(self) -> torch.Tensor:
+        """Per-token activations ``[d_t, slots, pos]`` (float16) of ``example_slots()``."""
+        return torch.cat([self.top_acts, self.band_acts], dim=1)
 
     def example_slots(self) -> torch.Tensor:
         """Window ids ``[d_t, top_k + n_bands * per_band]`` (-1 = empty): top, then bands."""
@@ -159,31 +188,41 @@ class LayerStats:
 
         Slot indices point into ``example_slots()[feature]``.
         """
+        return self.all_buckets(slice(feature, feature + 1))[0]
+
+    def all_buckets(
+        self, features: slice = slice(None)
+    ) -> list[list[tuple[str, list[int], list[float]]]]:
+        """``buckets(f)`` for every feature in ``features`` (tensors read once, then Python)."""
         cfg = self.config
-        out = []
-        top = [i for i in range(cfg.top_k) if self.top_win[feature, i] >= 0]
-        if top:
-            out.append(("Top activations", top, [float(self.top_score[feature, i]) for i in top]))
-        if self.act_max[feature] <= 0:
-            return out
-        e = int(band_of(self.act_max[feature : feature + 1])[0])
-        for r in range(cfg.n_bands):
-            sl = range(r * cfg.per_band, (r + 1) * cfg.per_band)
-            slots = [i for i in sl if self.band_win[feature, i] >= 0]
-            if not slots:
-                continue
-            slots.sort(
-                key=lambda i: (-float(self.band_score[feature, i]), int(self.band_win[feature, i]))
-            )
-            lo, hi = 2.0 ** (e - r), 2.0 ** (e - r + 1)
-            out.append(
-                (
-                    f"Activations {lo:.4g} to {hi:.4g} (sample)",
-                    [cfg.top_k + i for i in slots],
-                    [float(self.band_score[feature, i]) for i in slots],
+        top_win, top_score = self.top_win[features].tolist(), self.top_score[features].tolist()
+        band_win = self.band_win[features].tolist()
+        band_score = self.band_score[features].tolist()
+        act_max = self.act_max[features]
+        top_band = band_of(act_max.clamp(min=torch.finfo(torch.float32).tiny)).tolist()
+        result = []
+        for j, amax in enumerate(act_max.tolist()):
+            out = []
+            top = [i for i in range(cfg.top_k) if top_win[j][i] >= 0]
+            if top:
+                out.append(("Top activations", top, [top_score[j][i] for i in top]))
+            for r in range(cfg.n_bands if amax > 0 else 0):
+                sl = range(r * cfg.per_band, (r + 1) * cfg.per_band)
+                slots = sorted(
+                    (i for i in sl if band_win[j][i] >= 0),
+                    key=lambda i, j=j: (-band_score[j][i], band_win[j][i]),
                 )
-            )
-        return out
+                if slots:
+                    lo, hi = 2.0 ** (top_band[j] - r), 2.0 ** (top_band[j] - r + 1)
+                    out.append(
+                        (
+                            f"Activations {lo:.4g} to {hi:.4g} (sample)",
+                            [cfg.top_k + i for i in slots],
+                            [band_score[j][i] for i in slots],
+                        )
+                    )
+            result.append(out)
+        return result
 
     def _clipped_bins(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Internal bin edges ``[d_t, bins + 1]`` clipped to ``[act_min, act_max]``."""
@@ -242,6 +281,8 @@ class LayerStats:
         "band_score",
         "band_win",
         "band_abs",
+        "top_acts",
+        "band_acts",
     )
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -251,7 +292,7 @@ class LayerStats:
         for name in self._FIELDS:
             want = getattr(self, name)
             got = state[name]
-            if got.shape != want.shape:
+            if got.shape[:2] != want.shape[:2] or (got.dim() != 3 and got.shape != want.shape):
                 raise ValueError(
                     f"Checkpointed {name} has shape {list(got.shape)}, expected {list(want.shape)}."
                 )

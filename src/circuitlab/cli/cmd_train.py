@@ -1,0 +1,123 @@
+"""``circuitlab train``: train per-layer or cross-layer transcoders on a corpus."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+NAME = "train"
+HELP = "train per-layer (plt) or cross-layer (clt) transcoders on a text corpus"
+DESCRIPTION = """\
+Streams a corpus through the model (a shuffling buffer of activations, never a full dump),
+trains transcoders for every layer jointly and writes OUT/transcoders (circuit-tracer's
+layout: use it with `circuitlab attribute -t OUT/transcoders`), OUT/metrics.json (per-layer
+FVU, L0, dead features over training) and, while running, OUT/checkpoint.pt: rerun the same
+command to resume an interrupted run. See docs/training.md."""
+EXAMPLES = """examples:
+  circuitlab train --model smollm2 --corpus wikipedia --out ./smollm2-plt \\
+      --kind plt --activation jump_relu --d-transcoder 2048 --tokens 200000
+  circuitlab train -m ./model --corpus notes.txt --out ./clt --kind clt --activation topk --k 16
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..transcoders.training.model import ACTIVATIONS, KINDS
+
+    p.add_argument("-m", "--model", required=True, help="hub id, local dir, .gguf or 'smollm2'")
+    p.add_argument(
+        "--corpus", required=True, help="wikipedia[:LANG], FILE.txt, FILE.jsonl or FILE.jsonl:FIELD"
+    )
+    p.add_argument("-o", "--out", required=True, help="output dir")
+    p.add_argument("--kind", choices=KINDS, default="plt")
+    p.add_argument("--activation", choices=ACTIVATIONS, default="jump_relu")
+    p.add_argument("--k", type=int, default=32, help="active features per token (topk)")
+    p.add_argument("--skip", action="store_true", help="add a linear skip connection W_skip")
+    p.add_argument("--d-transcoder", type=int, default=1024, help="features per layer")
+    p.add_argument("--tokens", type=int, default=200_000, help="training tokens")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument(
+        "--l1",
+        "--sparsity",
+        dest="sparsity",
+        type=float,
+        default=None,
+        help="sparsity coefficient λ (default: 3e-4 relu, 3e-3 jump_relu, 0 topk)",
+    )
+    p.add_argument("--bandwidth", type=float, default=0.1, help="JumpReLU STE kernel width")
+    p.add_argument("--batch-size", type=int, default=512, help="tokens per optimiser step")
+    p.add_argument("--buffer-tokens", type=int, default=8192, help="shuffling buffer size")
+    p.add_argument("--context", type=int, default=64, help="window length, BOS included")
+    p.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints")
+    p.add_argument("--dead-window", type=int, default=50_000, help="tokens without firing = dead")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--restart", action="store_true", help="discard a checkpoint and start over")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..features.corpus import open_corpus
+    from ..transcoders.training import TrainConfig, train_transcoders
+    from . import UsageError
+    from .cmd_features import resolve_model_ref
+
+    for flag, value, low in (
+        ("--d-transcoder", args.d_transcoder, 1),
+        ("--tokens", args.tokens, 1),
+        ("--batch-size", args.batch_size, 1),
+        ("--buffer-tokens", args.buffer_tokens, 1),
+        ("--context", args.context, 2),
+        ("--checkpoint-every", args.checkpoint_every, 1),
+        ("--k", args.k, 1),
+    ):
+        if value < low:
+            raise UsageError(f"{flag} must be at least {low}; got {value}")
+    if args.buffer_tokens < args.batch_size:
+        raise UsageError("--buffer-tokens must be at least --batch-size")
+    if args.activation == "topk" and args.k > args.d_transcoder:
+        raise UsageError(f"--k {args.k} exceeds --d-transcoder {args.d_transcoder}")
+    model_ref = resolve_model_ref(args.model)
+    local = Path(model_ref)
+    model_name = str(local.resolve()) if local.exists() else model_ref
+    cfg = TrainConfig(
+        kind=args.kind,
+        activation=args.activation,
+        d_transcoder=args.d_transcoder,
+        k=args.k,
+        skip=args.skip,
+        n_tokens=args.tokens,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        sparsity=args.sparsity,
+        bandwidth=args.bandwidth,
+        context=args.context,
+        buffer_tokens=args.buffer_tokens,
+        dead_window=args.dead_window,
+        checkpoint_every=args.checkpoint_every,
+        seed=args.seed,
+        corpus=args.corpus,
+    )
+    train_transcoders(
+        model_ref,
+        open_corpus(args.corpus),
+        args.out,
+        cfg,
+        model_name=model_name,
+        restart=args.restart,
+        verbose=not args.quiet,
+    )
+    out = Path(args.out)
+    metrics = json.loads((out / "metrics.json").read_text())
+    final = metrics["final"]
+    print(f"{metrics['steps']} steps, {metrics['tokens']} tokens in {metrics['seconds']} s")
+    if final:
+        print("layer  fvu     l0      dead")
+        for layer, (fvu, l0, dead) in enumerate(
+            zip(final["fvu"], final["l0"], final["dead"], strict=True)
+        ):
+            print(f"{layer:>5}  {fvu:.4f}  {l0:6.1f}  {dead}")
+    if metrics["corpus_exhausted"]:
+        print("note: the corpus ran out before --tokens were reached")
+    print(f"saved {out / 'transcoders'} and {out / 'metrics.json'}")
+    return 0

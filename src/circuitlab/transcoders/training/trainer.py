@@ -1,0 +1,373 @@
+"""The training loop: stream activations, fit all layers jointly, log, checkpoint, save.
+
+All layers train **jointly**: one model forward feeds every layer's transcoder, and the loss
+is the sum over layers of
+
+    ||ŷ_l - y_l||² / d   (mean over tokens, normalised activations)
+    + λ_t · sparsity_l    (``TrainableTranscoders.sparsity``: decoder-norm weighted)
+
+For per-layer transcoders the layers share no parameters, so this equals training each layer
+alone on the same tokens; for a CLT, layer ``l'``'s reconstruction sums the decoders of every
+layer ``<= l'``. Adam; the learning rate warms up linearly over the first 5% of steps and
+decays linearly to zero over the last 20%; λ ramps up linearly over the first 10%.
+
+Metrics per layer, averaged over the steps since the last log: FVU (fraction of variance
+unexplained, ``Σ||ŷ-y||² / Σ||y-ȳ||²`` over each batch), L0 (active features per token) and
+dead features (no activation in the last ``dead_window`` training tokens, or never, if fewer
+have been seen). They go to the progress bar and to ``OUT/metrics.json``.
+
+Checkpoints (``OUT/checkpoint.pt``, written to a temp file and renamed) are taken when a buffer
+is drained and at least ``checkpoint_every`` steps have passed since the last one; they hold
+the weights, Adam's state, the step and token counters, the corpus position and the buffer
+count, so a resumed run continues exactly as the uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ...models.loading import load_model, model_spec
+from ..base import Transcoders
+from .activations import ActivationBuffer
+from .model import TrainableTranscoders
+
+CHECKPOINT_NAME = "checkpoint.pt"
+METRICS_NAME = "metrics.json"
+TRANSCODERS_DIR = "transcoders"
+
+DEFAULT_SPARSITY = {"relu": 3e-4, "jump_relu": 3e-3, "topk": 0.0}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that shapes a training run (a resumed run must match it)."""
+
+    kind: str = "plt"
+    activation: str = "jump_relu"
+    d_transcoder: int = 1024
+    k: int = 32
+    skip: bool = False
+    n_tokens: int = 200_000
+    batch_size: int = 512
+    lr: float = 1e-3
+    sparsity: float | None = None  # None: DEFAULT_SPARSITY[activation]
+    bandwidth: float = 0.1
+    init_threshold: float = 0.5
+    tanh_scale: float = 1.0
+    context: int = 64
+    model_batch: int = 8
+    buffer_tokens: int = 8192
+    input_hook: str | None = None  # None: mlp.hook_in (plt) / hook_resid_mid (clt)
+    output_hook: str = "hook_mlp_out"
+    dead_window: int = 50_000
+    log_every: int = 20
+    checkpoint_every: int = 200
+    seed: int = 0
+    corpus: str = "corpus"
+
+    @property
+    def sparsity_coefficient(self) -> float:
+        return DEFAULT_SPARSITY[self.activation] if self.sparsity is None else self.sparsity
+
+    @property
+    def in_hook(self) -> str:
+        return self.input_hook or ("mlp.hook_in" if self.kind == "plt" else "hook_resid_mid")
+
+    @property
+    def total_steps(self) -> int:
+        return max(self.n_tokens // self.batch_size, 1)
+
+    def fingerprint(self) -> str:
+        d = asdict(self)
+        for key in ("log_every", "checkpoint_every"):
+            d.pop(key)
+        return json.dumps(d, sort_keys=True)
+
+
+@dataclass
+class Progress:
+    """Counters and metric accumulators of a run."""
+
+    step: int = 0
+    tokens: int = 0
+    windows: int = 0
+    fills: int = 0
+    seconds: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def schedule(step: int, total: int) -> tuple[float, float]:
+    """``(lr factor, sparsity factor)`` at ``step`` (module docstring)."""
+    warm = max(1, int(0.05 * total))
+    decay = max(1, int(0.2 * total))
+    lr = min(1.0, (step + 1) / warm) * min(1.0, (total - step) / decay)
+    return max(lr, 0.0), min(1.0, (step + 1) / max(1, int(0.1 * total)))
+
+
+class _Metrics:
+    """Per-layer FVU and L0 since the last log, and when each feature last fired."""
+
+    def __init__(self, n_layers: int, d_transcoder: int):
+        self.last_fire = torch.full((n_layers, d_transcoder), -1, dtype=torch.long)
+        self.reset(n_layers)
+
+    def reset(self, n_layers: int) -> None:
+        self.err = torch.zeros(n_layers, dtype=torch.float64)
+        self.var = torch.zeros(n_layers, dtype=torch.float64)
+        self.l0 = torch.zeros(n_layers, dtype=torch.float64)
+        self.n = 0
+
+    @torch.no_grad()
+    def add(self, recon: torch.Tensor, y: torch.Tensor, acts: torch.Tensor, tokens: int) -> None:
+        self.err += ((recon - y) ** 2).sum((1, 2)).double()
+        self.var += ((y - y.mean(1, keepdim=True)) ** 2).sum((1, 2)).double()
+        self.l0 += (acts > 0).sum(-1).double().mean(-1)
+        self.n += 1
+        fired = (acts > 0).any(1)
+        self.last_fire[fired] = tokens
+
+    def dead(self, tokens: int, window: int) -> torch.Tensor:
+        """Dead features per layer ``[L]``: none fired in the last ``window`` tokens."""
+        return (self.last_fire < max(tokens - window, 0)).sum(1)
+
+    def summary(self, tokens: int, window: int) -> dict[str, list[float]]:
+        n = max(self.n, 1)
+        return {
+            "fvu": (self.err / self.var.clamp(min=1e-30)).tolist(),
+            "l0": (self.l0 / n).tolist(),
+            "dead": self.dead(tokens, window).tolist(),
+        }
+
+
+def _save_atomic(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _write_json_atomic(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def _init_from_buffer(tc: TrainableTranscoders, x: torch.Tensor, y: torch.Tensor) -> None:
+    """Sets the normalisation scales and ``b_dec`` (the mean normalised output)."""
+    d = x.shape[-1]
+    tc.in_scale.copy_((x.pow(2).sum(-1).mean(-1) / d).sqrt().clamp(min=1e-8))
+    tc.out_scale.copy_((y.pow(2).sum(-1).mean(-1) / d).sqrt().clamp(min=1e-8))
+    tc.b_dec.copy_(y.mean(1) / tc.out_scale[:, None])
+
+
+def train_transcoders(
+    model_ref: str | torch.nn.Module,
+    texts: Iterable[str],
+    out_dir: str | Path,
+    config: TrainConfig | None = None,
+    *,
+    tokenizer: Any = None,
+    model_name: str | None = None,
+    restart: bool = False,
+    verbose: bool = True,
+) -> Transcoders:
+    """Trains transcoders for ``model_ref`` on ``texts``; writes ``out_dir`` (module docstring).
+
+    ``out_dir/transcoders`` gets circuit-tracer's layout, ``out_dir/metrics.json`` the metrics.
+    An existing ``out_dir/checkpoint.pt`` of the same configuration is resumed unless
+    ``restart``.
+    """
+    cfg = config or TrainConfig()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    hf, tok, adapter = load_model(model_ref, tokenizer=tokenizer)
+    if tok is None:
+        raise ValueError("Training on text needs the model's tokenizer; pass tokenizer=.")
+    spec = model_spec(hf)
+    tc = TrainableTranscoders(
+        spec.n_layers,
+        spec.d_model,
+        cfg.d_transcoder,
+        kind=cfg.kind,
+        activation=cfg.activation,
+        k=cfg.k,
+        skip=cfg.skip,
+        bandwidth=cfg.bandwidth,
+        init_threshold=cfg.init_threshold,
+        tanh_scale=cfg.tanh_scale,
+        seed=cfg.seed,
+    )
+    opt = torch.optim.Adam(tc.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
+    prog = Progress()
+    metrics = _Metrics(spec.n_layers, cfg.d_transcoder)
+    ckpt = out / CHECKPOINT_NAME
+    if ckpt.is_file() and not restart:
+        _resume(ckpt, cfg, tc, opt, prog, metrics)
+    buf = ActivationBuffer(
+        hf,
+        adapter,
+        tok,
+        texts,
+        input_hook=cfg.in_hook,
+        output_hook=cfg.output_hook,
+        context=cfg.context,
+        model_batch=cfg.model_batch,
+        buffer_tokens=cfg.buffer_tokens,
+        seed=cfg.seed,
+        windows_done=prog.windows,
+        fills_done=prog.fills,
+    )
+    total = cfg.total_steps
+    bar = tqdm(total=total, initial=prog.step, desc="training transcoders", disable=not verbose)
+    start = time.perf_counter() - prog.seconds
+    last_ckpt = prog.step
+    exhausted = False
+    while prog.step < total and not exhausted:
+        data = buf.fill()
+        if data is None:
+            exhausted = True
+            break
+        x, y = data
+        if prog.step == 0 and prog.fills == 0:
+            _init_from_buffer(tc, x, y)
+        x = x / tc.in_scale[:, None, None]
+        y = y / tc.out_scale[:, None, None]
+        for s in range(0, x.shape[1] - cfg.batch_size + 1, cfg.batch_size):
+            if prog.step >= total:
+                break
+            xb, yb = x[:, s : s + cfg.batch_size], y[:, s : s + cfg.batch_size]
+            _step(tc, opt, cfg, prog, metrics, xb, yb, total)
+            bar.update(1)
+            if prog.step % cfg.log_every == 0 or prog.step == total:
+                _log(prog, metrics, cfg, bar, time.perf_counter() - start, out)
+        prog.windows, prog.fills = buf.windows_done, buf.fills_done
+        prog.seconds = time.perf_counter() - start
+        if prog.step - last_ckpt >= cfg.checkpoint_every and prog.step < total:
+            _checkpoint(ckpt, cfg, tc, opt, prog, metrics)
+            last_ckpt = prog.step
+    bar.close()
+    prog.seconds = time.perf_counter() - start
+    if metrics.n:
+        _log(prog, metrics, cfg, bar, prog.seconds, out)
+    result = tc.to_transcoders(
+        input_hook=cfg.in_hook,
+        output_hook=cfg.output_hook,
+        model_name=model_name,
+        name=f"circuitlab-{cfg.kind}-{cfg.activation}-{cfg.d_transcoder}",
+    )
+    result.save(str(out / TRANSCODERS_DIR), overwrite=True)
+    _write_metrics(out, cfg, prog, exhausted)
+    ckpt.unlink(missing_ok=True)
+    return result
+
+
+def _step(
+    tc: TrainableTranscoders,
+    opt: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    prog: Progress,
+    metrics: _Metrics,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    total: int,
+) -> None:
+    lr_f, sp_f = schedule(prog.step, total)
+    for group in opt.param_groups:
+        group["lr"] = cfg.lr * lr_f
+    acts = tc.encode(x)
+    recon = tc.decode(acts, x)
+    mse = ((recon - y) ** 2).sum(-1).mean(-1) / x.shape[-1]  # [L]
+    loss = (mse + cfg.sparsity_coefficient * sp_f * tc.sparsity(acts)).sum()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    tc.clamp_()
+    prog.step += 1
+    prog.tokens += x.shape[1]
+    metrics.add(recon.detach(), y, acts.detach(), prog.tokens)
+
+
+def _log(
+    prog: Progress, metrics: _Metrics, cfg: TrainConfig, bar: Any, seconds: float, out: Path
+) -> None:
+    if metrics.n == 0:
+        return
+    s = metrics.summary(prog.tokens, cfg.dead_window)
+    entry = {"step": prog.step, "tokens": prog.tokens, "seconds": round(seconds, 2), **s}
+    prog.history.append(entry)
+    metrics.reset(len(s["fvu"]))
+    n = len(s["fvu"])
+    bar.set_postfix(
+        fvu=f"{sum(s['fvu']) / n:.3f}", l0=f"{sum(s['l0']) / n:.1f}", dead=sum(s["dead"])
+    )
+    _write_metrics(out, cfg, prog, False, partial=True)
+
+
+def _write_metrics(
+    out: Path, cfg: TrainConfig, prog: Progress, exhausted: bool, *, partial: bool = False
+) -> None:
+    final = prog.history[-1] if prog.history else {}
+    _write_json_atomic(
+        {
+            "config": asdict(cfg),
+            "done": not partial,
+            "corpus_exhausted": exhausted,
+            "steps": prog.step,
+            "tokens": prog.tokens,
+            "seconds": round(prog.seconds, 2),
+            "final": final,
+            "history": prog.history,
+        },
+        out / METRICS_NAME,
+    )
+
+
+def _checkpoint(
+    path: Path,
+    cfg: TrainConfig,
+    tc: TrainableTranscoders,
+    opt: torch.optim.Optimizer,
+    prog: Progress,
+    metrics: _Metrics,
+) -> None:
+    _save_atomic(
+        {
+            "config": cfg.fingerprint(),
+            "model": tc.state_dict(),
+            "optimizer": opt.state_dict(),
+            "progress": json.dumps(asdict(prog)),
+            "last_fire": metrics.last_fire,
+        },
+        path,
+    )
+
+
+def _resume(
+    path: Path,
+    cfg: TrainConfig,
+    tc: TrainableTranscoders,
+    opt: torch.optim.Optimizer,
+    prog: Progress,
+    metrics: _Metrics,
+) -> None:
+    state = torch.load(path, weights_only=True)
+    if state["config"] != cfg.fingerprint():
+        raise ValueError(
+            f"{path} is the checkpoint of a run with other settings; rerun with the same "
+            "settings, or pass --restart to discard it."
+        )
+    tc.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    for key, value in json.loads(state["progress"]).items():
+        setattr(prog, key, value)
+    metrics.last_fire = state["last_fire"]
