@@ -1,7 +1,7 @@
 """Full head-patching sweep on a GPT-2-small-sized random GPT-2 (12 layers x 12 heads, d 768).
 
 Prints the batched sweep's time next to a one-site-per-forward sweep (the naive loop) and their
-ratio. Run: ``python benchmarks/heads_patching.py [--batch-size 64] [--naive-sites 24]``.
+ratio. Run: ``python benchmarks/heads_patching.py [--batch-size 256] [--naive-sites 24]``.
 The naive loop is timed on ``--naive-sites`` sites and scaled to the full sweep.
 """
 
@@ -25,7 +25,7 @@ CORRUPTED = [*CLEAN[:10], MARY, *CLEAN[11:]]
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--naive-sites", type=int, default=24)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = ap.parse_args()

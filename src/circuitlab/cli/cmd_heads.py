@@ -39,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="comma-separated sweeps: head, resid, mlp (default with a corrupted prompt: head)",
     )
-    p.add_argument("--batch-size", type=int, default=64, help="patched rows per forward")
+    p.add_argument("--batch-size", type=int, default=256, help="patched rows per forward")
     p.add_argument("--top", type=int, default=8, help="rows shown per table")
     p.add_argument("--json", help="also write every streamed event as JSON lines to this file")
     p.add_argument("--dtype", choices=["float32", "float64", "bfloat16"], default="float32")

@@ -200,7 +200,7 @@ class LayerPatches:
 
 
 def iter_patching(
-    lab: LabModel, pair: PatchPair, sites: Sequence[Site], *, batch_size: int = 64
+    lab: LabModel, pair: PatchPair, sites: Sequence[Site], *, batch_size: int = 256
 ) -> Iterator[tuple[BatchOut, LayerPatches]]:
     """Runs ``sites`` (layer-major) in batches; yields each layer once all its sites are done.
 
@@ -266,7 +266,7 @@ def patch_sweep(
     kind: Kind = "head",
     per_position: bool | None = None,
     pos: int = -1,
-    batch_size: int = 64,
+    batch_size: int = 256,
 ) -> PatchResult:
     """Patches every site of ``kind`` (see the module docstring).
 

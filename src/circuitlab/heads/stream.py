@@ -140,7 +140,7 @@ def stream_patching(
     *,
     kinds: Sequence[Kind] = KINDS,
     pos: int = -1,
-    batch_size: int = 64,
+    batch_size: int = 256,
     digits: int = 4,
 ) -> Iterator[dict[str, Any]]:
     """Patching sweeps (heads over all positions; resid and mlp per position), layer by layer.
