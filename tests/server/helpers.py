@@ -213,14 +213,11 @@ def big_graph(n_nodes: int = 5000, n_links: int = 100_000, seed: int = 0) -> dic
         )
     nodes.append(logit)
     ids = [n["node_id"] for n in nodes]
-    links = [
-        {
-            "source": ids[rng.randrange(n_nodes - 1)],
-            "target": ids[n_pos + rng.randrange(n_feat + 1)],
-            "weight": round(rng.gauss(0, 1), 4),
-        }
-        for _ in range(n_links)
-    ]
+    links = []
+    while len(links) < n_links:
+        source, target = rng.randrange(n_nodes - 1), n_pos + rng.randrange(n_feat + 1)
+        if source != target:
+            links.append({"source": ids[source], "target": ids[target], "weight": rng.gauss(0, 1)})
     meta = {
         "slug": "big",
         "scan": "synthetic",

@@ -109,6 +109,7 @@ export class GraphView {
     const [links, nodes] = this.contexts();
     this.linkCtx = links;
     this.nodeCtx = nodes;
+    this.canvases[0].style.opacity = state.clickedId ? "0.35" : "1";
     this.drawLinks();
     this.drawNodes();
     this.drawOverlay();
@@ -122,7 +123,7 @@ export class GraphView {
     const maxAbs = state.graph.maxAbs || 1;
     // Many links would paint the pane solid: fade them as their number grows.
     const density = Math.min(1, Math.max(0.06, Math.sqrt(3000 / Math.max(1, this.links.length))));
-    const dim = (state.clickedId ? 0.35 : 1) * density;
+    const dim = density;
     const paths = [[], []].map(() => Array.from({ length: BUCKETS }, () => new Path2D()));
     for (const l of this.links) {
       const b = Math.min(BUCKETS - 1, Math.floor(Math.sqrt(Math.abs(l.weight) / maxAbs) * BUCKETS));
@@ -211,11 +212,12 @@ export class GraphView {
     return ctx;
   }
 
-  // Selection and pins change what is highlighted and drawn dimmed, not the layout.
-  refreshHighlights() {
+  // A selection only repaints the overlay (the links layer is dimmed by CSS); pins and labels
+  // also repaint the nodes. Neither changes the layout.
+  refreshHighlights(what) {
     if (!this.linkCtx) return this.redraw();
-    this.drawLinks();
-    this.drawNodes();
+    this.canvases[0].style.opacity = state.clickedId ? "0.35" : "1";
+    if (what !== "select") this.drawNodes();
     this.drawOverlay();
   }
 

@@ -81,7 +81,7 @@ function render(what) {
   if (what === "graph" || what === "prune") {
     view.redraw();
   } else if (what === "select" || what === "pins" || what === "labels") {
-    view.refreshHighlights();
+    view.refreshHighlights(what);
   }
   if (what !== "hover" && what !== "layout") {
     renderInspector($("inspector"));

@@ -1,0 +1,124 @@
+"""The lab page in a real browser: inspect, pin, group, label, save, reload; dashboards;
+circuit-tracer files; a screenshot that is not blank."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from circuitlab.server import LabServer
+
+from .conftest import click_node, open_lab
+
+
+def state(page: Any) -> dict[str, Any]:
+    return page.evaluate(
+        """() => { const s = window.__lab.state; return {
+            clicked: s.clickedId, pinned: [...s.pinned], supernodes: s.supernodes,
+            clerps: [...s.clerps.entries()], dirty: s.dirty }; }"""
+    )
+
+
+def test_annotations_survive_save_and_reload(page: Any, lab: LabServer) -> None:
+    open_lab(page, lab.url + "?slug=small")
+    click_node(page, "1_1_1")
+    assert "says capital" in page.inner_text("#inspector-title")
+    assert page.locator("#inspector tr.link-row").count() >= 2  # inputs and outputs listed
+    click_node(page, "0_0_1", ["Control"])
+    click_node(page, "1_1_1", ["Control"])
+    click_node(page, "0_4_2", ["Control"])
+    assert state(page)["pinned"] == ["0_0_1", "1_1_1", "0_4_2"]
+    assert page.locator("#subgraph .sg-node").count() == 3
+
+    page.keyboard.down("g")
+    page.click('#subgraph .sg-node[data-key="0_0_1"]')
+    page.click('#subgraph .sg-node[data-key="1_1_1"]')
+    page.keyboard.up("g")
+    assert state(page)["supernodes"] == [["group 1", "0_0_1", "1_1_1"]]
+    assert page.locator("#subgraph .sg-node.super").count() == 1
+
+    page.fill("input.sn-label", "capital circuit")
+    page.press("input.sn-label", "Enter")
+    click_node(page, "0_4_2")
+    page.fill("#label-input", "France-ish")
+    page.press("#label-input", "Enter")
+    assert state(page)["dirty"]
+    page.click("#save")
+    page.wait_for_function("document.getElementById('save-state').textContent === 'saved'")
+
+    open_lab(page, lab.url + "?slug=small")  # no state in the URL: it comes from the file
+    s = state(page)
+    assert s["pinned"] == ["0_0_1", "1_1_1", "0_4_2"]
+    assert s["supernodes"] == [["capital circuit", "0_0_1", "1_1_1"]]
+    assert ["3", "France-ish"] in s["clerps"] or any(v == "France-ish" for _, v in s["clerps"])
+    assert s["clicked"] == "0_4_2"
+    assert "capital circuit" in page.text_content("#subgraph")
+    assert "France-ish" in page.text_content("#subgraph")
+
+
+def test_url_state_restores_a_shared_view(page: Any, lab: LabServer) -> None:
+    open_lab(
+        page, lab.url + "?slug=small&clickedId=1_2_2&pinnedIds=1_2_2,0_4_2&pruningThreshold=0.5"
+    )
+    s = state(page)
+    assert s["clicked"] == "1_2_2" and s["pinned"] == ["1_2_2", "0_4_2"]
+    click_node(page, "E_3_1")  # tokens are never pruned
+    page.wait_for_function("location.search.includes('clickedId=E_3_1')")
+
+
+def test_feature_card_shows_the_dashboard(page: Any, lab: LabServer) -> None:
+    open_lab(page, lab.url + "?slug=small")
+    click_node(page, "0_4_2")
+    page.wait_for_selector("#feature .example")
+    card = page.inner_text("#feature")
+    assert "Paris" in card and "1.23%" in card  # top logits, frequency
+    assert page.locator("#feature .tok.peak").count() == 1  # the highlighted token
+    assert page.locator("#feature-histogram rect").count() == 4
+    click_node(page, "1_2_2")  # no record for this one
+    page.wait_for_function("document.getElementById('feature').innerText.includes('No dashboard')")
+
+
+def test_circuit_tracer_graph_files_open(page: Any, lab: LabServer) -> None:
+    open_lab(page, lab.url + "?slug=ct-graph")
+    s = state(page)
+    assert s["pinned"] == ["0_5_1", "1_3_1"]  # raw URL strings in qParams
+    assert s["supernodes"] == [["capital", "0_5_1", "1_3_1"]]
+    click_node(page, "3_9_1")
+    assert 'Output " Paris"' in page.inner_text("#inspector-title")
+
+
+def test_pruning_slider_hides_nodes(page: Any, lab: LabServer) -> None:
+    open_lab(page, lab.url + "?slug=small")
+    visible = "() => document.getElementById('counts').textContent"
+    before = page.evaluate(visible)
+    page.keyboard.press("[")
+    for _ in range(20):
+        page.keyboard.press("[")
+    after = page.evaluate(visible)
+    assert before != after and int(after.split("/")[0]) < int(before.split("/")[0])
+
+
+def test_screenshot_is_not_blank(page: Any, lab: LabServer) -> None:
+    open_lab(page, lab.url + "?slug=small")
+    click_node(page, "1_1_1")
+    png = page.screenshot(clip={"x": 0, "y": 0, "width": 900, "height": 500})
+    colours = page.evaluate(
+        """async (b64) => {
+            const img = new Image();
+            img.src = "data:image/png;base64," + b64;
+            await img.decode();
+            const c = document.createElement("canvas");
+            c.width = img.width; c.height = img.height;
+            const ctx = c.getContext("2d");
+            ctx.drawImage(img, 0, 0);
+            const d = ctx.getImageData(0, 0, c.width, c.height).data;
+            const seen = new Set(); let ink = 0;
+            for (let i = 0; i < d.length; i += 4) {
+                seen.add((d[i] << 16) | (d[i + 1] << 8) | d[i + 2]);
+                if (d[i] + d[i + 1] + d[i + 2] < 600) ink++;
+            }
+            return { distinct: seen.size, ink: ink / (d.length / 4) };
+        }""",
+        base64.b64encode(png).decode(),
+    )
+    assert colours["distinct"] > 50 and colours["ink"] > 0.01, colours

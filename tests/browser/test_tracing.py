@@ -1,0 +1,29 @@
+"""Tracing from the page on a tiny model: prompt -> background job -> the new graph opens."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from circuitlab.server import LabServer
+
+from .conftest import open_lab
+
+
+def test_a_prompt_traced_from_the_page_opens_as_a_graph(page: Any, tracing_lab: LabServer) -> None:
+    open_lab(page, tracing_lab.url + "?slug=small")
+    assert page.is_visible("#trace")
+    page.fill("#trace-prompt", "the capital of")
+    page.fill("#trace-targets", "France|Texas")
+    page.click("#trace-go")
+    page.wait_for_selector("#jobs .job")  # the queue is visible
+    page.wait_for_function("window.__lab.state.slug.startsWith('trace-')", timeout=60_000)
+    page.wait_for_selector("#jobs .job-done")
+    g = page.evaluate(
+        """() => { const g = window.__lab.state.graph; return {
+            prompt: g.meta.prompt, logits: g.nodes.filter(n => n.kind === 'logit').map(n => n.clerp) }; }"""
+    )
+    assert g["prompt"].endswith("the capital of")
+    assert [c.split('"')[1] for c in g["logits"]] == ["France", "Texas"]
+    assert "slug=trace-" in page.url
+    options = page.eval_on_selector_all("#graph-select option", "os => os.map(o => o.value)")
+    assert any(o.startswith("trace-") for o in options)
