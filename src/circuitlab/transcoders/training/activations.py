@@ -110,11 +110,16 @@ class ActivationBuffer:
             self.windows_done += batch.shape[0]
         if not xs:
             return None
-        x, y = torch.cat(xs, 1), torch.cat(ys, 1)
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.fills_done)
-        perm = torch.randperm(x.shape[1], generator=g)
+        perm = torch.randperm(have, generator=g)
         self.fills_done += 1
-        return x[:, perm], y[:, perm]
+        # one buffer-sized copy at a time: concatenate, free the pieces, then permute
+        x = torch.cat(xs, 1)
+        del xs
+        x = x[:, perm]
+        y = torch.cat(ys, 1)
+        del ys
+        return x, y[:, perm]
 
     def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Minibatches from one fill (a remainder smaller than ``batch_size`` is dropped)."""

@@ -240,8 +240,8 @@ def train_transcoders(
         x, y = data
         if prog.step == 0 and prog.fills == 0:
             _init_from_buffer(tc, x, y)
-        x = x / tc.in_scale[:, None, None]
-        y = y / tc.out_scale[:, None, None]
+        x.div_(tc.in_scale[:, None, None])  # in place: the buffer is the big allocation
+        y.div_(tc.out_scale[:, None, None])
         for s in range(0, x.shape[1] - cfg.batch_size + 1, cfg.batch_size):
             if prog.step >= total:
                 break
