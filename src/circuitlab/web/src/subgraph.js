@@ -37,27 +37,38 @@ function units() {
 function place(unitsList, width, height) {
   const g = state.graph;
   const rows = g.nLayers + 2;
-  const taken = new Set();
+  const placed = [];
+  const overlaps = (u) => placed.some((v) => Math.abs(v.x - u.x) < BOX_W + 6 && Math.abs(v.y - u.y) < BOX_H + 4);
+  const clamp = (u) => {
+    u.x = Math.max(0, Math.min(width - BOX_W, u.x));
+    u.y = Math.max(0, Math.min(height - BOX_H, u.y));
+  };
   for (const u of unitsList) {
     const saved = state.sgPos[u.key];
     if (Array.isArray(saved) && saved.length === 2) {
       [u.x, u.y] = saved;
-    } else {
-      const ns = u.ids.map((id) => g.byId.get(id));
-      const row = Math.max(...ns.map((n) => (n.kind === KIND.token ? 0 : n.kind === KIND.logit ? rows - 1 : n.layer + 1)));
-      const pos = ns.reduce((a, n) => a + n.pos, 0) / ns.length;
-      u.x = 10 + (pos / Math.max(1, g.nPos - 1)) * Math.max(10, width - BOX_W - 20);
-      u.y = 10 + (1 - row / Math.max(1, rows - 1)) * Math.max(10, height - BOX_H - 20);
-      let key = `${Math.round(u.x / 40)},${Math.round(u.y / 30)}`;
-      while (taken.has(key)) {
-        u.x += 30;
-        u.y += 12;
-        key = `${Math.round(u.x / 40)},${Math.round(u.y / 30)}`;
-      }
+      clamp(u);
+      placed.push(u);
     }
-    u.x = Math.max(0, Math.min(width - BOX_W, u.x));
-    u.y = Math.max(0, Math.min(height - BOX_H, u.y));
-    taken.add(`${Math.round(u.x / 40)},${Math.round(u.y / 30)}`);
+  }
+  // Others go where their layer and position say, then sideways (and down) until they fit.
+  for (const u of unitsList) {
+    if (placed.includes(u)) continue;
+    const ns = u.ids.map((id) => g.byId.get(id));
+    const row = Math.max(...ns.map((n) => (n.kind === KIND.token ? 0 : n.kind === KIND.logit ? rows - 1 : n.layer + 1)));
+    const pos = ns.reduce((a, n) => a + n.pos, 0) / ns.length;
+    u.x = 10 + (pos / Math.max(1, g.nPos - 1)) * Math.max(10, width - BOX_W - 20);
+    u.y = 10 + (1 - row / Math.max(1, rows - 1)) * Math.max(10, height - BOX_H - 20);
+    clamp(u);
+    for (let tries = 0; overlaps(u) && tries < 200; tries++) {
+      u.x -= BOX_W + 8;
+      if (u.x < 0) {
+        u.x = width - BOX_W - 4;
+        u.y += u.y + 2 * BOX_H < height ? BOX_H + 6 : -(BOX_H + 6);
+      }
+      clamp(u);
+    }
+    placed.push(u);
   }
 }
 
