@@ -6,7 +6,7 @@ from typing import Any
 
 from circuitlab.server import LabServer
 
-from .conftest import open_lab
+from .conftest import click_node, open_lab
 
 
 def test_a_prompt_traced_from_the_page_opens_as_a_graph(page: Any, tracing_lab: LabServer) -> None:
@@ -27,3 +27,25 @@ def test_a_prompt_traced_from_the_page_opens_as_a_graph(page: Any, tracing_lab: 
     assert "slug=trace-" in page.url
     options = page.eval_on_selector_all("#graph-select option", "os => os.map(o => o.value)")
     assert any(o.startswith("trace-") for o in options)
+
+
+def test_steering_pinned_nodes_from_the_page(page: Any, tracing_lab: LabServer) -> None:
+    open_lab(page, tracing_lab.url + "?slug=small")
+    page.fill("#trace-prompt", "the capital of")
+    page.click("#trace-go")
+    page.wait_for_function("window.__lab.state.slug.startsWith('trace-')", timeout=60_000)
+    ids = page.evaluate(
+        "() => window.__lab.state.graph.nodes.filter(n => n.kind === 'feature' && window.__lab.screenPos(n.id)).slice(0, 3).map(n => n.id)"
+    )
+    for node_id in ids:
+        click_node(page, node_id, ["Control"])
+    assert page.is_visible("#steer")
+    page.select_option("#steer-op", "scale")
+    page.fill("#steer-amount", "20")
+    page.fill("#steer-tokens", "3")
+    page.click("#steer-go")
+    page.wait_for_selector("#steer-result .steer-col")
+    cols = page.locator("#steer-result .steer-col")
+    assert cols.count() == 2
+    assert cols.nth(0).locator("tr").count() == 8 and cols.nth(1).locator("tr").count() == 8
+    assert f"on {len(ids)} nodes" in cols.nth(1).inner_text()

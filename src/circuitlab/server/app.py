@@ -8,7 +8,8 @@ Routes (all relative, so the page also works behind a path prefix or in a notebo
 * ``GET /features/{path}``: the dashboard store, with HTTP byte ranges.
 * ``POST /save_graph/{slug}``: ``{"qParams": {...}}`` replaces the file's ``qParams`` atomically.
 * ``GET /api/info``; with a ``Tracer``: ``POST /api/trace``, ``GET /api/jobs``,
-  ``DELETE /api/jobs/{id}``, and ``WS /api/ws`` (job updates as they happen).
+  ``DELETE /api/jobs/{id}``, ``WS /api/ws`` (job updates as they happen), and
+  ``POST /api/steer`` (set/scale nodes of a graph: top logits and continuations, before/after).
 
 Safety: paths are resolved under their root (no ``..``, no hidden files, no symlink escapes);
 request bodies are capped; writes need ``Content-Type: application/json`` and a same-origin
@@ -29,7 +30,7 @@ from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 
-from circuitlab.graph.export import FeatureStore
+from circuitlab.graph.export import FeatureStore, check_slug
 from circuitlab.server.files import (
     AnnotationStore,
     GzipCache,
@@ -155,7 +156,7 @@ def create_app(
             "features": feature_root is not None,
             "tracing": tracer is not None,
             "models": sorted(tracer.models) if tracer else [],
-            "steering": False,
+            "steering": tracer is not None and _can_steer(tracer),
         }
 
     def need_tracer() -> Tracer:
@@ -185,6 +186,45 @@ def create_app(
         except (ValueError, TypeError) as e:
             raise HTTPProblem(400, str(e)) from None
         return {"job": job.public()}
+
+    @app.post("/api/steer")
+    async def steer_route(request: Request) -> dict[str, Any]:
+        t = need_tracer()
+        body = await read_json_body(request, 256 * 1024)
+        if not isinstance(body, dict):
+            raise HTTPProblem(400, 'send {"slug", "node_ids": [...], "value" or "scale"}')
+        return await asyncio.to_thread(run_steer, t, body)
+
+    def run_steer(t: Tracer, body: dict[str, Any]) -> dict[str, Any]:
+        from circuitlab.server.steering import steer, steering_prompt
+
+        try:
+            slug = check_slug(str(body.get("slug", "")))
+            ids = body.get("node_ids")
+            if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+                raise ValueError("node_ids must be a list of node id strings")
+            value, scale = _number(body, "value"), _number(body, "scale")
+            meta = list_graph_meta(slug)
+            prompt = steering_prompt(graph_dir, slug, meta.get("prompt"))
+            return t.run_exclusive(
+                body.get("model") or None,
+                lambda model: steer(
+                    model,
+                    prompt,
+                    ids,
+                    value=value,
+                    scale=scale,
+                    max_new_tokens=int(body.get("max_new_tokens", 12)),
+                ),
+            )
+        except (ValueError, TypeError, IndexError) as e:
+            raise HTTPProblem(400, str(e)) from None
+
+    def list_graph_meta(slug: str) -> dict[str, Any]:
+        for m in list_graphs(graph_dir)["graphs"]:
+            if m.get("slug") == slug:
+                return m
+        raise HTTPProblem(404, f"no graph {slug!r}")
 
     @app.delete("/api/jobs/{job_id}")
     def cancel(job_id: str) -> dict[str, Any]:
@@ -221,6 +261,19 @@ def create_app(
             unsubscribe()
 
     return app
+
+
+def _can_steer(tracer: Tracer) -> bool:
+    return all(hasattr(m, "feature_intervention") for m in tracer.models.values())
+
+
+def _number(body: dict[str, Any], key: str) -> float | None:
+    v = body.get(key)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or abs(v) > 1e6:
+        raise ValueError(f"{key} must be a finite number")
+    return float(v)
 
 
 def check_host_and_origin(headers: Any, hosts: set[str] | None) -> HTTPProblem | None:

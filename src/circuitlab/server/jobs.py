@@ -106,6 +106,7 @@ class Tracer:
         self.run_fn = run_fn or self._run_attribution
         self._jobs: dict[str, Job] = {}
         self._queues: dict[str, deque[Job]] = {name: deque() for name in self.models}
+        self._model_locks = {name: threading.Lock() for name in self.models}
         self._cond = threading.Condition()
         self._subscribers: list[Callable[[dict[str, Any]], object]] = []
         self._history = history
@@ -165,6 +166,14 @@ class Tracer:
         self._publish(job)
         return job
 
+    def run_exclusive(self, model: str | None, fn: Callable[[Any], Any]) -> Any:
+        """``fn(model)`` while no job runs on that model (for steering and other one-offs)."""
+        name = model or next(iter(self.models))
+        if name not in self.models:
+            raise ValueError(f"unknown model {name!r}; this server has {sorted(self.models)}")
+        with self._model_locks[name]:
+            return fn(self.models[name])
+
     def jobs(self) -> list[dict[str, Any]]:
         """Every known job, oldest first."""
         with self._cond:
@@ -212,7 +221,8 @@ class Tracer:
                 job = self._queues[name].popleft()
                 job.status, job.phase = "running", "starting"
             self._publish(job)
-            self._run(job)
+            with self._model_locks[name]:
+                self._run(job)
 
     def _run(self, job: Job) -> None:
         progress = Progress(job, self._publish)

@@ -5,6 +5,7 @@ import { GraphView, timings } from "./graphview.js";
 import { renderInspector } from "./inspector.js";
 import { applyQParams, emit, on, qParams, state, togglePin, writeUrl } from "./state.js";
 import { finishGrouping, grouping, renderSubgraph } from "./subgraph.js";
+import { setupSteer } from "./steer.js";
 import { setupTrace } from "./trace.js";
 import { el } from "./dom.js";
 
@@ -159,6 +160,7 @@ async function main() {
       await loadGraph(job.slug, null);
     },
   });
+  setupSteer(info);
   const slug = url.get("slug") || (graphs[0] && graphs[0].slug);
   if (slug) await loadGraph(slug, url);
   else $("inspector").replaceChildren(el("p", { class: "muted" }, "No graphs yet: trace a prompt or write graph files."));
