@@ -179,3 +179,22 @@ def test_missing_folders_are_reported(tmp_path: Path) -> None:
         create_app(tmp_path / "nope")
     with pytest.raises(FileNotFoundError, match="index.json.gz"):
         create_app(tmp_path, tmp_path)
+
+
+def test_stores_written_by_the_dashboard_builder_are_served(
+    graph_dir: Path, tmp_path: Path
+) -> None:
+    from circuitlab.features.store import write_store
+
+    from .helpers import feature_record
+
+    write_store(tmp_path / "built", [[feature_record(0, f) for f in range(3)]])
+    with TestClient(create_app(graph_dir, tmp_path / "built")) as c:
+        index = json.loads(gzip.decompress(c.get("/features/index.json.gz").content))
+        entry = index[0]
+        start, end = entry["offsets"][2], entry["offsets"][3]
+        part = c.get(
+            f"/features/{entry['filename']}", headers={"Range": f"bytes={start}-{end - 1}"}
+        )
+        (n,) = struct.unpack("<I", part.content[:4])
+        assert json.loads(zlib.decompress(part.content[4 : 4 + n]))["index"] == 2
