@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from circuitlab.models.adapters import UnsupportedArchitectureError, adapter_for
-from circuitlab.models.session import Plan
+from circuitlab.models.session import Mode, Plan
 from circuitlab.models.tiny import tiny_model
 from circuitlab.replacement import ReplacementModel
 from circuitlab.transcoders import random_transcoder_set
@@ -51,7 +51,7 @@ def test_get_activations_are_sparse_and_zero_at_bos() -> None:
     torch.testing.assert_close(dense, expected)
 
 
-def _node_gradient(rm: ReplacementModel, mode: str, noise: float) -> torch.Tensor:
+def _node_gradient(rm: ReplacementModel, mode: Mode, noise: float) -> torch.Tensor:
     """Gradient of one (pre-softcap) logit w.r.t. all node values (features, errors, tokens), at the clean
     node values plus ``noise``, in the replacement model whose freezes follow ``mode``."""
     ids = torch.tensor(PROMPT)

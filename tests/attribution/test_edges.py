@@ -38,7 +38,7 @@ def _check_edges(rm: ReplacementModel, graph: Graph) -> None:
     n_cols = truth.shape[1]
     scale = truth.abs().max()
     assert scale > 0
-    torch.testing.assert_close(graph.edges[:, :n_cols], truth, rtol=0, atol=1e-10 * scale)
+    torch.testing.assert_close(graph.edges[:, :n_cols], truth, rtol=0, atol=1e-10 * float(scale))
     assert (graph.edges[:, n_cols:] == 0).all()
 
 
@@ -74,6 +74,7 @@ def test_completeness_sum_rule(family: str, kind: str) -> None:
     lv = _logit_vecs(rm, graph)
     tc = rm.transcoders
     _, clean = rm.run(ids[None], Plan(record=True))
+    assert clean is not None
     # transformers computes some norms in float32 even for float64 models, so the exact
     # (float64) reference is the frozen replay of the clean run; it matches the plain run to
     # float32 precision.

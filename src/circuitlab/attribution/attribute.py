@@ -243,10 +243,9 @@ def _package(
     ]
     rows = rows[torch.argsort(row_nodes)]  # features by index, then logits (ids above n_cols)
     tok = model.tokenizer
+    text = str(tok.decode(ids.tolist())) if tok is not None else " ".join(map(str, ids.tolist()))
     return Graph(
-        input_string=tok.decode(ids.tolist())
-        if tok is not None
-        else " ".join(map(str, ids.tolist())),
+        input_string=text,
         input_tokens=ids.cpu(),
         logit_targets=targets.logit_targets,
         logit_probabilities=targets.weights.cpu(),

@@ -72,7 +72,7 @@ def _token_id(tok: str | int, tokenizer: PreTrainedTokenizerBase | None, vocab: 
 
 
 def _label(tok_id: int, tokenizer: PreTrainedTokenizerBase | None) -> str:
-    return tokenizer.decode([tok_id]) if tokenizer is not None else str(tok_id)
+    return str(tokenizer.decode([tok_id])) if tokenizer is not None else str(tok_id)
 
 
 def resolve_targets(

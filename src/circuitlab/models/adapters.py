@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from torch import nn
@@ -48,22 +48,26 @@ class Adapter:
     out_proj: str = "o_proj"
 
 
+def _weight(attn: nn.Module, name: str) -> torch.Tensor:
+    return cast(torch.Tensor, attn.get_submodule(name).weight)
+
+
 def _linear_v(attn: nn.Module) -> torch.Tensor:
-    return attn.v_proj.weight  # type: ignore[union-attr,return-value]
+    return _weight(attn, "v_proj")
 
 
 def _linear_o(attn: nn.Module) -> torch.Tensor:
-    return attn.o_proj.weight  # type: ignore[union-attr,return-value]
+    return _weight(attn, "o_proj")
 
 
 def _gpt2_v(attn: nn.Module) -> torch.Tensor:
-    w = attn.c_attn.weight  # Conv1D [d_model, 3 * d_model]: x @ w
-    d = w.shape[0]  # type: ignore[union-attr]
-    return w[:, 2 * d :].T  # type: ignore[index]
+    w = _weight(attn, "c_attn")  # Conv1D [d_model, 3 * d_model]: x @ w
+    d = w.shape[0]
+    return w[:, 2 * d :].T
 
 
 def _gpt2_o(attn: nn.Module) -> torch.Tensor:
-    return attn.c_proj.weight.T  # type: ignore[union-attr]
+    return _weight(attn, "c_proj").T
 
 
 _LLAMA_LIKE = dict(

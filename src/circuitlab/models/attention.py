@@ -43,9 +43,8 @@ def circuitlab_attention(
     """Eager attention (``query [b, h, q, d]``, ``key``/``value [b, kv, k, d]``) with a pattern hook."""
     groups = int(getattr(module, "num_key_value_groups", 1))
     key, value = _repeat_kv(key, groups), _repeat_kv(value, groups)
-    if scaling is None:
-        scaling = query.shape[-1] ** -0.5
-    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+    scores = torch.matmul(query, key.transpose(2, 3)) * scale
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
     if attention_mask is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -26,7 +27,7 @@ class ModelSpec:
 
 
 def model_spec(model: nn.Module) -> ModelSpec:
-    cfg = model.config  # type: ignore[union-attr]
+    cfg: Any = model.config
     cfg = getattr(cfg, "text_config", None) or cfg
     n_heads = cfg.num_attention_heads
     d_model = cfg.hidden_size
@@ -65,7 +66,7 @@ def load_model(
     dtype = dtype or torch.float32
     if isinstance(ref, nn.Module):
         model = ref
-        model_type = model.config.model_type  # type: ignore[union-attr]
+        model_type = cast(Any, model).config.model_type
         adapter = adapter_for(model_type)
     else:
         path, gguf = _split_gguf(str(ref))
@@ -78,7 +79,7 @@ def load_model(
                 tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
             except (OSError, ValueError):
                 tokenizer = None
-    model = model.to(dtype=dtype)
+    model = cast(nn.Module, model).to(dtype=dtype)
     if device is not None:
         model = model.to(device)
     model.eval()

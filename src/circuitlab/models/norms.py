@@ -8,6 +8,8 @@ transpose is ``C(g * s * w_eff)``.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -22,7 +24,7 @@ def _eps(module: nn.Module) -> float:
 
 
 def _weight(kind: NormKind, module: nn.Module, dtype: torch.dtype) -> torch.Tensor:
-    w = module.weight.to(dtype)  # type: ignore[union-attr]
+    w = cast(torch.Tensor, module.weight).to(dtype)
     return 1.0 + w if kind == "rms_gemma" else w
 
 

@@ -7,9 +7,9 @@ uniformly at a scale that keeps activations of order one, so transcoder features
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
-from torch import nn
 from transformers import (
     AutoModelForCausalLM,
     Gemma2Config,
@@ -18,6 +18,7 @@ from transformers import (
     LlamaConfig,
     MistralConfig,
     PretrainedConfig,
+    PreTrainedModel,
     Qwen2Config,
     Qwen3Config,
 )
@@ -29,7 +30,7 @@ def tiny_config(
     family: str, *, n_layers: int = 2, d_model: int = 16, vocab: int = 64
 ) -> PretrainedConfig:
     """A small config of ``family`` (GQA, sliding windows, softcaps and q/k norms included)."""
-    common = dict(
+    common: dict[str, Any] = dict(
         vocab_size=vocab,
         hidden_size=d_model,
         intermediate_size=2 * d_model,
@@ -85,7 +86,7 @@ def tiny_config(
 
 def tiny_model(
     family: str, *, seed: int = 0, dtype: torch.dtype = torch.float32, **sizes: int
-) -> nn.Module:
+) -> PreTrainedModel:
     """A random ``*ForCausalLM`` of ``family`` in eval mode."""
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(
