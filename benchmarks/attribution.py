@@ -1,8 +1,10 @@
 """circuitlab vs circuit-tracer 0.5.0: attribution time, memory and agreement, side by side.
 
 Each (fixture, prompt length) runs both tools in fresh subprocesses on the same model,
-transcoders, token ids and settings, and prints wall time of ``attribute``, the peak-RSS
-increase during it, and the largest edge difference relative to the largest edge, with ratios.
+transcoders, token ids and settings, and prints wall time and CPU time (all threads) of
+``attribute``, its peak-RSS increase (weights read before; the peak mark reset just before it),
+and the largest edge difference relative to the largest edge, with ratios. CPU time is the
+steadier figure on a busy machine.
 
     python benchmarks/attribution.py                        # tiny Llama + SmolLM2, 8/32/128/512 tokens
     python benchmarks/attribution.py --fixtures smollm2 --lengths 1024 --ours-only
@@ -82,6 +84,7 @@ def main() -> None:
         print(f"(no circuit-tracer columns: {peer_missing_reason()})")
     header = (
         f"{'fixture':<11}{'tokens':>7}{'active':>8}{'rows':>6}{'batch':>6} | {'ours s':>8}{'peer s':>8}{'ratio':>7}"
+        f" | {'ours cpu':>9}{'peer cpu':>9}{'ratio':>7}"
         f" | {'ours MB':>8}{'peer MB':>8}{'ratio':>7} | {'rel diff':>9}"
     )
     print(header)
@@ -99,8 +102,13 @@ def main() -> None:
                 f"{ours['attribute_seconds']:>8.2f}"
             )
             mb = ours["attribute_peak_increment"] / 2**20
+            cpu = ours["attribute_cpu_seconds"]
             if peer_py is None:
-                print(row + f"{'-':>8}{'-':>7} | {mb:>8.0f}{'-':>8}{'-':>7} | {'-':>9}", flush=True)
+                print(
+                    row + f"{'-':>8}{'-':>7} | {cpu:>9.2f}{'-':>9}{'-':>7}"
+                    f" | {mb:>8.0f}{'-':>8}{'-':>7} | {'-':>9}",
+                    flush=True,
+                )
                 continue
             try:
                 peer = run_peer(fx.model_dir, fx.transcoder_dir, ids, **settings)  # type: ignore[arg-type]
@@ -113,6 +121,7 @@ def main() -> None:
             print(
                 row
                 + f"{peer.attribute_seconds:>8.2f}{ours['attribute_seconds'] / peer.attribute_seconds:>7.3f} | "
+                f"{cpu:>9.2f}{peer.attribute_cpu_seconds:>9.2f}{cpu / peer.attribute_cpu_seconds:>7.3f} | "
                 f"{mb:>8.0f}{pmb:>8.0f}{mb / max(pmb, 1e-9):>7.3f} | {diff_s:>9}",
                 flush=True,
             )

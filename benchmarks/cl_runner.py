@@ -1,8 +1,9 @@
 """Run circuitlab's ``attribute`` in a fresh process and report time and memory.
 
 The twin of ``ct_runner.py`` for our side, so both tools are measured the same way: a
-subprocess, ``perf_counter`` around ``attribute`` only, RSS just before it and the peak
-(``ru_maxrss``) at the end. Writes the graph (``Graph.save``) plus a JSON sidecar.
+subprocess, ``perf_counter`` and ``process_time`` around ``attribute`` only, weights read once
+before it, the kernel's peak-RSS mark reset just before it and read after. Writes the graph
+(``Graph.save``) plus a JSON sidecar.
 
     python benchmarks/cl_runner.py --model DIR --transcoders DIR --prompt-ids '[1, 2, 3]' \\
         --batch-size 64 --max-feature-nodes 1024 --out /tmp/ours.safetensors
@@ -16,12 +17,7 @@ import resource
 import time
 from pathlib import Path
 
-
-def _rss() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
+from ct_runner import current_rss_bytes, hwm_bytes, reset_peak_rss, touch_weights
 
 
 def main() -> None:
@@ -50,7 +46,10 @@ def main() -> None:
     model = ReplacementModel.from_pretrained(a.model, a.transcoders, dtype=getattr(torch, a.dtype))
     load = time.perf_counter() - t0
     ids = json.loads(a.prompt_ids)
-    rss_before = _rss()
+    touch_weights(model.model)
+    rss_before = current_rss_bytes()
+    hwm_reset = reset_peak_rss()
+    cpu0 = time.process_time()
     t0 = time.perf_counter()
     graph = attribute(
         model,
@@ -63,10 +62,12 @@ def main() -> None:
         offload=a.offload,
     )
     seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    cpu = time.process_time() - cpu0
+    peak = hwm_bytes() if hwm_reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     graph.save(a.out)
     meta = {
         "attribute_seconds": seconds,
+        "attribute_cpu_seconds": cpu,
         "load_seconds": load,
         "phases": graph.settings.get("timings", {}),
         "rss_before_attribute": rss_before,

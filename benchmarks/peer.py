@@ -81,6 +81,11 @@ class PeerResult:
         return float(self.metadata["timings_s"]["attribute_total"])
 
     @property
+    def attribute_cpu_seconds(self) -> float:
+        """CPU time (all threads) of ``circuit_tracer.attribute`` alone (process_time)."""
+        return float(self.metadata["timings_s"]["attribute_cpu"])
+
+    @property
     def load_seconds(self) -> float:
         """Transcoder + model load time (perf_counter), excluding interpreter/import start-up."""
         return float(self.metadata["timings_s"]["load_total"])
@@ -101,7 +106,7 @@ class PeerResult:
 
     @property
     def attribute_peak_increment_bytes(self) -> int:
-        """Peak RSS at the end minus RSS just before attribute (0 if loading peaked higher)."""
+        """Peak RSS during attribute (the peak mark is reset just before it) minus RSS before it."""
         return int(self.metadata["memory_bytes"]["attribute_peak_increment"])
 
     @property
