@@ -21,6 +21,14 @@ from .transcoders import (
     TranscoderSet,
     load_transcoders,
 )
+from .validation import (
+    Faithfulness,
+    GraphDiff,
+    aggregate_graphs,
+    compare_graphs,
+    faithfulness,
+    plot_faithfulness,
+)
 
 __version__ = "0.1.0"
 
@@ -28,18 +36,24 @@ __all__ = [
     "Activations",
     "CrossLayerTranscoder",
     "CustomTarget",
+    "Faithfulness",
     "Graph",
+    "GraphDiff",
     "LogitDiff",
     "LogitTarget",
     "ReplacementModel",
     "SingleLayerTranscoder",
     "TranscoderSet",
     "Transcoders",
+    "aggregate_graphs",
     "attribute",
+    "compare_graphs",
     "compute_graph_scores",
+    "faithfulness",
     "import_circuit_tracer_pt",
     "load_graph",
     "load_transcoders",
+    "plot_faithfulness",
     "prune_graph",
     "supported_model_types",
 ]
