@@ -15,6 +15,7 @@ from circuitlab.transcoders.per_layer import SingleLayerTranscoder, TranscoderSe
 from circuitlab.validation import (
     GraphDiff,
     align_features,
+    circuit_of,
     compare_graphs,
     laplacian_spectrum,
     spectral_distance,
@@ -144,3 +145,12 @@ def test_features_of_different_bases_align_by_decoder_cosine() -> None:
     assert {(m.feature_a, m.feature_b) for m in matches} == {(5, int(perm[5])), (9, int(perm[9]))}
     with pytest.raises(ValueError, match="d_model"):
         align_features([(0, 1)], [(0, 1)], tc_a, random_transcoder_set(1, 8, 32))
+
+
+def test_the_kept_adjacency_is_the_square_matrix_on_kept_nodes() -> None:
+    g = star_graph({5: 3.0, 7: -1.0, 9: 0.5}, n_pos=3)
+    circuit = circuit_of(g, 1.0, 1.0)
+    kept = circuit.kept
+    square = g.adjacency_matrix.abs()[kept][:, kept]
+    torch.testing.assert_close(circuit.adjacency, square)
+    assert circuit.n_edges == 6 and len(kept) == 3 + 3 + 1  # features, tokens, logit

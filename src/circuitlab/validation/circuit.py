@@ -125,13 +125,23 @@ def circuit_of(
 
     edge_weight, edge_members = _keyed_edges(g, node_mask, edge_mask, keys, ids)
     kept = node_mask.nonzero().flatten()
-    square = torch.zeros(g.n_nodes, g.n_nodes, dtype=torch.float64)
-    square[row_nodes] = (g.edges.double().abs() * edge_mask).to(square)
-    adjacency = square[kept][:, kept]
+    adjacency = kept_adjacency(g, kept, edge_mask)
     return Circuit(
         ids, node_mask, edge_mask, node_weight, node_members, edge_weight, edge_members, kept,
         adjacency,
     )  # fmt: skip
+
+
+def kept_adjacency(g: Graph, kept: torch.Tensor, edge_mask: torch.Tensor) -> torch.Tensor:
+    """``|A|[n_kept, n_kept]`` (float64) over the kept nodes ``kept[n_kept]`` and kept edges
+    ``edge_mask[n_rows, N]``; memory ``n_kept²``, never ``N²``."""
+    position = torch.full((g.n_nodes,), -1, dtype=torch.long)
+    position[kept] = torch.arange(kept.numel())
+    rows = (position[g.row_nodes] >= 0).nonzero().flatten()
+    adjacency = torch.zeros(kept.numel(), kept.numel(), dtype=torch.float64)
+    values = (g.edges[rows][:, kept].abs() * edge_mask[rows][:, kept]).double()
+    adjacency[position[g.row_nodes[rows]]] = values
+    return adjacency
 
 
 def _keyed_edges(
