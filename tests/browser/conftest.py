@@ -7,6 +7,7 @@ fail under ``CI=true``, so CI cannot silently lose them.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -116,3 +117,26 @@ def click_node(page: Any, node_id: str, modifiers: list[str] | None = None) -> N
     page.mouse.click(pos["x"], pos["y"])
     for key in modifiers or []:
         page.keyboard.up(key)
+
+
+def screenshot_colours(page: Any, png: bytes) -> dict[str, float]:
+    """Distinct colours and the share of inked (non-near-white) pixels of a PNG screenshot."""
+    return page.evaluate(
+        """async (b64) => {
+            const img = new Image();
+            img.src = "data:image/png;base64," + b64;
+            await img.decode();
+            const c = document.createElement("canvas");
+            c.width = img.width; c.height = img.height;
+            const ctx = c.getContext("2d");
+            ctx.drawImage(img, 0, 0);
+            const d = ctx.getImageData(0, 0, c.width, c.height).data;
+            const seen = new Set(); let ink = 0;
+            for (let i = 0; i < d.length; i += 4) {
+                seen.add((d[i] << 16) | (d[i + 1] << 8) | d[i + 2]);
+                if (d[i] + d[i + 1] + d[i + 2] < 600) ink++;
+            }
+            return { distinct: seen.size, ink: ink / (d.length / 4) };
+        }""",
+        base64.b64encode(png).decode(),
+    )

@@ -3,12 +3,11 @@ circuit-tracer files; a screenshot that is not blank."""
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
 from circuitlab.server import LabServer
 
-from .conftest import click_node, open_lab
+from .conftest import click_node, open_lab, screenshot_colours
 
 
 def state(page: Any) -> dict[str, Any]:
@@ -102,23 +101,5 @@ def test_screenshot_is_not_blank(page: Any, lab: LabServer) -> None:
     open_lab(page, lab.url + "?slug=small")
     click_node(page, "1_1_1")
     png = page.screenshot(clip={"x": 0, "y": 0, "width": 900, "height": 500})
-    colours = page.evaluate(
-        """async (b64) => {
-            const img = new Image();
-            img.src = "data:image/png;base64," + b64;
-            await img.decode();
-            const c = document.createElement("canvas");
-            c.width = img.width; c.height = img.height;
-            const ctx = c.getContext("2d");
-            ctx.drawImage(img, 0, 0);
-            const d = ctx.getImageData(0, 0, c.width, c.height).data;
-            const seen = new Set(); let ink = 0;
-            for (let i = 0; i < d.length; i += 4) {
-                seen.add((d[i] << 16) | (d[i + 1] << 8) | d[i + 2]);
-                if (d[i] + d[i + 1] + d[i + 2] < 600) ink++;
-            }
-            return { distinct: seen.size, ink: ink / (d.length / 4) };
-        }""",
-        base64.b64encode(png).decode(),
-    )
+    colours = screenshot_colours(page, png)
     assert colours["distinct"] > 50 and colours["ink"] > 0.01, colours

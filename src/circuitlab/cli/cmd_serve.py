@@ -9,11 +9,14 @@ HELP = "serve the web lab over a folder of graph files"
 DESCRIPTION = """Serves the lab page, the graph files in --graph_file_dir (written by `circuitlab
 attribute --slug ... --graph_file_dir ...` or by circuit-tracer), feature dashboards from
 --features_dir, and saves annotations into the graph files. With --model and --transcoders the
-page can also trace new prompts. Binds to 127.0.0.1 unless --host says otherwise."""
+page can also trace new prompts and open the heads view (attention-head analysis and patching)
+of that model; with --model alone, the heads view only. Binds to 127.0.0.1 unless --host says
+otherwise."""
 EXAMPLES = """examples:
   circuitlab serve --graph_file_dir ./graphs
   circuitlab serve --graph_file_dir ./graphs --features_dir ./my-transcoders --port 8041
   circuitlab serve --graph_file_dir ./graphs --model ./my-model --transcoders ./my-transcoders
+  circuitlab serve --graph_file_dir ./graphs --model smollm2      # heads view only
 """
 
 
@@ -22,7 +25,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--features_dir", help="dashboard store (holds index.json.gz or features/)")
     p.add_argument("--port", type=int, default=8041)
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
-    p.add_argument("-m", "--model", help="model to trace with (hub id, local dir or .gguf)")
+    p.add_argument(
+        "-m",
+        "--model",
+        help="model to trace with (hub id, local dir, .gguf or smollm2); alone: heads view only",
+    )
     p.add_argument(
         "-t", "--transcoders", "--transcoder_set", dest="transcoders", help="transcoders"
     )
@@ -43,9 +50,16 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--port must be 1-65535, got {args.port}")
     if not Path(args.graph_file_dir).is_dir():
         raise UsageError(f"--graph_file_dir {args.graph_file_dir} is not a folder")
+    models = heads_models = None
     if args.model and not args.transcoders:
-        raise UsageError("--model needs --transcoders to trace prompts")
-    models = None
+        from ..heads import LabModel
+
+        if not (args.model == "smollm2" or Path(args.model).exists() or "/" in args.model):
+            raise UsageError(
+                f"--model {args.model}: no such folder or file (give a local dir, .gguf, "
+                "hub id or smollm2; add --transcoders to trace prompts)"
+            )
+        heads_models = {Path(args.model).name or args.model: LabModel.load(args.model)}
     if args.transcoders:
         from ..replacement import ReplacementModel
         from ..transcoders import load_transcoders
@@ -63,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         port=args.port,
         host=args.host,
         models=models,
+        heads_models=heads_models,
         attribute_kwargs={
             "max_feature_nodes": args.max_feature_nodes,
             "batch_size": args.batch_size,

@@ -5,11 +5,13 @@
 """
 
 from circuitlab.server.app import create_app
+from circuitlab.server.heads import HeadsLab
 from circuitlab.server.jobs import Job, JobCancelled, Progress, Tracer
 from circuitlab.server.notebook import LabFrame, show
 from circuitlab.server.running import LabServer, build_app, serve, start_server
 
 __all__ = [
+    "HeadsLab",
     "Job",
     "JobCancelled",
     "LabFrame",

@@ -10,6 +10,8 @@ Routes (all relative, so the page also works behind a path prefix or in a notebo
 * ``GET /api/info``; with a ``Tracer``: ``POST /api/trace``, ``GET /api/jobs``,
   ``DELETE /api/jobs/{id}``, ``WS /api/ws`` (job updates as they happen), and
   ``POST /api/steer`` (set/scale nodes of a graph: top logits and continuations, before/after).
+* With a ``HeadsLab``: ``GET /api/heads/presets``, ``WS /api/heads/ws`` (head analysis and
+  patching sweeps, streamed layer by layer; see ``server/heads.py``).
 
 Safety: paths are resolved under their root (no ``..``, no hidden files, no symlink escapes);
 request bodies are capped; writes need ``Content-Type: application/json`` and a same-origin
@@ -21,6 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -42,6 +46,7 @@ from circuitlab.server.files import (
     read_json_body,
     resolve_under,
 )
+from circuitlab.server.heads import HeadsLab, StreamCancelled
 from circuitlab.server.jobs import Tracer
 
 WEB_DIST = Path(__file__).resolve().parent.parent / "web" / "dist"
@@ -55,6 +60,7 @@ def create_app(
     features_dir: str | Path | None = None,
     *,
     tracer: Tracer | None = None,
+    heads: HeadsLab | None = None,
     allowed_hosts: Iterable[str] | None = LOOPBACK_HOSTS,
     max_body: int = DEFAULT_MAX_BODY,
 ) -> FastAPI:
@@ -157,6 +163,8 @@ def create_app(
             "tracing": tracer is not None,
             "models": sorted(tracer.models) if tracer else [],
             "steering": tracer is not None and _can_steer(tracer),
+            "heads": heads is not None,
+            "heads_models": sorted(heads.models) if heads else [],
         }
 
     def need_tracer() -> Tracer:
@@ -260,7 +268,76 @@ def create_app(
         finally:
             unsubscribe()
 
+    # ---- heads ------------------------------------------------------------------------------
+    @app.get("/api/heads/presets")
+    def heads_presets(model: str | None = None) -> dict[str, Any]:
+        if heads is None:
+            raise HTTPProblem(
+                404, "this server has no model for the heads view; start it with --model"
+            )
+        try:
+            return {"presets": heads.presets(model)}
+        except ValueError as e:
+            raise HTTPProblem(400, str(e)) from None
+
+    @app.websocket("/api/heads/ws")
+    async def heads_ws(socket: WebSocket) -> None:
+        problem = check_host_and_origin(socket.headers, hosts)
+        if problem is not None or heads is None:
+            await socket.close(code=1008)
+            return
+        await socket.accept()
+        await serve_heads(socket, heads)
+
     return app
+
+
+async def serve_heads(socket: WebSocket, heads: HeadsLab) -> None:
+    """One page's heads requests: each runs in a thread; a new one (or cancel) stops the last."""
+    loop = asyncio.get_running_loop()
+    current = threading.Event()
+    tasks: set[asyncio.Future[None]] = set()
+    run_id = 0
+
+    async def run_one(rid: int, request: Any, stop: threading.Event) -> None:
+        kind = request.get("type") if isinstance(request, dict) else None
+
+        def send(event: dict[str, Any]) -> None:
+            msg = {"type": "heads", "run": rid, "stream": kind, **event}
+            asyncio.run_coroutine_threadsafe(socket.send_json(msg), loop).result()
+
+        end: dict[str, Any] = {"type": "end", "run": rid, "stream": kind, "status": "done"}
+        try:
+            await asyncio.to_thread(heads.run, request, send, stop)
+        except StreamCancelled:
+            end["status"] = "cancelled"
+        except (ValueError, TypeError) as e:  # bad input: one line for the page
+            end.update(status="failed", error=str(e))
+        except Exception as e:  # reported to the page; the socket stays open
+            end.update(status="failed", error=f"{type(e).__name__}: {e}")
+        with contextlib.suppress(Exception):
+            await socket.send_json(end)
+
+    try:
+        while True:
+            text = await socket.receive_text()
+            current.set()  # any message stops the running stream
+            try:
+                request = json.loads(text)
+            except ValueError:
+                request = None
+            if isinstance(request, dict) and request.get("type") == "cancel":
+                continue
+            run_id += 1
+            current = threading.Event()
+            await socket.send_json({"type": "accepted", "run": run_id})
+            task = asyncio.ensure_future(run_one(run_id, request, current))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+    except (WebSocketDisconnect, RuntimeError):
+        pass
+    finally:
+        current.set()
 
 
 def _can_steer(tracer: Tracer) -> bool:

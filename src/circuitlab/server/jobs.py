@@ -174,6 +174,10 @@ class Tracer:
         with self._model_locks[name]:
             return fn(self.models[name])
 
+    def model_lock(self, model: str) -> threading.Lock:
+        """The lock held while a job (or ``run_exclusive``) uses ``model``."""
+        return self._model_locks[model]
+
     def jobs(self) -> list[dict[str, Any]]:
         """Every known job, oldest first."""
         with self._cond:

@@ -12,6 +12,7 @@ from typing import Any
 import uvicorn
 
 from circuitlab.server.app import LOOPBACK_HOSTS, create_app
+from circuitlab.server.heads import HeadsLab
 from circuitlab.server.jobs import Tracer
 
 DEFAULT_PORT = 8041
@@ -25,11 +26,13 @@ def build_app(
     host: str = DEFAULT_HOST,
     models: Mapping[str, Any] | None = None,
     tracer: Tracer | None = None,
+    heads_models: Mapping[str, Any] | None = None,
     attribute_kwargs: Mapping[str, Any] | None = None,
     node_threshold: float = 0.8,
     edge_threshold: float = 0.98,
 ) -> Any:
-    """The app for ``graph_file_dir``; ``models`` (name -> ``ReplacementModel``) enable tracing."""
+    """The app for ``graph_file_dir``; ``models`` (name -> ``ReplacementModel``) enable tracing
+    and the heads view; ``heads_models`` (name -> ``heads.LabModel``) the heads view alone."""
     Path(graph_file_dir).mkdir(parents=True, exist_ok=True)
     if tracer is None and models:
         tracer = Tracer(
@@ -39,11 +42,21 @@ def build_app(
             edge_threshold=edge_threshold,
             attribute_kwargs=attribute_kwargs,
         )
+    heads = None
+    if heads_models:
+        heads = HeadsLab(heads_models, graph_dir=Path(graph_file_dir))
+    elif tracer is not None and all(hasattr(m, "transcoders") for m in tracer.models.values()):
+        heads = HeadsLab.from_replacement_models(
+            tracer.models,
+            locks={name: tracer.model_lock(name) for name in tracer.models},
+            graph_dir=Path(graph_file_dir),
+        )
     loopback = host in ("127.0.0.1", "localhost", "::1")
     return create_app(
         graph_file_dir,
         features_dir,
         tracer=tracer,
+        heads=heads,
         allowed_hosts=LOOPBACK_HOSTS if loopback else None,
     )
 

@@ -2,6 +2,9 @@
 // (columns). Three stacked canvases: links (redrawn when the layout changes), nodes, and an
 // overlay for hover/selection, which is all a mouse move repaints; a quadtree finds the node
 // under the pointer. This keeps 5,000 nodes / 100,000 links interactive without SVG.
+// Zoom and pan (wheel, drag; resetZoom) are a transform {k, x, y} from layout coordinates to
+// the screen: the links' 16 paths are built once per layout and only re-stroked under the new
+// transform; nodes keep their screen size (growing a little as you zoom) so crowded cells open.
 import { quadtree } from "d3-quadtree";
 import { KIND, nodeTitle, tokenText } from "./data.js";
 import { emit, isVisible, state, togglePin } from "./state.js";
@@ -20,13 +23,87 @@ export class GraphView {
     this.canvases = ["links", "nodes", "overlay"].map((id) => wrap.querySelector(`#${id}`));
     this.tooltip = wrap.querySelector("#tooltip");
     this.visible = [];
+    this.links = [];
     this.tree = null;
     this.frozen = false;
+    this.zoom = { k: 1, x: 0, y: 0 };
+    this.linkPaths = null;
     new ResizeObserver(() => this.redraw()).observe(wrap);
     const top = this.canvases[2];
     top.addEventListener("mousemove", (e) => this.onMove(e));
     top.addEventListener("mouseleave", () => this.setHover(""));
     top.addEventListener("click", (e) => this.onClick(e));
+    top.addEventListener("wheel", (e) => this.onWheel(e), { passive: false });
+    top.addEventListener("mousedown", (e) => this.onDown(e));
+    top.addEventListener("dblclick", (e) => { if (!this.nodeAt(e)) this.resetZoom(); });
+  }
+
+  // ---- zoom and pan -------------------------------------------------------------------------
+  sx(x) { return x * this.zoom.k + this.zoom.x; }
+  sy(y) { return y * this.zoom.k + this.zoom.y; }
+  sr(r) { return r * Math.min(3, Math.sqrt(this.zoom.k)); }
+
+  setZoom(k, x, y) {
+    const { width, height } = this.size;
+    k = Math.max(1, Math.min(60, k));
+    // keep some of the graph on screen: the layout box may not leave the pane
+    x = Math.min(0, Math.max(width * (1 - k), x));
+    y = Math.min(0, Math.max(height * (1 - k), y));
+    this.zoom = { k, x, y };
+    if (!this.zoomFrame) {
+      this.zoomFrame = requestAnimationFrame(() => {
+        this.zoomFrame = 0;
+        this.repaint();
+      });
+    }
+  }
+
+  resetZoom() {
+    this.setZoom(1, 0, 0);
+  }
+
+  onWheel(e) {
+    if (!state.graph) return;
+    e.preventDefault();
+    const rect = this.canvases[2].getBoundingClientRect();
+    const mx = e.clientX - rect.left;
+    const my = e.clientY - rect.top;
+    const { k, x, y } = this.zoom;
+    const k2 = Math.max(1, Math.min(60, k * Math.exp(-e.deltaY * (e.deltaMode ? 0.05 : 0.0015))));
+    // the layout point under the pointer stays under it
+    this.setZoom(k2, mx - ((mx - x) / k) * k2, my - ((my - y) / k) * k2);
+  }
+
+  onDown(e) {
+    if (e.button !== 0 || e.ctrlKey || e.metaKey || e.shiftKey) return;
+    const start = { cx: e.clientX, cy: e.clientY, x: this.zoom.x, y: this.zoom.y };
+    this.dragged = false;
+    const move = (ev) => {
+      const dx = ev.clientX - start.cx;
+      const dy = ev.clientY - start.cy;
+      if (!this.dragged && Math.abs(dx) + Math.abs(dy) < 4) return;
+      this.dragged = true;
+      this.canvases[2].classList.add("panning");
+      this.setZoom(this.zoom.k, start.x + dx, start.y + dy);
+    };
+    const up = () => {
+      window.removeEventListener("mousemove", move);
+      window.removeEventListener("mouseup", up);
+      this.canvases[2].classList.remove("panning");
+    };
+    window.addEventListener("mousemove", move);
+    window.addEventListener("mouseup", up);
+  }
+
+  // Everything but the layout (zoom, pan): re-stroke the cached link paths, redraw nodes.
+  repaint() {
+    if (!state.graph || !this.linkPaths) return this.redraw();
+    const [links, nodes] = this.contexts();
+    this.linkCtx = links;
+    this.nodeCtx = nodes;
+    this.strokeLinks();
+    this.drawNodes();
+    this.drawOverlay();
   }
 
   // ---- layout -----------------------------------------------------------------------------
@@ -117,13 +194,7 @@ export class GraphView {
 
   drawLinks() {
     const t0 = performance.now();
-    const ctx = this.linkCtx;
-    const { width, height } = this.size;
-    ctx.clearRect(0, 0, width, height);
     const maxAbs = state.graph.maxAbs || 1;
-    // Many links would paint the pane solid: fade them as their number grows.
-    const density = Math.min(1, Math.max(0.06, Math.sqrt(3000 / Math.max(1, this.links.length))));
-    const dim = density;
     const paths = [[], []].map(() => Array.from({ length: BUCKETS }, () => new Path2D()));
     for (const l of this.links) {
       const b = Math.min(BUCKETS - 1, Math.floor(Math.sqrt(Math.abs(l.weight) / maxAbs) * BUCKETS));
@@ -131,15 +202,32 @@ export class GraphView {
       p.moveTo(l.source.x, l.source.y);
       p.lineTo(l.target.x, l.target.y);
     }
-    ctx.lineWidth = 0.6;
+    this.linkPaths = paths;
+    this.strokeLinks();
+    timings.links = performance.now() - t0;
+  }
+
+  strokeLinks() {
+    const ctx = this.linkCtx;
+    const { width, height } = this.size;
+    const dpr = window.devicePixelRatio || 1;
+    const { k, x, y } = this.zoom;
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    ctx.clearRect(0, 0, width, height);
+    ctx.save();
+    if (k > 1) clipPlot(ctx, this.size);
+    ctx.setTransform(dpr * k, 0, 0, dpr * k, dpr * x, dpr * y);
+    // Many links would paint the pane solid: fade them as their number grows.
+    const dim = Math.min(1, Math.max(0.06, Math.sqrt(3000 / Math.max(1, this.links.length))));
+    ctx.lineWidth = 0.6 / k;
     for (let b = 0; b < BUCKETS; b++) {
       const alpha = (0.04 + 0.5 * ((b + 1) / BUCKETS) ** 2) * dim;
       ctx.strokeStyle = `rgba(${POS},${alpha})`;
-      ctx.stroke(paths[0][b]);
+      ctx.stroke(this.linkPaths[0][b]);
       ctx.strokeStyle = `rgba(${NEG},${alpha})`;
-      ctx.stroke(paths[1][b]);
+      ctx.stroke(this.linkPaths[1][b]);
     }
-    timings.links = performance.now() - t0;
+    ctx.restore();
   }
 
   drawNodes() {
@@ -149,6 +237,8 @@ export class GraphView {
     const { width, height } = this.size;
     ctx.clearRect(0, 0, width, height);
     drawAxes(ctx, g, this);
+    ctx.save();
+    if (this.zoom.k > 1) clipPlot(ctx, this.size);
     const pinned = new Set(state.pinned);
     for (const kind of [KIND.token, KIND.error, KIND.feature, KIND.logit]) {
       for (const n of this.visible) {
@@ -156,7 +246,7 @@ export class GraphView {
         const imp = n.influence == null ? 0.6 : Math.max(0, 1 - n.influence);
         ctx.globalAlpha = kind === KIND.feature || kind === KIND.error ? 0.35 + 0.65 * imp : 0.95;
         ctx.fillStyle = COLOR[kind];
-        shape(ctx, n);
+        shape(ctx, n, this);
         ctx.fill();
         if (pinned.has(n.id)) {
           ctx.globalAlpha = 1;
@@ -166,6 +256,7 @@ export class GraphView {
         }
       }
     }
+    ctx.restore();
     ctx.globalAlpha = 1;
     timings.nodes = performance.now() - t0;
   }
@@ -191,15 +282,15 @@ export class GraphView {
           ctx.strokeStyle = `rgba(${l.weight >= 0 ? POS : NEG},${strong ? 0.35 + 0.6 * s : 0.25 + 0.4 * s})`;
           ctx.lineWidth = 0.5 + 3 * s;
           ctx.beginPath();
-          ctx.moveTo(l.source.x, l.source.y);
-          ctx.lineTo(l.target.x, l.target.y);
+          ctx.moveTo(this.sx(l.source.x), this.sy(l.source.y));
+          ctx.lineTo(this.sx(l.target.x), this.sy(l.target.y));
           ctx.stroke();
         }
       }
       ctx.lineWidth = strong ? 2.5 : 1.5;
       ctx.strokeStyle = strong ? "#f59e0b" : "#444";
       ctx.beginPath();
-      ctx.arc(n.x, n.y, n.r + 3, 0, 2 * Math.PI);
+      ctx.arc(this.sx(n.x), this.sy(n.y), this.sr(n.r) + 3, 0, 2 * Math.PI);
       ctx.stroke();
     }
     timings.overlay = performance.now() - t0;
@@ -225,7 +316,8 @@ export class GraphView {
   nodeAt(e) {
     if (!this.tree) return null;
     const rect = this.canvases[2].getBoundingClientRect();
-    const n = this.tree.find(e.clientX - rect.left, e.clientY - rect.top, 12);
+    const { k, x, y } = this.zoom;
+    const n = this.tree.find((e.clientX - rect.left - x) / k, (e.clientY - rect.top - y) / k, 12 / Math.sqrt(k));
     return n || null;
   }
 
@@ -253,6 +345,7 @@ export class GraphView {
   }
 
   onClick(e) {
+    if (this.dragged) { this.dragged = false; return; } // the end of a pan
     const n = this.nodeAt(e);
     if (!n) return;
     if (e.ctrlKey || e.metaKey) {
@@ -268,8 +361,18 @@ export class GraphView {
     const n = state.graph && state.graph.byId.get(id);
     if (!n || n.x == null || !isVisible(n)) return null;
     const rect = this.canvases[2].getBoundingClientRect();
-    return { x: rect.left + n.x, y: rect.top + n.y };
+    const x = this.sx(n.x);
+    const y = this.sy(n.y);
+    if (x < 0 || y < 0 || x > rect.width || y > rect.height) return null; // zoomed out of view
+    return { x: rect.left + x, y: rect.top + y };
   }
+}
+
+// Zoomed in, nodes and links stay out of the axis margins (labels stay readable).
+function clipPlot(ctx, { width, height }) {
+  ctx.beginPath();
+  ctx.rect(MARGIN.left - 6, 0, width - MARGIN.left + 6, height - MARGIN.bottom + 4);
+  ctx.clip();
 }
 
 function radius(n, rMax) {
@@ -279,19 +382,22 @@ function radius(n, rMax) {
   return 1.5 + (rMax - 1.5) * imp * imp;
 }
 
-function shape(ctx, n) {
+function shape(ctx, node, view) {
+  const x = view.sx(node.x);
+  const y = view.sy(node.y);
+  const r = view.sr(node.r);
   ctx.beginPath();
-  if (n.kind === KIND.error) {
-    ctx.rect(n.x - n.r, n.y - n.r, 2 * n.r, 2 * n.r);
-  } else if (n.kind === KIND.token) {
-    ctx.rect(n.x - n.r, n.y - n.r * 0.7, 2 * n.r, 1.4 * n.r);
-  } else if (n.kind === KIND.logit) {
-    ctx.moveTo(n.x, n.y - n.r * 1.2);
-    ctx.lineTo(n.x + n.r * 1.1, n.y + n.r * 0.8);
-    ctx.lineTo(n.x - n.r * 1.1, n.y + n.r * 0.8);
+  if (node.kind === KIND.error) {
+    ctx.rect(x - r, y - r, 2 * r, 2 * r);
+  } else if (node.kind === KIND.token) {
+    ctx.rect(x - r, y - r * 0.7, 2 * r, 1.4 * r);
+  } else if (node.kind === KIND.logit) {
+    ctx.moveTo(x, y - r * 1.2);
+    ctx.lineTo(x + r * 1.1, y + r * 0.8);
+    ctx.lineTo(x - r * 1.1, y + r * 0.8);
     ctx.closePath();
   } else {
-    ctx.arc(n.x, n.y, n.r, 0, 2 * Math.PI);
+    ctx.arc(x, y, r, 0, 2 * Math.PI);
   }
 }
 
@@ -302,9 +408,10 @@ function drawAxes(ctx, g, view) {
   ctx.strokeStyle = "#eee";
   ctx.textAlign = "right";
   ctx.textBaseline = "middle";
-  const every = Math.max(1, Math.ceil(14 / view.rowH));
+  const every = Math.max(1, Math.ceil(14 / (view.rowH * view.zoom.k)));
   for (let r = 0; r < view.rows; r++) {
-    const y = view.rowY(r);
+    const y = view.sy(view.rowY(r));
+    if (y < MARGIN.top - 2 || y > view.size.height - MARGIN.bottom + 2) continue;
     ctx.beginPath();
     ctx.moveTo(MARGIN.left, y);
     ctx.lineTo(view.size.width - MARGIN.right, y);
@@ -315,7 +422,10 @@ function drawAxes(ctx, g, view) {
   ctx.textAlign = "center";
   ctx.textBaseline = "top";
   const yTok = view.size.height - MARGIN.bottom + 8;
-  view.colX.forEach(([x, w], pos) => {
+  view.colX.forEach(([x0, w0], pos) => {
+    const x = view.sx(x0);
+    const w = w0 * view.zoom.k;
+    if (x + w < MARGIN.left - 1 || x > view.size.width) return;
     ctx.strokeStyle = "#f3f3f3";
     ctx.beginPath();
     ctx.moveTo(x, MARGIN.top);

@@ -7,6 +7,7 @@ import { applyQParams, emit, on, qParams, state, togglePin, writeUrl } from "./s
 import { finishGrouping, grouping, renderSubgraph } from "./subgraph.js";
 import { setupSteer } from "./steer.js";
 import { setupTrace } from "./trace.js";
+import { analyseGraph, hs, setGraph, setupHeads } from "./heads.js";
 import { el } from "./dom.js";
 
 const $ = (id) => document.getElementById(id);
@@ -39,10 +40,24 @@ async function loadGraph(slug, url) {
   prune.max = String(Math.max(state.graph.meta.node_threshold || 0.8, state.pruning, 0.01));
   prune.value = String(state.pruning);
   document.title = `circuitlab · ${slug}`;
+  setGraph(slug, state.graph.meta.prompt);
+  view.zoom = { k: 1, x: 0, y: 0 };
   emit("graph");
   state.dirty = false;
   updateSaveState();
   if (state.graph.duplicates) setStatus(`${state.graph.duplicates} duplicate node ids ignored (old circuit-tracer file)`);
+}
+
+// The graph and heads views share the page; the graph pane redraws itself when shown again
+// (its ResizeObserver sees the size change).
+function showView(which) {
+  if (which === "heads" && !info.heads) which = "graph";
+  state.view = which;
+  document.body.classList.toggle("view-heads", which === "heads");
+  $("heads-view").hidden = which !== "heads";
+  $("tab-graph").classList.toggle("on", which === "graph");
+  $("tab-heads").classList.toggle("on", which === "heads");
+  writeUrl();
 }
 
 function setStatus(text) {
@@ -116,6 +131,10 @@ function keys() {
       p.value = String(v);
       state.pruning = Number(p.value);
       emit("prune");
+    } else if ((e.key === "h" || e.key === "H") && info.heads) {
+      showView(state.view === "heads" ? "graph" : "heads");
+    } else if (e.key === "0" && state.view === "graph") {
+      view.resetZoom();
     } else if (e.key === "?") {
       $("help").hidden = !$("help").hidden;
     } else if (e.key === "/" && info.tracing) {
@@ -161,6 +180,14 @@ async function main() {
     },
   });
   setupSteer(info);
+  if (setupHeads(info, { openGraph: (s) => { showView("graph"); loadGraph(s, null); } })) {
+    $("tabs").hidden = false;
+    $("graph-heads").hidden = false;
+    $("tab-graph").addEventListener("click", () => showView("graph"));
+    $("tab-heads").addEventListener("click", () => showView("heads"));
+    $("graph-heads").addEventListener("click", () => { showView("heads"); analyseGraph(); });
+  }
+  if (url.get("view") === "heads") showView("heads");
   const slug = url.get("slug") || (graphs[0] && graphs[0].slug);
   if (slug) await loadGraph(slug, url);
   else $("inspector").replaceChildren(el("p", { class: "muted" }, "No graphs yet: trace a prompt or write graph files."));
@@ -170,8 +197,11 @@ async function main() {
 // Hooks for tests and for measuring (read-only use).
 window.__lab = {
   state,
+  heads: hs,
   timings,
   screenPos: (id) => view && view.screenPos(id),
+  zoom: () => view && { ...view.zoom },
+  repaint: () => { const t0 = performance.now(); view.repaint(); return performance.now() - t0; },
   redraw: () => { const t0 = performance.now(); view.redraw(); return performance.now() - t0; },
 };
 

@@ -15,6 +15,7 @@ export const state = {
   pruning: 0.8,
   linkType: "both",
   dirty: false,
+  view: "graph", // or "heads"
 };
 
 // `what` names what changed: "graph", "select", "hover", "pins", "prune", "labels", "layout".
@@ -64,8 +65,13 @@ function scheduleUrl() {
 }
 
 export function writeUrl() {
-  if (!state.slug) return;
   const p = new URLSearchParams();
+  if (state.view === "heads") p.set("view", "heads");
+  if (!state.slug) {
+    const url = `${location.pathname}${p.size ? `?${p}` : ""}`;
+    if (url !== location.pathname + location.search) history.replaceState(null, "", url);
+    return;
+  }
   p.set("slug", state.slug);
   if (state.clickedId) p.set("clickedId", state.clickedId);
   if (state.pinned.length) p.set("pinnedIds", state.pinned.join(","));

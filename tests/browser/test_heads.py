@@ -1,0 +1,107 @@
+"""The heads view in a real browser on a tiny model: the grid fills in layer by layer, a clicked
+head shows its attention heatmap and inspector, patching draws its charts, the graph's prompt
+opens in the heads view, and a screenshot that is not blank."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from circuitlab.server import LabServer
+
+from .conftest import open_lab, screenshot_colours
+
+
+def heads(page: Any) -> dict[str, Any]:
+    return page.evaluate(
+        """() => { const h = window.__lab.heads; return {
+            n_layers: h.start && h.start.n_layers, n_heads: h.start && h.start.n_heads,
+            tokens: h.start && h.start.tokens, fillLog: h.fillLog, selected: h.selected,
+            source: h.source, status: h.status }; }"""
+    )
+
+
+def analyse(page: Any, prompt: str) -> None:
+    page.fill("#heads-prompt", prompt)
+    page.click("#heads-go")
+    page.wait_for_selector("body[data-heads-status='analysis-done']", timeout=60_000)
+
+
+def test_heads_view_streams_the_grid_and_inspects_a_head(page: Any, tracing_lab: LabServer) -> None:
+    open_lab(page, tracing_lab.url + "?slug=small")
+    assert page.is_visible("#tabs")
+    page.click("#tab-heads")
+    assert page.is_visible("#heads-view") and not page.is_visible("#graph-pane")
+    page.wait_for_function("location.search.includes('view=heads')")
+    analyse(page, "the capital of France is")
+    h = heads(page)
+    n_layers, n_heads = h["n_layers"], h["n_heads"]
+    assert h["tokens"][1:] == ["the", "capital", "of", "France", "is"]
+    # one repaint per streamed layer: the grid filled in n_heads cells at a time
+    assert h["fillLog"] == [n_heads * (i + 1) for i in range(n_layers)]
+    assert page.locator("#heads-grid rect.hcell.filled").count() == n_layers * n_heads
+    assert page.locator("#lens-table tr").count() == 1 + 1 + n_layers  # header, embed, layers
+
+    page.click(f"#heads-grid rect.hcell[data-layer='{n_layers - 1}'][data-head='1']")
+    assert heads(page)["selected"] == [n_layers - 1, 1]
+    assert page.inner_text("#head-title") == f"Layer {n_layers - 1} · head 1"
+    assert "DLA" in page.inner_text("#head-inspector")
+    assert page.locator("#head-inspector .score-bar").count() == 4
+    assert f"L{n_layers - 1}H1" in page.inner_text("#attn-title")
+    attn = page.evaluate(
+        """() => { const c = document.getElementById('attn');
+            const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            let blue = 0; for (let i = 0; i < d.length; i += 4) if (d[i + 2] > d[i] + 40) blue++;
+            return blue; }"""
+    )
+    assert attn > 100  # the heatmap has cells
+    page.select_option("#heads-color", "dla")
+    assert "raises the target" in page.inner_text("#heads-legend")
+
+    png = page.screenshot()
+    colours = screenshot_colours(page, png)
+    assert colours["distinct"] > 50 and colours["ink"] > 0.01, colours
+    shot = os.environ.get("CIRCUITLAB_HEADS_SCREENSHOT")
+    if shot:
+        Path(shot).write_bytes(png)
+
+
+def test_patching_fills_the_bar_chart_and_heatmaps(page: Any, tracing_lab: LabServer) -> None:
+    open_lab(page, tracing_lab.url + "?view=heads")
+    assert page.is_visible("#heads-view")
+    page.fill("#heads-prompt", "the capital of France")
+    page.fill("#heads-corrupted", "the capital of Texas")
+    page.fill("#heads-answer", "Paris")
+    page.fill("#heads-wrong", "Austin")
+    page.click("#heads-go")
+    page.click("#heads-patch")  # queued behind the analysis
+    page.wait_for_selector("body[data-heads-status='patching-done']", timeout=60_000)
+    assert page.locator("#patch-bars tr").count() >= 2
+    assert page.locator("#patching canvas[data-kind]").count() == 3  # heads, resid, mlp
+    page.select_option("#heads-color", "recovery")
+    page.locator("#patch-bars tr").first.click()
+    assert "patch recovery" in page.inner_text("#head-inspector")
+
+
+def test_a_graphs_prompt_opens_in_the_heads_view(page: Any, tracing_lab: LabServer) -> None:
+    open_lab(page, tracing_lab.url + "?slug=small")
+    page.click("#graph-heads")
+    page.wait_for_selector("body[data-heads-status='analysis-done']", timeout=60_000)
+    h = heads(page)
+    assert h["source"] == {"slug": "small"}
+    assert h["tokens"][-2:] == ["capital", "of"]
+    page.keyboard.press("h")  # back to the graph, same slug
+    assert page.is_visible("#graph-pane")
+    assert page.evaluate("window.__lab.state.slug") == "small"
+
+
+def test_bad_input_is_reported_and_the_view_recovers(page: Any, tracing_lab: LabServer) -> None:
+    open_lab(page, tracing_lab.url + "?view=heads")
+    page.fill("#heads-prompt", "the capital of")
+    page.fill("#heads-answer", "not one token")
+    page.click("#heads-go")
+    page.wait_for_selector("body[data-heads-status='analysis-failed']")
+    assert "token" in page.inner_text("#heads-status")
+    page.fill("#heads-answer", "")
+    analyse(page, "the capital of")
