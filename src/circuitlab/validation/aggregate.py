@@ -14,7 +14,6 @@ Each graph is pruned and keyed as in ``validation.compare`` (one transcoder basi
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,10 +21,10 @@ from typing import Any
 
 import torch
 
-from circuitlab.graph.export import write_atomic
 from circuitlab.graph.graph import Graph
 from circuitlab.validation.circuit import Circuit, circuit_of
 from circuitlab.validation.compare import SCHEMA_VERSION, weighted_jaccard
+from circuitlab.validation.files import save_json
 
 
 @dataclass(frozen=True)
@@ -80,9 +79,7 @@ class Aggregate:
 
     def save(self, path: str | Path) -> Path:
         """Write ``to_json()`` atomically; returns the path."""
-        path = Path(path)
-        write_atomic(path, json.dumps(self.to_json(), allow_nan=False).encode())
-        return path
+        return save_json(path, self.to_json())
 
     def summary(self, top: int = 10) -> str:
         """Clusters and the most recurrent features, as text."""

@@ -23,17 +23,16 @@ or pass ``align=False`` to compare indices anyway.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from circuitlab.graph.export import write_atomic
 from circuitlab.graph.graph import Graph
 from circuitlab.transcoders.base import Transcoders
 from circuitlab.validation.align import FeatureMatch, align_features
 from circuitlab.validation.circuit import Circuit, EdgeKey, circuit_of
+from circuitlab.validation.files import save_json
 from circuitlab.validation.spectral import spectral_distance
 
 SCHEMA_VERSION = 1
@@ -133,9 +132,7 @@ class GraphDiff:
 
     def save(self, path: str | Path) -> Path:
         """Write ``to_json()`` atomically; returns the path."""
-        path = Path(path)
-        write_atomic(path, json.dumps(self.to_json(), allow_nan=False).encode())
-        return path
+        return save_json(path, self.to_json())
 
     def file_name(self) -> str:
         """``{slugA}__vs__{slugB}.diff.json``: the name the lab looks for."""

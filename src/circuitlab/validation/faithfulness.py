@@ -22,7 +22,6 @@ The target is the graph's first logit target unless given.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -31,13 +30,14 @@ from typing import Any, Literal
 
 import torch
 
-from circuitlab.graph.export import node_ids, write_atomic
+from circuitlab.graph.export import node_ids
 from circuitlab.graph.graph import Graph
 from circuitlab.graph.pruning import check_fraction
 from circuitlab.graph.scores import compute_graph_scores, compute_subgraph_scores
 from circuitlab.interventions.checks import CircuitCheck, ablate_nodes, ablate_outside
 from circuitlab.replacement import ReplacementModel
 from circuitlab.validation.circuit import prune_kept
+from circuitlab.validation.files import save_json
 
 SCHEMA_VERSION = 1
 DEFAULT_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
@@ -126,9 +126,7 @@ class Faithfulness:
 
     def save(self, path: str | Path) -> Path:
         """Write ``to_json()`` atomically; returns the path."""
-        path = Path(path)
-        write_atomic(path, json.dumps(self.to_json(), allow_nan=False).encode())
-        return path
+        return save_json(path, self.to_json())
 
     def table(self) -> str:
         """A plain-text table of the curves."""

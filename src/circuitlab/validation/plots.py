@@ -81,7 +81,7 @@ def plot_faithfulness(result: Faithfulness, path: str | Path) -> Path:
 def svg_figure(panels: Sequence[Panel], title: str = "") -> str:
     """An SVG document with the panels side by side and one shared legend."""
     width = len(panels) * (PANEL_W + MARGIN) + MARGIN
-    height = PANEL_H + 2 * MARGIN + 40
+    height = PANEL_H + 2 * MARGIN + 20
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
@@ -90,13 +90,15 @@ def svg_figure(panels: Sequence[Panel], title: str = "") -> str:
     ]
     for i, panel in enumerate(panels):
         parts += _svg_panel(panel, MARGIN + i * (PANEL_W + MARGIN), 40)
-    names = list(dict.fromkeys(s.name for p in panels for s in p.series))
+    dashed = {s.name: s.dashed for p in panels for s in p.series}
     x = MARGIN
-    for name in names:
+    for name, is_dashed in dashed.items():
         color = COLORS.get(name, "#000000")
         y = height - 14
+        dash = ' stroke-dasharray="5,4"' if is_dashed else ""
         parts.append(
-            f'<line x1="{x}" y1="{y - 4}" x2="{x + 18}" y2="{y - 4}" stroke="{color}" stroke-width="2"/>'
+            f'<line x1="{x}" y1="{y - 4}" x2="{x + 18}" y2="{y - 4}" stroke="{color}" '
+            f'stroke-width="2"{dash}/>'
         )
         parts.append(f'<text x="{x + 22}" y="{y}">{escape(name)}</text>')
         x += 30 + 7 * len(name)
