@@ -36,8 +36,13 @@ def test_big_graph_renders_every_link_and_answers_the_mouse(page: Any, tmp_path:
                 const t1 = performance.now();
                 overlay.dispatchEvent(new MouseEvent('click', {clientX: p.x, clientY: p.y, bubbles: true}));
                 const click = performance.now() - t1;
+                const zoom = [];  // wheel zoom / drag pan: cached link paths re-stroked
+                for (let i = 0; i < 3; i++) {
+                    overlay.dispatchEvent(new WheelEvent('wheel', {clientX: p.x, clientY: p.y, deltaY: -200, bubbles: true, cancelable: true}));
+                    zoom.push(lab.repaint());
+                }
                 return { parse: lab.timings.parse, redraw: Math.min(...full), hover, click,
-                         clicked: lab.state.clickedId };
+                         zoom: Math.min(...zoom), clicked: lab.state.clickedId };
             }"""
         )
         print(f"\n5k nodes / 100k links: {t}")

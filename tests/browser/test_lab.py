@@ -103,3 +103,26 @@ def test_screenshot_is_not_blank(page: Any, lab: LabServer) -> None:
     png = page.screenshot(clip={"x": 0, "y": 0, "width": 900, "height": 500})
     colours = screenshot_colours(page, png)
     assert colours["distinct"] > 50 and colours["ink"] > 0.01, colours
+
+
+def test_wheel_zooms_drag_pans_and_0_resets(page: Any, lab: LabServer) -> None:
+    open_lab(page, lab.url + "?slug=small")
+    before = page.evaluate("id => window.__lab.screenPos(id)", "1_1_1")
+    page.mouse.move(before["x"], before["y"])
+    page.mouse.wheel(0, -400)
+    page.wait_for_function("window.__lab.zoom().k > 1.5")
+    after = page.evaluate("id => window.__lab.screenPos(id)", "1_1_1")
+    assert abs(after["x"] - before["x"]) < 2 and abs(after["y"] - before["y"]) < 2  # zoom at cursor
+    click_node(page, "1_1_1")  # nodes are still hit where they are drawn
+    assert state(page)["clicked"] == "1_1_1"
+    zoom = page.evaluate("window.__lab.zoom()")
+    page.mouse.move(after["x"] + 30, after["y"] + 30)
+    page.mouse.down()
+    page.mouse.move(after["x"] - 20, after["y"] + 10, steps=5)
+    page.mouse.up()
+    panned = page.evaluate("window.__lab.zoom()")
+    assert panned["x"] < zoom["x"] and panned["k"] == zoom["k"]
+    assert state(page)["clicked"] == "1_1_1"  # the end of a drag is not a click
+    page.keyboard.press("0")
+    page.wait_for_function("window.__lab.zoom().k === 1 && window.__lab.zoom().x === 0")
+    assert page.evaluate("id => window.__lab.screenPos(id)", "1_1_1") == before

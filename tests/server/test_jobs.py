@@ -87,6 +87,34 @@ def test_a_running_job_stops_at_its_next_step_when_cancelled(tmp_path: Path) -> 
     tracer.close()
 
 
+def test_cancel_stops_a_real_attribution_within_a_batch_and_the_next_job_runs(
+    tiny_model, tmp_path: Path
+) -> None:
+    tracer = Tracer({"tiny": tiny_model}, tmp_path, attribute_kwargs={"batch_size": 1})
+    seen: list[dict] = []
+    state = {"cancelled": False}
+
+    def follow(event: dict) -> None:
+        seen.append(event)
+        if event["phase"] == "feature rows" and event["done"] >= 1 and not state["cancelled"]:
+            state["cancelled"] = True
+            tracer.cancel(event["id"])  # from the worker thread, mid-phase
+
+    tracer.subscribe(follow)
+    job = tracer.submit("the capital of", slug="stopped")
+    assert tracer.wait(job.id, timeout=120).status == "cancelled"
+    rows = [e for e in seen if e["id"] == job.id and e["phase"] == "feature rows"]
+    assert rows[-1]["done"] == 1 < rows[-1]["total"]  # stopped after one row of many
+    assert not (tmp_path / "stopped.json").exists()
+    assert not [j for j in tracer.jobs() if j["status"] in ("queued", "running")]
+    again = tracer.wait(tracer.submit("the capital of", slug="after").id, timeout=120)
+    assert again.status == "done", again.error
+    assert (tmp_path / "after.json").is_file()
+    progress = [e["progress"] for e in seen if e["id"] == again.id]
+    assert progress == sorted(progress) and progress[-1] == 1.0
+    tracer.close()
+
+
 def test_failures_are_reported_and_the_worker_survives(tiny_model, tmp_path: Path) -> None:
     tracer = Tracer({"tiny": tiny_model}, tmp_path)
     bad = tracer.wait(tracer.submit("the capital of", ["not one token"]).id, timeout=120)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -34,13 +34,19 @@ from .targets import Targets, TargetSpec, resolve_targets
 logger = logging.getLogger("circuitlab.attribution")
 
 
+Progress = Callable[[str, int, int], None]  # (phase, done, total)
+
+
 class _Timer:
-    def __init__(self, verbose: bool):
+    def __init__(self, verbose: bool, progress: Progress | None = None):
         self.verbose = verbose
+        self.progress = progress
         self.times: dict[str, float] = {}
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
+        if self.progress is not None:
+            self.progress(name, 0, 1)
         start = time.perf_counter()
         yield
         self.times[name] = time.perf_counter() - start
@@ -65,6 +71,7 @@ def attribute(
     update_interval: int = 4,
     offload: str | None = None,
     verbose: bool = False,
+    progress: Progress | None = None,
 ) -> Graph:
     """The attribution graph of ``prompt`` in ``model``'s local replacement model.
 
@@ -75,12 +82,15 @@ def attribute(
     ``offload`` ("cpu" or "disk") moves the MLPs and transcoders off the model's device (or
     to a temporary file) while the sweep runs, for models that barely fit; they are restored
     afterwards, also on error.
+    ``progress(phase, done, total)`` is called as each phase starts (``done=0``) and after
+    each batch of logit and feature rows; an exception it raises (e.g. a cancellation) stops
+    the attribution there.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     if offload not in OFFLOAD_MODES:
         raise ValueError(f"offload must be None, 'cpu' or 'disk'; got {offload!r}.")
-    timer = _Timer(verbose)
+    timer = _Timer(verbose, progress)
     dtype = model.dtype
     tc = model.transcoders
 
@@ -135,6 +145,8 @@ def attribute(
                 rows = backward.rows(sources, layers, torch.full((k,), n_pos - 1), targets.vecs[sl])
                 store.add(rows, layers, torch.arange(sl.start, sl.stop) + n_cols)
                 bar.update(k)
+                if progress is not None:
+                    progress("logit rows", sl.stop, n_logits)
 
         with timer.phase("feature rows"):
             visited = _feature_rows(
@@ -148,6 +160,7 @@ def attribute(
                 batch_size,
                 update_interval,
                 bar,
+                progress,
             )
     bar.close()
 
@@ -198,6 +211,7 @@ def _feature_rows(
     batch_size: int,
     update_interval: int,
     bar: tqdm,
+    progress: Progress | None = None,
 ) -> torch.Tensor:
     """Computes feature rows into ``store`` and returns the visited mask ``[n_active]``."""
     n_active = len(indices)
@@ -223,6 +237,8 @@ def _feature_rows(
             visited[chunk] = True
             done += len(chunk)
             bar.update(len(chunk))
+            if progress is not None:
+                progress("feature rows", done, n_rows_max)
     return visited
 
 

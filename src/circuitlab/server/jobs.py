@@ -2,9 +2,11 @@
 
 Each model has its own queue and worker thread, so one model never runs two attributions at
 once (they would fight over memory and its hooks) while different models can. Progress comes
-from the attribution engine's phase log (``forward``, ``sources``, ... ``graph``); cancelling a
-queued job drops it, cancelling a running job stops it at the next phase boundary and discards
-its result. Every change is published to subscribers (the server's websocket clients).
+from ``attribute(progress=...)``: each phase as it starts (``forward``, ``sources``, ...
+``graph``) and each batch of logit and feature rows. Cancelling a queued job drops it;
+cancelling a running job raises ``JobCancelled`` from that callback, so attribution stops after
+the batch it is in, and its result is discarded. Every change is published to subscribers (the
+server's websocket clients).
 """
 
 from __future__ import annotations
@@ -14,8 +16,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -25,9 +26,17 @@ from circuitlab.graph.graph import Graph
 
 JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
 PHASES = ("forward", "sources", "targets", "logit rows", "feature rows", "graph")
+# The share of a job's progress bar each phase of attribute() covers (writing files: the rest).
+PHASE_SPANS = {
+    "forward": (0.0, 0.05),
+    "sources": (0.05, 0.1),
+    "targets": (0.1, 0.12),
+    "logit rows": (0.12, 0.25),
+    "feature rows": (0.25, 0.9),
+    "graph": (0.9, 0.95),
+}
 MAX_PROMPT_CHARS = 4000
 MAX_TARGETS = 16
-_ATTRIBUTION_LOGGER = "circuitlab.attribution"
 
 
 class JobCancelled(Exception):
@@ -46,6 +55,8 @@ class Job:
     status: JobStatus = "queued"
     phase: str = "queued"
     progress: float = 0.0
+    done: int = 0  # rows (or steps) of the current phase done, of total; 0/0 when not counted
+    total: int = 0
     error: str | None = None
     created: float = field(default_factory=time.time)
     finished: float | None = None
@@ -64,10 +75,22 @@ class Progress:
         self.job = job
         self._publish = publish
 
-    def update(self, phase: str, progress: float) -> None:
+    def update(self, phase: str, progress: float, done: int = 0, total: int = 0) -> None:
         self.check()
         self.job.phase, self.job.progress = phase, max(0.0, min(1.0, progress))
+        self.job.done, self.job.total = done, total
         self._publish(self.job)
+
+    def attribution(self, phase: str, done: int, total: int) -> None:
+        """``attribute(progress=...)``'s callback: phases and row batches as overall progress."""
+        lo, hi = PHASE_SPANS.get(phase, (0.9, 0.95))
+        counted = phase in ("logit rows", "feature rows")
+        self.update(
+            phase,
+            lo + (hi - lo) * done / max(total, 1),
+            done if counted else 0,
+            total if counted else 0,
+        )
 
     def check(self) -> None:
         if self.job.cancel_requested:
@@ -275,51 +298,10 @@ class Tracer:
     def _run_attribution(self, model: Any, job: Job, progress: Progress) -> Graph:
         from circuitlab.attribution import attribute
 
-        with phase_progress(progress):
-            return attribute(
-                model,
-                job.prompt,
-                attribution_targets=job.targets or None,
-                **self.attribute_kwargs,
-            )
-
-
-_level_lock = threading.Lock()
-_level_users = 0
-_saved_level = logging.NOTSET
-
-
-@contextmanager
-def phase_progress(progress: Progress) -> Iterator[None]:
-    """Turn the engine's per-phase log records (this thread only) into progress updates."""
-    global _level_users, _saved_level
-    logger = logging.getLogger(_ATTRIBUTION_LOGGER)
-    thread = threading.get_ident()
-
-    class Handler(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            if record.thread != thread or not isinstance(record.args, tuple) or not record.args:
-                return
-            name = str(record.args[0])
-            if name in PHASES:  # raising here (cancel) unwinds attribute() itself
-                done = PHASES.index(name) + 1
-                nxt = PHASES[done] if done < len(PHASES) else "finishing"
-                progress.update(nxt, 0.9 * done / len(PHASES))
-
-    handler = Handler(logging.INFO)
-    with _level_lock:
-        if _level_users == 0:
-            _saved_level = logger.level
-            if logger.getEffectiveLevel() > logging.INFO:
-                logger.setLevel(logging.INFO)
-        _level_users += 1
-    logger.addHandler(handler)
-    progress.update(PHASES[0], 0.0)
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
-        with _level_lock:
-            _level_users -= 1
-            if _level_users == 0:
-                logger.setLevel(_saved_level)
+        return attribute(
+            model,
+            job.prompt,
+            attribution_targets=job.targets or None,
+            progress=progress.attribution,
+            **self.attribute_kwargs,
+        )

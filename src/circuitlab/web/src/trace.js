@@ -66,7 +66,7 @@ function render() {
     const open = el("a", { href: `?slug=${encodeURIComponent(j.slug)}` }, "open");
     return el("li", { class: `job job-${j.status}`, "data-job": j.id },
       el("span", { class: "job-prompt", title: j.prompt }, j.prompt.length > 40 ? `${j.prompt.slice(0, 39)}…` : j.prompt),
-      el("span", { class: "job-status" }, j.status === "running" ? j.phase : j.status),
+      el("span", { class: "job-status" }, j.status === "running" ? `${j.phase}${j.total ? ` ${j.done}/${j.total}` : ""}` : j.status),
       j.status === "running" ? bar : null,
       j.status === "queued" || j.status === "running" ? cancel : null,
       j.status === "done" ? open : null,
