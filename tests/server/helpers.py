@@ -227,3 +227,98 @@ def big_graph(n_nodes: int = 5000, n_links: int = 100_000, seed: int = 0) -> dic
         "schema_version": 1,
     }
     return {"metadata": meta, "qParams": {}, "nodes": nodes, "links": links}
+
+
+def _measure(logit: float, prob: float, rank: int, change: float | None, effect: float | None):
+    return {
+        "logit": logit,
+        "logit_demeaned": logit + 1.5,
+        "prob": prob,
+        "rank": rank,
+        "logit_change": change,
+        "effect": effect,
+    }
+
+
+def faithfulness_record(slug: str = "small") -> dict[str, Any]:
+    """A hand-written ``{slug}.faithfulness.json`` (docs/validation.md) for ``small_graph``."""
+    points = []
+    for t, ids, nec, suf in [
+        (0.3, ["1_2_2"], 0.2, 0.35),
+        (0.5, ["1_2_2", "0_4_2"], 0.45, 0.6),
+        (0.7, ["1_2_2", "0_4_2", "0_0_1"], 0.7, 0.8),
+        (0.9, ["1_2_2", "0_4_2", "0_0_1", "1_1_1", "1_-1_2"], 0.9, 0.95),
+    ]:
+        points.append(
+            {
+                "node_threshold": t,
+                "n_features": sum("_-1_" not in i for i in ids),
+                "n_errors": sum("_-1_" in i for i in ids),
+                "n_edges": 2 * len(ids),
+                "replacement": round(0.4 + t / 2, 3),
+                "completeness": round(0.7 + t / 4, 3),
+                "necessity": _measure(10 - 8 * nec, 0.7 * (1 - nec), 0, -8 * nec, nec),
+                "sufficiency": _measure(2 + 8 * suf, 0.7 * suf, 1, 8 * suf - 8, suf),
+                "node_ids": ids,
+            }
+        )
+    return {
+        "kind": "circuitlab.faithfulness",
+        "schema_version": 1,
+        "slug": slug,
+        "prompt": "the capital of",
+        "model_name": "tiny",
+        "transcoder_name": "tiny-plt",
+        "mode": "iterative",
+        "constrained_layers": None,
+        "edge_threshold": 0.98,
+        "ablate_errors": True,
+        "target": {"token": " France", "token_id": 12},
+        "clean": _measure(10.0, 0.7, 0, None, None),
+        "all_ablated": _measure(2.0, 0.01, 9, -8.0, 0.0),
+        "full_graph": {"replacement": 0.81, "completeness": 0.93},
+        "points": points,
+        "pinned": {
+            "node_ids": ["0_4_2", "1_2_2"],
+            "n_features": 2,
+            "n_errors": 0,
+            "replacement": 0.5,
+            "completeness": 0.8,
+            "necessity": _measure(5.0, 0.2, 1, -5.0, 0.625),
+            "sufficiency": _measure(6.0, 0.3, 0, -4.0, 0.5),
+        },
+    }
+
+
+def diff_record(a: str = "small", b: str = "ct-graph") -> dict[str, Any]:
+    """A hand-written ``{a}__vs__{b}.diff.json`` (docs/validation.md): ``small`` vs ``ct-graph``."""
+
+    def node(key: str, ids_a: list[str], ids_b: list[str], wa: float, wb: float):
+        return {"key": key, "a": ids_a, "b": ids_b, "weight_a": wa, "weight_b": wb, "cosine": None}
+
+    def edge(s: str, t: str, pa: list[list[str]], pb: list[list[str]], wa: float, wb: float):
+        return {"source": s, "target": t, "a": pa, "b": pb, "weight_a": wa, "weight_b": wb}
+
+    return {
+        "kind": "circuitlab.diff",
+        "schema_version": 1,
+        "a": {"slug": a, "prompt": "the capital of", "model_name": "tiny",
+              "transcoder_name": "tiny-plt", "n_layers": 2},
+        "b": {"slug": b, "prompt": "capital", "model_name": "tiny",
+              "transcoder_name": "tiny-plt", "n_layers": 2},
+        "settings": {"node_threshold": 0.8, "edge_threshold": 0.98, "position_aware": False,
+                     "aligned": False, "align_threshold": 0.7},
+        "node_overlap": 0.43,
+        "edge_overlap": 0.21,
+        "spectral_distance": 0.12,
+        "nodes": {
+            "shared": [node("1_1", ["1_1_1"], ["1_1_1"], 0.4, 0.3)],
+            "only_a": [node("0_4", ["0_4_2"], [], 0.3, 0.0), node("0_0", ["0_0_1"], [], 0.2, 0.0)],
+            "only_b": [node("0_5", [], ["0_5_1"], 0.0, 0.5), node("1_3", [], ["1_3_1"], 0.0, 0.2)],
+        },
+        "edges": {
+            "shared": [edge("0_0", "1_1", [["0_0_1", "1_1_1"]], [["0_1_1", "1_3_1"]], 0.3, 0.2)],
+            "only_a": [edge("0_4", "1_2", [["0_4_2", "1_2_2"]], [], 0.2, 0.0)],
+            "only_b": [edge("0_5", "logit_9", [], [["0_5_1", "3_9_1"]], 0.0, 0.4)],
+        },
+    }  # fmt: skip

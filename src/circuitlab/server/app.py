@@ -7,6 +7,8 @@ Routes (all relative, so the page also works behind a path prefix or in a notebo
   ``graph-metadata.json`` is built from the graph files when it is missing.
 * ``GET /features/{path}``: the dashboard store, with HTTP byte ranges.
 * ``POST /save_graph/{slug}``: ``{"qParams": {...}}`` replaces the file's ``qParams`` atomically.
+* ``GET /api/validation``: the faithfulness and diff files beside the graphs (served as graph
+  files are, ``GET /data/{slug}.faithfulness.json``, ``/data/{a}__vs__{b}.diff.json``).
 * ``GET /api/info``; with a ``Tracer``: ``POST /api/trace``, ``GET /api/jobs``,
   ``DELETE /api/jobs/{id}``, ``WS /api/ws`` (job updates as they happen), and
   ``POST /api/steer`` (set/scale nodes of a graph: top logits and continuations, before/after).
@@ -42,6 +44,7 @@ from circuitlab.server.files import (
     check_qparams,
     file_response,
     list_graphs,
+    list_validation,
     range_response,
     read_json_body,
     resolve_under,
@@ -137,6 +140,10 @@ def create_app(
     @app.get("/graph_data/{name:path}")
     def graph_data(name: str, request: Request) -> Response:
         return graph_file(name, request)
+
+    @app.get("/api/validation")
+    def validation_files() -> dict[str, Any]:
+        return list_validation(graph_dir)
 
     @app.get("/features/{name:path}")
     def features(name: str, request: Request) -> Response:

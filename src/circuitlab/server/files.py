@@ -204,14 +204,22 @@ class AnnotationStore:
                 data = json.loads(path.read_bytes())
             except ValueError:
                 raise HTTPProblem(409, f"{slug}.json is not valid JSON; not overwritten") from None
-            if not isinstance(data, dict):
+            if not isinstance(data, dict) or "nodes" not in data:
                 raise HTTPProblem(409, f"{slug}.json is not a graph file; not overwritten")
             data["qParams"] = qparams
             write_atomic(path, json.dumps(data, separators=(",", ":")).encode())
 
 
+FAITHFULNESS_SUFFIX = ".faithfulness.json"
+DIFF_SUFFIX = ".diff.json"
+
+
 def list_graphs(graph_dir: Path) -> dict[str, Any]:
-    """``graph-metadata.json``, or one built from the graph files when it is missing."""
+    """``graph-metadata.json``, or one built from the graph files when it is missing.
+
+    Validation files (``{slug}.faithfulness.json``, ``*.diff.json`` and anything else with a
+    top-level ``kind`` and no ``nodes``) are not graphs and are left out.
+    """
     meta = graph_dir / "graph-metadata.json"
     if meta.is_file():
         try:
@@ -222,12 +230,37 @@ def list_graphs(graph_dir: Path) -> dict[str, Any]:
             pass
     graphs = []
     for path in sorted(graph_dir.glob("*.json")):
-        if path.name == "graph-metadata.json" or path.name.startswith("."):
+        name = path.name
+        if name == "graph-metadata.json" or name.startswith("."):
+            continue
+        if name.endswith((FAITHFULNESS_SUFFIX, DIFF_SUFFIX)):
             continue
         try:
-            m = json.loads(path.read_bytes()).get("metadata", {})
-        except (ValueError, AttributeError):
+            data = json.loads(path.read_bytes())
+        except ValueError:
             continue
+        if not isinstance(data, dict) or ("kind" in data and "nodes" not in data):
+            continue
+        m = data.get("metadata", {})
         if isinstance(m, dict):
             graphs.append({**m, "slug": m.get("slug") or path.stem})
     return {"graphs": graphs}
+
+
+def list_validation(graph_dir: Path) -> dict[str, Any]:
+    """The validation files beside the graphs (docs/validation.md), by name only.
+
+    ``faithfulness``: slugs that have ``{slug}.faithfulness.json``; ``diffs``: ``{"file",
+    "a", "b"}`` for each ``{a}__vs__{b}.diff.json``.
+    """
+    faithfulness, diffs = [], []
+    for path in sorted(graph_dir.glob("*.json")):
+        name = path.name
+        if name.startswith(".") or not path.is_file():
+            continue
+        if name.endswith(FAITHFULNESS_SUFFIX):
+            faithfulness.append(name[: -len(FAITHFULNESS_SUFFIX)])
+        elif name.endswith(DIFF_SUFFIX):
+            a, sep, b = name[: -len(DIFF_SUFFIX)].partition("__vs__")
+            diffs.append({"file": name, "a": a if sep else None, "b": b if sep else None})
+    return {"faithfulness": faithfulness, "diffs": diffs}

@@ -8,6 +8,7 @@ import { finishGrouping, grouping, renderSubgraph } from "./subgraph.js";
 import { setupSteer } from "./steer.js";
 import { setupTrace } from "./trace.js";
 import { analyseGraph, hs, setGraph, setupHeads } from "./heads.js";
+import { loadFaithfulness, loadValidationList, renderFaithfulness, showDiff, validation } from "./validation.js";
 import { el } from "./dom.js";
 
 const $ = (id) => document.getElementById(id);
@@ -21,11 +22,38 @@ async function getJSON(url) {
 }
 
 async function loadList(selected) {
-  const { graphs } = await getJSON("data/graph-metadata.json");
+  const [{ graphs }, files] = await Promise.all([getJSON("data/graph-metadata.json"), loadValidationList()]);
   const select = $("graph-select");
-  select.replaceChildren(...graphs.map((g) => el("option", { value: g.slug }, g.title_prefix ? `${g.title_prefix} ${g.slug}` : g.slug)));
+  const options = graphs.map((g) => el("option", { value: g.slug }, g.title_prefix ? `${g.title_prefix} ${g.slug}` : g.slug));
+  if (files.diffs.length) {
+    options.push(el("optgroup", { label: "diffs (circuitlab compare)" }, ...files.diffs.map((d) =>
+      el("option", { value: `diff:${d.file}` }, d.a ? `${d.a} vs ${d.b}` : d.file))));
+  }
+  select.replaceChildren(...options);
   if (selected) select.value = selected;
   return graphs;
+}
+
+async function openDiff(file) {
+  state.diffFile = file;
+  showView("diff");
+  $("graph-select").value = `diff:${file}`;
+  await showDiff(file, { openGraph });
+}
+
+async function openGraph(slug, clickedId) {
+  showView("graph");
+  const url = clickedId ? new URLSearchParams({ slug, clickedId }) : null;
+  history.replaceState(null, "", `?slug=${encodeURIComponent(slug)}`);
+  await loadGraph(slug, url);
+}
+
+function setPruning(t) {
+  const p = $("prune");
+  if (t > Number(p.max)) p.max = String(t);
+  p.value = String(t);
+  state.pruning = Number(p.value);
+  emit("prune", { dirty: true });
 }
 
 async function loadGraph(slug, url) {
@@ -43,6 +71,7 @@ async function loadGraph(slug, url) {
   setGraph(slug, state.graph.meta.prompt);
   view.zoom = { k: 1, x: 0, y: 0 };
   emit("graph");
+  loadFaithfulness(slug, { setPruning });
   state.dirty = false;
   updateSaveState();
   if (state.graph.duplicates) setStatus(`${state.graph.duplicates} duplicate node ids ignored (old circuit-tracer file)`);
@@ -54,7 +83,9 @@ function showView(which) {
   if (which === "heads" && !info.heads) which = "graph";
   state.view = which;
   document.body.classList.toggle("view-heads", which === "heads");
+  document.body.classList.toggle("view-diff", which === "diff");
   $("heads-view").hidden = which !== "heads";
+  $("diff-view").hidden = which !== "diff";
   $("tab-graph").classList.toggle("on", which === "graph");
   $("tab-heads").classList.toggle("on", which === "heads");
   writeUrl();
@@ -104,6 +135,7 @@ function render(what) {
     renderSubgraph($("subgraph"), $("supernodes"));
   }
   if (what === "graph" || what === "select") renderFeatureCard($("feature"), info.features);
+  if (what === "prune" && validation.faith) renderFaithfulness();
   updateCounts();
   updateSaveState();
 }
@@ -158,8 +190,9 @@ async function main() {
   $("save").addEventListener("click", save);
   $("help-toggle").addEventListener("click", () => { $("help").hidden = !$("help").hidden; });
   $("graph-select").addEventListener("change", (e) => {
-    history.replaceState(null, "", `?slug=${encodeURIComponent(e.target.value)}`);
-    loadGraph(e.target.value, null);
+    const value = e.target.value;
+    if (value.startsWith("diff:")) return openDiff(value.slice(5));
+    openGraph(value, null);
   });
   let pruneTimer = 0;
   $("prune").addEventListener("input", (e) => {
@@ -183,13 +216,18 @@ async function main() {
   if (setupHeads(info, { openGraph: (s) => { showView("graph"); loadGraph(s, null); } })) {
     $("tabs").hidden = false;
     $("graph-heads").hidden = false;
-    $("tab-graph").addEventListener("click", () => showView("graph"));
+    $("tab-graph").addEventListener("click", () => {
+      if (!state.graph && graphs[0]) return openGraph(graphs[0].slug, null);
+      if (state.slug) $("graph-select").value = state.slug;
+      showView("graph");
+    });
     $("tab-heads").addEventListener("click", () => showView("heads"));
     $("graph-heads").addEventListener("click", () => { showView("heads"); analyseGraph(); });
   }
   if (url.get("view") === "heads") showView("heads");
   const slug = url.get("slug") || (graphs[0] && graphs[0].slug);
-  if (slug) await loadGraph(slug, url);
+  if (url.get("diff")) await openDiff(url.get("diff"));
+  else if (slug) await loadGraph(slug, url);
   else $("inspector").replaceChildren(el("p", { class: "muted" }, "No graphs yet: trace a prompt or write graph files."));
   document.body.dataset.ready = "1";
 }
@@ -198,6 +236,7 @@ async function main() {
 window.__lab = {
   state,
   heads: hs,
+  validation,
   timings,
   screenPos: (id) => view && view.screenPos(id),
   zoom: () => view && { ...view.zoom },

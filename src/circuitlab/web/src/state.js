@@ -15,7 +15,8 @@ export const state = {
   pruning: 0.8,
   linkType: "both",
   dirty: false,
-  view: "graph", // or "heads"
+  view: "graph", // or "heads", "diff"
+  diffFile: "",
 };
 
 // `what` names what changed: "graph", "select", "hover", "pins", "prune", "labels", "layout".
@@ -66,6 +67,11 @@ function scheduleUrl() {
 
 export function writeUrl() {
   const p = new URLSearchParams();
+  if (state.view === "diff") {
+    p.set("diff", state.diffFile);
+    history.replaceState(null, "", `${location.pathname}?${p}`);
+    return;
+  }
   if (state.view === "heads") p.set("view", "heads");
   if (!state.slug) {
     const url = `${location.pathname}${p.size ? `?${p}` : ""}`;
