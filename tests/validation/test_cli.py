@@ -118,7 +118,9 @@ def test_compare_aggregates_three_or_more_graphs(saved, tmp_path, capsys) -> Non
         (["validate", "missing.safetensors", "-t", "x"], "no graph file at missing.safetensors"),
         (["validate", "dallas.json", "-t", "x"], "lab file holding only the pruned graph"),
         (["validate", "g.safetensors", "--slug", "s"], "--slug names the graph in a lab folder"),
+        (["validate", "g.safetensors", "-t", "x", "--thresholds", "0.5", "1.5"], "got 1.5"),
         (["compare", "a.safetensors"], "give at least two graphs"),
+        (["compare", "a", "b", "c", "--graph_file_dir", "d"], "write it with --json FILE"),
         (["compare", "a.safetensors", "b.safetensors", "--node_threshold", "2"], "between 0 and 1"),
     ],
 )

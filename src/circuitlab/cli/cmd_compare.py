@@ -66,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
     slugs = [check_slug(s) for s in (args.slugs or [_stem(g) for g in args.graphs])]
     if len(set(slugs)) != len(slugs):
         raise UsageError(f"two graphs share the name {slugs}: pass distinct --slugs")
+    if len(args.graphs) > 2 and args.graph_file_dir and not args.json:
+        raise UsageError("an aggregate is not a lab file: write it with --json FILE")
     graphs = [Graph.load(path) for path in args.graphs]
     if len(graphs) == 2:
         return _diff(args, graphs, slugs)
@@ -130,6 +132,4 @@ def _aggregate(args: argparse.Namespace, graphs: list[Any], slugs: list[str]) ->
     print(result.summary(args.top))
     if args.json:
         print(f"wrote {result.save(args.json)}")
-    elif args.graph_file_dir:
-        raise UsageError("an aggregate is not a lab file: write it with --json FILE")
     return 0

@@ -76,6 +76,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--slug names the graph in a lab folder: pass --graph_file_dir DIR too")
     if args.plot and Path(args.plot).suffix.lower() not in (".svg", ".png"):
         raise UsageError(f"--plot {args.plot}: use a .svg or .png file name")
+    for t in [*(args.thresholds or []), args.edge_threshold]:
+        if not 0.0 <= t <= 1.0:
+            raise UsageError(f"thresholds are shares of influence between 0 and 1, got {t}")
     slug = check_slug(args.slug or graph_path.stem) if args.graph_file_dir else graph_path.stem
     graph = Graph.load(graph_path)
     pinned = list(args.pinned) or _saved_pins(args, slug)
