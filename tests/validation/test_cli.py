@@ -138,3 +138,15 @@ def test_validate_without_a_model_says_how_to_give_one(saved, capsys) -> None:
     _, graphs = saved
     assert main(["validate", graphs[0]]) == 2
     assert "no model: pass -t/--transcoders" in capsys.readouterr().err
+
+
+def test_compare_aligns_features_when_asked(saved, tmp_path) -> None:
+    model, graphs = saved
+    tc = model[model.index("-t") + 1]
+    out = tmp_path / "aligned.json"
+    argv = ["compare", graphs[0], graphs[0], "--slugs", "a", "b", "--align", "yes"]
+    assert main([*argv, "--transcoders-a", tc, "--transcoders-b", tc, "--json", str(out)]) == 0
+    diff = json.loads(out.read_text())
+    assert diff["settings"]["aligned"] is True and diff["node_overlap"] == pytest.approx(1.0)
+    assert all(n["cosine"] == pytest.approx(1.0) for n in diff["nodes"]["shared"])
+    assert main([*argv, "--json", str(out)]) == 2  # alignment needs both transcoders
