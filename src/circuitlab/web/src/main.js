@@ -30,6 +30,7 @@ async function loadList(selected) {
       el("option", { value: `diff:${d.file}` }, d.a ? `${d.a} vs ${d.b}` : d.file))));
   }
   select.replaceChildren(...options);
+  select.hidden = !options.length;
   if (selected) select.value = selected;
   return graphs;
 }
