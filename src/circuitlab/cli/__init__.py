@@ -3,7 +3,7 @@
 Each subcommand lives in its own module ``cli/cmd_<name>.py`` exposing ``NAME``, ``HELP``,
 ``add_arguments(parser)`` and ``run(args) -> int``; modules are discovered automatically.
 Errors a user can fix are printed as one line naming the problem and the fix, without a
-traceback, with exit status 2.
+traceback, with exit status 2 (``--debug`` shows the traceback).
 """
 
 from __future__ import annotations
@@ -54,11 +54,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("circuitlab: interrupted", file=sys.stderr)
         return 130
-    except (UsageError, ValueError, FileNotFoundError, NotADirectoryError, FileExistsError) as e:
+    except (UsageError, ValueError, OSError, ImportError) as e:
+        # OSError covers missing files and folders and failed hub look-ups (unknown model ids);
+        # ImportError a missing optional extra. Library messages already name the fix.
         if getattr(args, "debug", False):
             raise
-        print(f"circuitlab {args.command}: error: {e}", file=sys.stderr)
+        print(f"circuitlab {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
+
+
+def one_line(e: BaseException) -> str:
+    """The message of ``e`` on one line (library messages may span several)."""
+    text = " ".join(str(e).split())
+    return text or type(e).__name__
 
 
 if __name__ == "__main__":

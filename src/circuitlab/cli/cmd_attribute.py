@@ -8,6 +8,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ._attribution import (
+    add_attribution_arguments,
+    add_model_arguments,
+    attribution_kwargs,
+    check_attribution_arguments,
+    load_spec,
+)
+
 NAME = "attribute"
 HELP = "build the attribution graph of a prompt"
 EXAMPLES = """examples:
@@ -18,45 +26,12 @@ EXAMPLES = """examples:
       --graph_file_dir ./graphs --server
 """
 
-DTYPES = {
-    "float32": "float32",
-    "fp32": "float32",
-    "bfloat16": "bfloat16",
-    "bf16": "bfloat16",
-    "float16": "float16",
-    "fp16": "float16",
-    "float64": "float64",
-    "fp64": "float64",
-}
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-p", "--prompt", required=True, help="the prompt text")
-    p.add_argument(
-        "-t",
-        "--transcoder_set",
-        required=True,
-        help="transcoders: local dir, hub id, or shortcut (gemma, llama)",
-    )
-    p.add_argument(
-        "-m",
-        "--model",
-        help="model: hub id, local dir or .gguf (default: the transcoders' model_name)",
-    )
+    add_model_arguments(p)
     p.add_argument("-o", "--graph_output_path", help="where to save the graph (.safetensors)")
-    p.add_argument("--max_n_logits", type=int, default=10)
-    p.add_argument("--desired_logit_prob", type=float, default=0.95)
-    p.add_argument("--batch_size", type=int, default=256)
-    p.add_argument("--max_feature_nodes", type=int, default=7500)
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
-    p.add_argument("--offload", choices=["cpu", "disk"], default=None)
-    p.add_argument("--lazy-encoder", action="store_true", help="read encoder rows on demand")
-    p.add_argument(
-        "--no-lazy-decoder",
-        dest="lazy_decoder",
-        action="store_false",
-        help="load whole decoders instead of reading active rows on demand",
-    )
+    add_attribution_arguments(p)
     p.add_argument(
         "--target",
         action="append",
@@ -85,12 +60,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from ..attribution import LogitDiff, attribute
     from ..graph import compute_graph_scores
-    from ..replacement import ReplacementModel
-    from ..transcoders import load_transcoders
     from . import UsageError
 
     out = args.graph_output_path
@@ -105,28 +76,15 @@ def run(args: argparse.Namespace) -> int:
             "circuitlab saves graphs as safetensors, never pickles: use -o NAME.safetensors "
             "(circuit-tracer .pt graphs can be imported with circuitlab.import_circuit_tracer_pt)"
         )
-    dtype = getattr(torch, DTYPES[args.dtype])
-    transcoders = load_transcoders(
-        args.transcoder_set,
-        dtype=dtype,
-        lazy_encoder=args.lazy_encoder,
-        lazy_decoder=args.lazy_decoder,
-    )
-    model_ref = args.model or getattr(transcoders, "model_name", None)
-    if not model_ref:
-        raise UsageError("the transcoders name no model_name: pass -m/--model")
-    model = ReplacementModel.from_pretrained(model_ref, transcoders, dtype=dtype)
+    check_attribution_arguments(args)
+    model = load_spec(args).load()
     targets = [*args.target, *(LogitDiff(a, b) for a, b in args.logit_diff)] or None
     graph = attribute(
         model,
         args.prompt,
         attribution_targets=targets,
-        max_n_logits=args.max_n_logits,
-        desired_logit_prob=args.desired_logit_prob,
-        batch_size=args.batch_size,
-        max_feature_nodes=args.max_feature_nodes,
-        offload=args.offload,
         verbose=args.verbose,
+        **attribution_kwargs(args),
     )
     if out is not None:
         graph.save(out)
