@@ -104,40 +104,54 @@ class FrozenBackward:
         ``vectors [batch, d]`` are the targets' read directions: encoder rows for features
         (layer < n_layers, read at the transcoder input point) or logit directions (layer ==
         n_layers, read at the final norm's output).
+
+        Targets are processed highest layer first: above its read layer a target's gradient is
+        zero, so at each layer only the prefix of targets already injected is computed on.
         """
         ad = self.model.adapter
         n_layers = len(self.layers)
         batch = layers.shape[0]
+        order = torch.argsort(layers, descending=True, stable=True)
+        layers, positions, vectors = layers[order], positions[order], vectors[order].to(self.dtype)
+        # n_above[l]: targets read above layer l's MLP input; n_from[l]: read at l or above.
+        counts = torch.bincount(layers.cpu(), minlength=n_layers + 1)
+        n_from = (counts.flip(0).cumsum(0).flip(0)).tolist()
+        n_above = n_from[1:]
         p = int(positions.max()) + 1
-        vectors = vectors.to(self.dtype)
-        rows = torch.arange(batch, device=vectors.device)
         out = torch.zeros(batch, sources.n_cols + 1, dtype=self.dtype, device=vectors.device)
         g = torch.zeros(batch, p, vectors.shape[1], dtype=self.dtype, device=vectors.device)
-        top = layers == n_layers
-        if top.any():
-            g_final = torch.zeros_like(g)
-            g_final[rows[top], positions[top]] = vectors[top]
-            g = self._norm_t(None, None, g_final, self.final_scale)
-        for layer in range(min(int(layers.max()), n_layers - 1), -1, -1):
+        n_top = n_from[n_layers]
+        if n_top:
+            g_final = torch.zeros_like(g[:n_top])
+            g_final[torch.arange(n_top), positions[:n_top]] = vectors[:n_top]
+            g[:n_top] = self._norm_t(None, None, g_final, self.final_scale)
+        for layer in range(min(int(layers[0]), n_layers - 1), -1, -1):
             lay = self.layers[layer]
+            na, nf = n_above[layer], n_from[layer]
             # MLP block: g is the gradient at the residual after this layer.
-            gw = g
+            gw = g[:na]
             if lay.post_mlp is not None and not self.write_after_post_norm:
-                gw = self._norm_t(ad.post_mlp_norm, layer, g, lay.post_mlp)
-            sources.read(out, layer, gw)
-            g_read = gw @ lay.W_skip if lay.W_skip is not None else torch.zeros_like(g)
-            here = layers == layer
-            if here.any():
-                g_read[rows[here], positions[here]] += vectors[here]
+                gw = self._norm_t(ad.post_mlp_norm, layer, gw, lay.post_mlp)
+            if na:
+                sources.read(out[:na], layer, gw)
+            g_read = g.new_zeros(nf, p, g.shape[2])
+            if lay.W_skip is not None and na:
+                g_read[:na] = gw @ lay.W_skip
+            if nf > na:
+                here = torch.arange(na, nf)
+                g_read[here, positions[na:nf]] += vectors[na:nf]
             if not self.read_at_resid_mid:
                 g_read = self._norm_t(ad.ln2, layer, g_read, lay.ln2)
-            g = g + g_read
-            # Attention block: g is now the gradient at the residual between the two blocks.
+            gl = g[:nf]
+            gl += g_read
+            # Attention block: gl is now the gradient at the residual between the two blocks.
             ga = (
-                g
+                gl
                 if lay.post_attn is None
-                else self._norm_t(ad.post_attn_norm, layer, g, lay.post_attn)
+                else self._norm_t(ad.post_attn_norm, layer, gl, lay.post_attn)
             )
-            g = g + self._norm_t(ad.ln1, layer, self._attention_t(lay, ga), lay.ln1)
+            gl += self._norm_t(ad.ln1, layer, self._attention_t(lay, ga), lay.ln1)
         sources.read_tokens(out, g)
-        return out[:, :-1]
+        result = torch.empty_like(out[:, :-1])
+        result[order] = out[:, :-1]
+        return result
