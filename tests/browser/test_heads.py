@@ -94,6 +94,22 @@ def test_a_graphs_prompt_opens_in_the_heads_view(page: Any, tracing_lab: LabServ
     page.keyboard.press("h")  # back to the graph, same slug
     assert page.is_visible("#graph-pane")
     assert page.evaluate("window.__lab.state.slug") == "small"
+    page.keyboard.press("h")
+    page.click("#heads-graph-link")  # the analysis links back to its graph
+    assert page.is_visible("#graph-pane") and "slug=small" in page.url
+
+
+def test_presets_fill_the_prompts_and_show_their_circuit(page: Any, tracing_lab: LabServer) -> None:
+    open_lab(page, tracing_lab.url + "?view=heads")
+    page.wait_for_selector("#heads-preset option[value='ioi']", state="attached")
+    page.select_option("#heads-preset", "ioi")
+    assert page.input_value("#heads-prompt").startswith("When Mary and John")
+    assert "Mary gave" in page.input_value("#heads-corrupted")
+    assert page.input_value("#heads-answer") == " Mary"
+    assert "name-mover" in page.inner_text("#patching")
+    # the tiny word-level tokenizer knows neither name: a one-line error, not a broken page
+    page.wait_for_selector("body[data-heads-status$='-failed']", timeout=60_000)
+    assert "same" in page.inner_text("#heads-status")
 
 
 def test_bad_input_is_reported_and_the_view_recovers(page: Any, tracing_lab: LabServer) -> None:

@@ -50,6 +50,7 @@ export function setupHeads(labInfo, { openGraph }) {
   $("heads-color").addEventListener("change", (e) => { hs.color = e.target.value; renderGrid(); });
   $("heads-preset").addEventListener("change", (e) => applyPreset(e.target.value));
   $("heads-source").addEventListener("change", sourceChanged);
+  $("heads-graph-link").addEventListener("click", (e) => { e.preventDefault(); openGraphOfAnalysis(); });
   new ResizeObserver(() => { if (!$("heads-view").hidden) renderAll(); }).observe($("heads-view"));
   $("attn").addEventListener("mousemove", attnHover);
   $("attn").addEventListener("mouseleave", () => { $("attn-tip").hidden = true; });
@@ -139,9 +140,13 @@ function patchSweep() {
 
 const src = () => $("heads-source").value;
 
+// Requests run one at a time. A new request of the kind that is running replaces it (the
+// running one is cancelled); otherwise it waits its turn (analysis, then patching).
 function request(body) {
+  queue = queue.filter((q) => q.type !== body.type);
   queue.push(body);
-  if (!running && !pendingSends.length) next();
+  if (running && running.type === body.type) socket.send(JSON.stringify({ type: "cancel" }));
+  else if (!running && !pendingSends.length) next();
 }
 
 async function next() {
@@ -201,6 +206,12 @@ function receive(msg) {
 function reset() {
   Object.assign(hs, { start: null, layers: [], done: null, selected: null, fillLog: [], finished: null });
   hs.source = src() === "graph" ? { slug: hs.graphSlug } : null;
+  const link = $("heads-graph-link");
+  link.hidden = !hs.source;
+  if (hs.source) {
+    link.textContent = `graph ${hs.source.slug} →`;
+    link.href = `?slug=${encodeURIComponent(hs.source.slug)}`;
+  }
   renderAll();
 }
 

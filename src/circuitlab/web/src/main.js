@@ -214,7 +214,7 @@ async function main() {
     },
   });
   setupSteer(info);
-  if (setupHeads(info, { openGraph: (s) => { showView("graph"); loadGraph(s, null); } })) {
+  if (setupHeads(info, { openGraph: (s) => openGraph(s, null) })) {
     $("tabs").hidden = false;
     $("graph-heads").hidden = false;
     $("tab-graph").addEventListener("click", () => {
