@@ -11,7 +11,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from circuitlab.graph.export import create_graph_files
-from circuitlab.server import create_app
+from circuitlab.heads import LabModel
+from circuitlab.models.tiny import tiny_model
+from circuitlab.server import build_app, create_app
 from circuitlab.server.heads import HeadsLab, StreamCancelled
 
 from .helpers import small_graph
@@ -145,3 +147,23 @@ def test_a_cancelled_stream_stops_at_its_next_event(heads: HeadsLab) -> None:
         heads.run({"type": "analysis", "prompt": "the capital of"}, send, stop)
     assert seen == ["start"]
     assert not heads.locks["tiny"].locked()
+
+
+def test_a_tracing_server_runs_heads_under_the_tracing_lock(tmp_path: Path) -> None:
+    rm = build("llama", n_layers=2)
+    app = build_app(tmp_path, models={"tiny": rm})
+    try:
+        assert app.state.heads.locks["tiny"] is app.state.tracer.model_lock("tiny")
+        assert app.state.heads.models["tiny"].model is rm.model  # same weights, no copy
+    finally:
+        app.state.tracer.close()
+
+
+def test_heads_models_alone_give_a_heads_only_server(tmp_path: Path) -> None:
+    lab = LabModel.wrap(tiny_model("gpt2", n_layers=2))
+    with TestClient(build_app(tmp_path, heads_models={"g": lab})) as c:
+        info = c.get("/api/info").json()
+        assert info["heads_models"] == ["g"] and info["tracing"] is False
+        with c.websocket_connect("/api/heads/ws") as ws:
+            events, end = run(ws, {"type": "analysis", "probe": 4})
+        assert end["status"] == "done" and len(events) == 2 + 2

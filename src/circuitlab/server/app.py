@@ -90,6 +90,7 @@ def create_app(
     app = FastAPI(title="circuitlab lab", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.graph_dir = graph_dir
     app.state.tracer = tracer
+    app.state.heads = heads
     gzip_cache = GzipCache()
     annotations = AnnotationStore(graph_dir)
 
