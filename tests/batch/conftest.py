@@ -30,7 +30,7 @@ def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     model_dir, tc_dir = root / "model", root / "tc"
     model: Any = tiny_model("llama", n_layers=2, d_model=16)
     model.save_pretrained(model_dir)
-    tok: Any = tiny_tokenizer()
+    tok: Any = tiny_tokenizer()  # pyright: ignore[reportCallIssue]  (the root conftest)
     tok.save_pretrained(model_dir)
     tc = random_transcoder_set(2, 16, 32, activation="jump_relu")
     tc.model_name = str(model_dir)
