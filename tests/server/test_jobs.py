@@ -87,24 +87,45 @@ def test_a_running_job_stops_at_its_next_step_when_cancelled(tmp_path: Path) -> 
     tracer.close()
 
 
-def test_cancel_stops_a_real_attribution_within_a_batch_and_the_next_job_runs(
-    tiny_model, tmp_path: Path
+def test_progress_publishes_phases_and_last_rows_but_throttles_batches(
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(Progress, "min_interval", 1e9)  # nothing is published for its time
+    published: list[tuple[str, int]] = []
+    job = Job(id="j", model="m", prompt="p", targets=[], slug="s")
+    progress = Progress(job, lambda j: published.append((j.phase, j.done)))
+    for phase in ("forward", "sources"):
+        progress.attribution(phase, 0, 1)
+    for done in range(1, 1001):
+        progress.attribution("feature rows", done, 1000)
+    assert published == [
+        ("forward", 0),
+        ("sources", 0),
+        ("feature rows", 1),
+        ("feature rows", 1000),
+    ]
+
+
+def test_cancel_stops_a_real_attribution_within_a_batch_and_the_next_job_runs(
+    tiny_model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Progress, "min_interval", 0.0)  # see every one-row batch
     tracer = Tracer({"tiny": tiny_model}, tmp_path, attribute_kwargs={"batch_size": 1})
     seen: list[dict] = []
-    state = {"cancelled": False}
+    state = {"cancelled_at": 0}
 
     def follow(event: dict) -> None:
         seen.append(event)
-        if event["phase"] == "feature rows" and event["done"] >= 1 and not state["cancelled"]:
-            state["cancelled"] = True
+        if event["phase"] == "feature rows" and event["done"] >= 1 and not state["cancelled_at"]:
+            state["cancelled_at"] = event["done"]
             tracer.cancel(event["id"])  # from the worker thread, mid-phase
 
     tracer.subscribe(follow)
     job = tracer.submit("the capital of", slug="stopped")
     assert tracer.wait(job.id, timeout=120).status == "cancelled"
     rows = [e for e in seen if e["id"] == job.id and e["phase"] == "feature rows"]
-    assert rows[-1]["done"] == 1 < rows[-1]["total"]  # stopped after one row of many
+    # the next one-row batch raised: nothing was reported past the row where cancel came
+    assert rows[-1]["done"] == state["cancelled_at"] < rows[-1]["total"]
     assert not (tmp_path / "stopped.json").exists()
     assert not [j for j in tracer.jobs() if j["status"] in ("queued", "running")]
     again = tracer.wait(tracer.submit("the capital of", slug="after").id, timeout=120)

@@ -71,15 +71,24 @@ class Job:
 class Progress:
     """What a running job reports through; ``check`` raises ``JobCancelled`` when asked to."""
 
+    # Row batches can come faster than pages need them: within a phase, publish at most every
+    # ``min_interval`` seconds (a new phase and a phase's last batch are always published).
+    min_interval = 0.1
+
     def __init__(self, job: Job, publish: Callable[[Job], None]):
         self.job = job
         self._publish = publish
+        self._last = 0.0
 
     def update(self, phase: str, progress: float, done: int = 0, total: int = 0) -> None:
         self.check()
+        new_phase = phase != self.job.phase
         self.job.phase, self.job.progress = phase, max(0.0, min(1.0, progress))
         self.job.done, self.job.total = done, total
-        self._publish(self.job)
+        now = time.monotonic()
+        if new_phase or done == total or now - self._last >= self.min_interval:
+            self._last = now
+            self._publish(self.job)
 
     def attribution(self, phase: str, done: int, total: int) -> None:
         """``attribute(progress=...)``'s callback: phases and row batches as overall progress."""

@@ -225,7 +225,7 @@ async function main() {
     $("tab-heads").addEventListener("click", () => showView("heads"));
     $("graph-heads").addEventListener("click", () => { showView("heads"); analyseGraph(); });
   }
-  if (url.get("view") === "heads") showView("heads");
+  if (url.get("view") === "heads" || (!graphs.length && info.heads && !url.get("diff"))) showView("heads");
   const slug = url.get("slug") || (graphs[0] && graphs[0].slug);
   if (url.get("diff")) await openDiff(url.get("diff"));
   else if (slug) await loadGraph(slug, url);
