@@ -79,3 +79,30 @@ def test_the_diff_view_opens_from_the_picker(page: Any, validation_lab: LabServe
     # and the URL of a diff opens it again
     open_lab(page, validation_lab.url + "?diff=small__vs__ct-graph.diff.json")
     page.wait_for_selector("#diff-view:not([hidden]) .diff-body")
+
+
+def test_files_written_by_circuitlab_validation_open(page: Any, tmp_path: Path) -> None:
+    """Real files from ``faithfulness`` and ``compare_graphs`` on a tiny model, not hand-written."""
+    from circuitlab.attribution import attribute
+    from circuitlab.graph.export import create_graph_files
+    from circuitlab.validation import compare_graphs, diff_file_name, faithfulness
+    from conftest import build  # pyright: ignore[reportAttributeAccessIssue]  (tests/conftest.py)
+
+    rm = build("llama")
+    graphs = {s: attribute(rm, p) for s, p in [("a", "the capital of"), ("b", "the state of")]}
+    for slug, graph in graphs.items():
+        create_graph_files(graph, slug, tmp_path, 0.8, 0.98, tokenizer=rm.tokenizer)
+    faithfulness(rm, graphs["a"], (0.4, 0.8), slug="a").save(tmp_path / "a.faithfulness.json")
+    diff = compare_graphs(graphs["a"], graphs["b"], slug_a="a", slug_b="b")
+    diff.save(tmp_path / diff_file_name("a", "b"))
+    with start_server(tmp_path) as server:
+        open_lab(page, server.url + "?slug=a")
+        page.wait_for_selector("#faith-pane:not([hidden]) #faith-svg")
+        assert page.locator("#faith-svg circle.faith-point.sufficiency").count() == 2
+        open_lab(page, server.url + f"?diff={diff_file_name('a', 'b')}")
+        page.wait_for_selector("#diff-view:not([hidden]) .diff-body")
+        rows = page.locator("tr.diff-row")
+        assert rows.count() >= 1
+        rows.first.click()  # its node id is a node of its graph file
+        page.wait_for_function("['a', 'b'].includes(window.__lab.state.slug)")
+        assert page.evaluate("window.__lab.state.clickedId")
