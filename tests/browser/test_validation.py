@@ -86,6 +86,7 @@ def test_files_written_by_circuitlab_validation_open(page: Any, tmp_path: Path) 
     from circuitlab.attribution import attribute
     from circuitlab.graph.export import create_graph_files
     from circuitlab.validation import compare_graphs, diff_file_name, faithfulness
+
     from conftest import build  # pyright: ignore[reportAttributeAccessIssue]  (tests/conftest.py)
 
     rm = build("llama")
