@@ -121,3 +121,24 @@ def test_bad_input_is_reported_and_the_view_recovers(page: Any, tracing_lab: Lab
     assert "token" in page.inner_text("#heads-status")
     page.fill("#heads-answer", "")
     analyse(page, "the capital of")
+
+
+def test_a_heads_view_url_is_shared_and_arrows_move_the_head(
+    page: Any, tracing_lab: LabServer
+) -> None:
+    open_lab(page, tracing_lab.url + "?view=heads")
+    page.fill("#heads-answer", "Paris")
+    analyse(page, "the capital of France")
+    page.click("#heads-grid rect.hcell[data-layer='1'][data-head='1']")
+    page.keyboard.press("ArrowLeft")
+    page.keyboard.press("ArrowUp")
+    assert heads(page)["selected"] == [0, 0]
+    page.keyboard.press("ArrowDown")
+    page.wait_for_function("new URLSearchParams(location.search).get('head') === '1.0'")
+    shared = page.url
+    assert "headsPrompt=the+capital+of+France" in shared and "headsAnswer=Paris" in shared
+    open_lab(page, shared)
+    page.wait_for_selector("body[data-heads-status='analysis-done']", timeout=60_000)
+    assert page.input_value("#heads-prompt") == "the capital of France"
+    assert heads(page)["selected"] == [1, 0]
+    assert page.inner_text("#head-title") == "Layer 1 · head 0"

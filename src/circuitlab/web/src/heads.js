@@ -113,6 +113,34 @@ function common() {
   return body;
 }
 
+// The heads view's part of the URL (so a view can be shared): what was analysed and patched,
+// and the selected head. Kept by state.writeUrl while the heads view is open.
+const URL_KEYS = { headsSource: "heads-source", headsPrompt: "heads-prompt", headsAnswer: "heads-answer", headsWrong: "heads-wrong", headsCorrupted: "heads-corrupted" };
+
+function syncUrl() {
+  const p = new URLSearchParams(location.search);
+  for (const [key, id] of Object.entries(URL_KEYS)) {
+    const v = $(id).value;
+    if (v && !(key === "headsSource" && v === "prompt")) p.set(key, v);
+    else p.delete(key);
+  }
+  if (hs.selected) p.set("head", hs.selected.join("."));
+  else p.delete("head");
+  if (hs.patch && hs.patch.start) p.set("headsPatch", "1");
+  history.replaceState(null, "", `${location.pathname}?${p}`);
+}
+
+// Open a shared heads view: fill the fields from the URL and run what it ran.
+export function applyUrl(url) {
+  if (!url.get("headsPrompt") && url.get("headsSource") !== "probe" && url.get("headsSource") !== "graph") return;
+  for (const [key, id] of Object.entries(URL_KEYS)) if (url.get(key)) $(id).value = url.get(key);
+  sourceChanged();
+  const head = (url.get("head") || "").split(".").map(Number);
+  if (head.length === 2 && head.every(Number.isInteger)) hs.wantSelected = head;
+  analyse();
+  if (url.get("headsPatch") && url.get("headsCorrupted")) patchSweep();
+}
+
 export function analyse() {
   const src = $("heads-source").value;
   const body = { type: "analysis", ...common() };
@@ -125,6 +153,7 @@ export function analyse() {
   }
   if (hs.preset && src !== "prompt") hs.preset = null;
   request(body);
+  syncUrl();
 }
 
 function patchSweep() {
@@ -136,6 +165,7 @@ function patchSweep() {
   }
   const kinds = ["head", "resid", "mlp"].filter((k) => $(`patch-${k}`).checked);
   request({ type: "patching", clean, corrupted, kinds, ...common() });
+  syncUrl();
 }
 
 const src = () => $("heads-source").value;
@@ -226,6 +256,10 @@ function onAnalysis(ev) {
     renderAll();
   } else if (ev.event === "layer") {
     hs.layers[ev.layer] = ev;
+    if (hs.wantSelected && hs.wantSelected[0] === ev.layer && hs.wantSelected[1] < hs.start.n_heads) {
+      hs.selected = hs.wantSelected;
+      hs.wantSelected = null;
+    }
     if (!hs.selected) hs.selected = [ev.layer, 0];
     renderGrid();
     hs.fillLog.push(document.querySelectorAll("#heads-grid rect.hcell.filled").length);
@@ -368,6 +402,19 @@ function select(layer, head) {
   renderGrid();
   renderAttention();
   renderInspector();
+  syncUrl();
+}
+
+// Arrow keys move the selected head (from the heads view's key handler in main.js).
+export function moveSelection(key) {
+  if (!hs.start || !hs.selected) return false;
+  const [l, h] = hs.selected;
+  const d = { ArrowUp: [-1, 0], ArrowDown: [1, 0], ArrowLeft: [0, -1], ArrowRight: [0, 1] }[key];
+  if (!d) return false;
+  const nl = Math.max(0, Math.min(hs.start.n_layers - 1, l + d[0]));
+  const nh = Math.max(0, Math.min(hs.start.n_heads - 1, h + d[1]));
+  if (hs.layers[nl]) select(nl, nh);
+  return true;
 }
 
 // ---- attention heatmap ------------------------------------------------------------------

@@ -7,7 +7,7 @@ import { applyQParams, emit, on, qParams, state, togglePin, writeUrl } from "./s
 import { finishGrouping, grouping, renderSubgraph } from "./subgraph.js";
 import { setupSteer } from "./steer.js";
 import { setupTrace } from "./trace.js";
-import { analyseGraph, hs, setGraph, setupHeads } from "./heads.js";
+import { analyseGraph, applyUrl as applyHeadsUrl, hs, moveSelection, setGraph, setupHeads } from "./heads.js";
 import { loadFaithfulness, loadValidationList, renderFaithfulness, showDiff, validation } from "./validation.js";
 import { el } from "./dom.js";
 
@@ -150,6 +150,10 @@ function keys() {
       return;
     }
     if (typing) return;
+    if (state.view === "heads" && e.key.startsWith("Arrow") && moveSelection(e.key)) {
+      e.preventDefault();
+      return;
+    }
     if (e.key === "Escape") {
       $("help").hidden = true;
       if (state.clickedId) { state.clickedId = ""; emit("select"); }
@@ -229,6 +233,7 @@ async function main() {
   const slug = url.get("slug") || (graphs[0] && graphs[0].slug);
   if (url.get("diff")) await openDiff(url.get("diff"));
   else if (slug) await loadGraph(slug, url);
+  if (state.view === "heads") applyHeadsUrl(url);
   else $("inspector").replaceChildren(el("p", { class: "muted" }, "No graphs yet: trace a prompt or write graph files."));
   document.body.dataset.ready = "1";
 }

@@ -72,7 +72,11 @@ export function writeUrl() {
     history.replaceState(null, "", `${location.pathname}?${p}`);
     return;
   }
-  if (state.view === "heads") p.set("view", "heads");
+  if (state.view === "heads") {
+    p.set("view", "heads");
+    const current = new URLSearchParams(location.search);
+    for (const [k, v] of current) if (k.startsWith("heads") || k === "head") p.set(k, v);
+  }
   if (!state.slug) {
     const url = `${location.pathname}${p.size ? `?${p}` : ""}`;
     if (url !== location.pathname + location.search) history.replaceState(null, "", url);
