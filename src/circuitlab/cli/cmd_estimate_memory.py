@@ -1,0 +1,99 @@
+"""``circuitlab estimate-memory``: predicted peak memory of an attribution, without running it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ._attribution import (
+    DTYPES,
+    add_attribution_arguments,
+    add_model_arguments,
+    check_attribution_arguments,
+    check_model_ref,
+    check_transcoder_ref,
+)
+
+NAME = "estimate-memory"
+HELP = "predict the peak memory of `attribute` from config shapes (nothing is loaded)"
+DESCRIPTION = """\
+Reads the model's config.json (and safetensors headers) and the transcoders' config.yaml and
+layer-file headers, and prints the predicted peak memory with its parts (runtime, model
+weights, transcoders eager or lazy, forward activations and capture, sources, edge rows, the
+sweep's batch, graph rows, scores/pruning, offload savings) and the total of each phase.
+Takes the same flags as `circuitlab attribute`. The number of active features is l0 per layer
+and token: TopK's k, else --l0 (default 64); measure yours with `attribute --verbose`.
+Measured accuracy: docs/cli.md."""
+EXAMPLES = """examples:
+  circuitlab estimate-memory -t ./my-transcoders -m ./my-model --n-tokens 64
+  circuitlab estimate-memory -t ./tc -p "The capital of France is" --max_feature_nodes 4096 \\
+      --batch_size 64 --offload disk --l0 20
+  circuitlab estimate-memory -t ./tc --n-tokens 256 --dtype bfloat16 --json
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_model_arguments(p)
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("-p", "--prompt", help="the prompt (counted with the model's tokenizer)")
+    g.add_argument("--n-tokens", type=int, help="prompt length in tokens, BOS included")
+    add_attribution_arguments(p)
+    p.add_argument("--l0", type=float, default=None, help="active features per layer and token")
+    p.add_argument("--json", action="store_true", help="print the estimate as JSON")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..attribution.memory import estimate_memory, model_shapes, transcoder_shapes
+    from . import UsageError
+
+    check_attribution_arguments(args)
+    check_transcoder_ref(args.transcoder_set)
+    check_model_ref(args.model)
+    if args.n_tokens is not None and args.n_tokens < 1:
+        raise UsageError(f"--n-tokens must be at least 1, got {args.n_tokens}")
+    if args.l0 is not None and args.l0 <= 0:
+        raise UsageError(f"--l0 must be positive, got {args.l0}")
+    tc, model_name = transcoder_shapes(args.transcoder_set)
+    model_ref = args.model or model_name
+    if not model_ref:
+        raise UsageError("the transcoders name no model_name: pass -m/--model")
+    model = model_shapes(model_ref)
+    if (tc.n_layers, tc.d_model) != (model.n_layers, model.d_model):
+        raise UsageError(
+            f"transcoders have {tc.n_layers} layers of width {tc.d_model} but the model has "
+            f"{model.n_layers} of width {model.d_model}: pass the matching -m/--model"
+        )
+    n_tokens = args.n_tokens or _count_tokens(model_ref, args.prompt, model.vocab_size)
+    est = estimate_memory(
+        model,
+        tc,
+        n_tokens,
+        dtype=DTYPES[args.dtype],
+        batch_size=args.batch_size,
+        max_feature_nodes=args.max_feature_nodes,
+        max_n_logits=args.max_n_logits,
+        offload=args.offload,
+        lazy_encoder=args.lazy_encoder,
+        lazy_decoder=args.lazy_decoder,
+        l0=args.l0,
+    )
+    print(json.dumps(est.to_json(), indent=1) if args.json else est.report())
+    return 0
+
+
+def _count_tokens(model_ref: str, prompt: str, vocab_size: int) -> int:
+    """Tokens of ``prompt`` as ``attribute`` sees them (the BOS added when the tokenizer has one)."""
+    from ..models.tokens import tokenize
+    from . import UsageError
+
+    try:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(model_ref)
+    except (OSError, ValueError) as e:
+        raise UsageError(
+            f"could not load the tokenizer of {model_ref} to count -p ({type(e).__name__}); "
+            "pass --n-tokens instead"
+        ) from None
+    return int(tokenize(prompt, tok, vocab_size).numel())
