@@ -14,10 +14,18 @@ import pkgutil
 import sys
 from collections.abc import Sequence
 from types import ModuleType
+from typing import NoReturn
 
 
 class UsageError(Exception):
     """A problem with the user's input; its message says what to do."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Flag errors on one line (argparse would print the whole usage first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _commands() -> list[ModuleType]:
@@ -29,11 +37,13 @@ def _commands() -> list[ModuleType]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="circuitlab",
         description="Circuit tracing for language models: attribution graphs, interventions, a web lab.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=_Parser
+    )
     for mod in _commands():
         p = sub.add_parser(
             mod.NAME,
@@ -54,13 +64,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("circuitlab: interrupted", file=sys.stderr)
         return 130
-    except (UsageError, ValueError, OSError, ImportError) as e:
-        # OSError covers missing files and folders and failed hub look-ups (unknown model ids);
-        # ImportError a missing optional extra. Library messages already name the fix.
-        if getattr(args, "debug", False):
+    except Exception as e:
+        if getattr(args, "debug", False) or not _is_user_error(e):
             raise
-        print(f"circuitlab {args.command}: error: {one_line(e)}", file=sys.stderr)
+        print(f"circuitlab {args.command}: error: {_message(e, args)}", file=sys.stderr)
         return 2
+
+
+def _is_user_error(e: Exception) -> bool:
+    """Errors that come from the user's input, not from a bug: their messages name the fix.
+
+    OSError covers missing files and folders and failed hub look-ups (unknown model ids),
+    ImportError a missing optional extra, SafetensorError a damaged weight file.
+    """
+    if isinstance(e, (UsageError, ValueError, OSError, ImportError)):
+        return True
+    return type(e).__name__ == "SafetensorError"
+
+
+def _message(e: Exception, args: argparse.Namespace) -> str:
+    text = one_line(e)
+    model = getattr(args, "model", None)
+    if isinstance(e, OSError) and "huggingface.co" in text:
+        what = f"model {model!r}" if model else "a model or transcoder"
+        return (
+            f"could not load {what} from the Hugging Face hub (offline, or no such id): pass a "
+            "local folder (or .gguf file), or check the id and your network"
+        )
+    if type(e).__name__ == "SafetensorError":
+        return (
+            f"a weight file is not readable safetensors ({text}): re-download or re-save the "
+            "model/transcoder files"
+        )
+    return text
 
 
 def one_line(e: BaseException) -> str:
