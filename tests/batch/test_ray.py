@@ -69,3 +69,17 @@ def test_ray_batch_matches_in_process_and_loads_once_per_worker(
             )
             assert torch.equal(a.selected_features, b.selected_features)
             torch.testing.assert_close(a.edges, b.edges, rtol=1e-5, atol=1e-6)
+
+
+def test_cli_batch_with_ray_writes_the_summary(
+    local_ray: None, tiny_dirs: tuple[Path, Path], prompt_file: Path, tmp_path: Path
+) -> None:
+    from circuitlab.cli import main
+
+    out = tmp_path / "out"
+    argv = ["batch", str(prompt_file), "--out", str(out), "-t", str(tiny_dirs[1]), "--quiet"]
+    assert main([*argv, "--ray", "--max_n_logits", "3", "--num-cpus", "1"]) == 1  # one bad prompt
+    rows = pq.read_table(out / "summary.parquet").to_pylist()
+    assert [r["status"] for r in rows].count("ok") == 5 and rows[-1]["status"] == "error"
+    assert main([*argv, "--max_n_logits", "3"]) == 1  # in-process rerun: only "bad" is retried
+    assert len(list((out / "graphs").glob("*.safetensors"))) == 5
