@@ -24,7 +24,13 @@ def test_help_works_and_shows_examples(command: str, capsys: pytest.CaptureFixtu
         main([command, "--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    assert "examples:" in out and f"circuitlab {command}" in out.split("examples:")[1]
+    examples = out.split("examples:")[1]
+    assert f"circuitlab {command}" in examples
+    lines = examples.strip("\n").splitlines()
+    for prev, line in zip(lines, lines[1:], strict=False):
+        assert "      --" not in line.strip(), f"a lost line break in: {line}"
+        if line.startswith("      "):
+            assert prev.endswith("\\"), f"continuation without a backslash: {prev}"
 
 
 def test_every_command_is_listed(capsys: pytest.CaptureFixture) -> None:

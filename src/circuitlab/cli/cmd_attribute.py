@@ -22,7 +22,7 @@ EXAMPLES = """examples:
   circuitlab attribute -p "The capital of France is" -t ./my-transcoders -m ./my-model -o france.safetensors
   circuitlab attribute -p "Fact: the capital of the state containing Dallas is" -t llama \\
       --target " Austin" --logit-diff " Austin" " Dallas" -o dallas.safetensors --verbose
-  circuitlab attribute -p "The capital of France is" -t ./my-transcoders --slug france \
+  circuitlab attribute -p "The capital of France is" -t ./my-transcoders --slug france \\
       --graph_file_dir ./graphs --server
 """
 

@@ -20,7 +20,7 @@ DESCRIPTION = (
     "open-ended position such as 1: also acts on every generated token.\n\n" + INTERVENTION_HELP
 )
 EXAMPLES = """examples:
-  circuitlab generate --smollm2 -p "The capital of France is" -n 8 \
+  circuitlab generate --smollm2 -p "The capital of France is" -n 8 \\
       --nodes 29_868_5 29_1370_5 28_1517_5 29_242_5 24_1262_5 0_1079_2 26_457_5
   circuitlab generate -t ./tc -m ./model -p "Hecho: Michael Jordan juega al" \\
       --graph-json graphs/jordan.json --supernode Spanish --node-scale -2 --sample --seed 0

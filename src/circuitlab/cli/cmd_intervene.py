@@ -21,7 +21,7 @@ DESCRIPTION = (
     + INTERVENTION_HELP
 )
 EXAMPLES = """examples:
-  circuitlab intervene --smollm2 -p "The capital of France is" --target " Paris" \
+  circuitlab intervene --smollm2 -p "The capital of France is" --target " Paris" \\
       --nodes 29_868_5 29_1370_5 28_1517_5 29_242_5 24_1262_5 0_1079_2 26_457_5
   circuitlab intervene -t ./tc -m ./model -p "Fact: the capital of the state containing Dallas is" \\
       --scale 10 8 5000,5001 -4 --constrained-layers 16-21
