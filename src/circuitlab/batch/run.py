@@ -9,6 +9,7 @@ multi-node cluster needs no shared filesystem and no two processes write one fil
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,7 +149,7 @@ def _run_ray(
         started = True
     try:
         if opts.num_gpus > 0 and load.device is None:
-            load = LoadSpec(**{**load.__dict__, "device": "cuda"})
+            load = dataclasses.replace(load, device="cuda")
         task = ray.remote(_trace_remote).options(
             num_cpus=opts.num_cpus, num_gpus=opts.num_gpus, max_retries=opts.max_retries
         )
