@@ -47,6 +47,7 @@ def main() -> None:
     load = time.perf_counter() - t0
     ids = json.loads(a.prompt_ids)
     touch_weights(model.model)
+    touch_weights(model.transcoders)  # eager encoders are memory-mapped until first read
     rss_before = current_rss_bytes()
     hwm_reset = reset_peak_rss()
     cpu0 = time.process_time()

@@ -388,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer = model.tokenizer
         special = set(int(i) for i in tokenizer.all_special_ids)
         touch_weights(model)
+        touch_weights(model.transcoders)  # eager encoders may still be memory-mapped pages
         gc.collect()
         rss_before = current_rss_bytes()
         peak_before = peak_rss_bytes()

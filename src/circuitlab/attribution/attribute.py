@@ -115,7 +115,14 @@ def attribute(
             n_pos=n_pos,
         )
         backward = FrozenBackward(model, cap, dtype)
-        encoders = _encoder_rows(model, features.indices, dtype)
+        # Encoder rows of the features that get rows: read per batch, or all of them now when
+        # the transcoders are about to be offloaded.
+        gathered = None if offload is None else _encoder_rows(model, features.indices, dtype)
+
+        def encoders(rows: torch.Tensor) -> torch.Tensor:
+            if gathered is not None:
+                return gathered[rows]
+            return _encoder_rows(model, features.indices[rows], dtype)
 
     with timer.phase("targets"):
         assert cap.logits is not None and cap.final is not None
@@ -204,7 +211,7 @@ def _feature_rows(
     backward: FrozenBackward,
     sources: Sources,
     indices: torch.Tensor,
-    encoders: torch.Tensor,
+    encoders: Callable[[torch.Tensor], torch.Tensor],
     store: EdgeRows,
     targets: Targets,
     n_rows_max: int,
@@ -213,7 +220,10 @@ def _feature_rows(
     bar: tqdm,
     progress: Progress | None = None,
 ) -> torch.Tensor:
-    """Computes feature rows into ``store`` and returns the visited mask ``[n_active]``."""
+    """Computes feature rows into ``store`` and returns the visited mask ``[n_active]``.
+
+    ``encoders(rows)`` gives the encoder rows ``[len(rows), d]`` of active features ``rows``.
+    """
     n_active = len(indices)
     n_cols = sources.n_cols
     visited = torch.zeros(n_active, dtype=torch.bool)
@@ -232,7 +242,7 @@ def _feature_rows(
         pending = pending[torch.argsort(indices[pending, 1], stable=True)]
         for chunk in pending.split(batch_size):
             layers = indices[chunk, 0]
-            rows = backward.rows(sources, layers, indices[chunk, 1], encoders[chunk])
+            rows = backward.rows(sources, layers, indices[chunk, 1], encoders(chunk))
             store.add(rows, layers, chunk)
             visited[chunk] = True
             done += len(chunk)
