@@ -138,7 +138,16 @@ def _cases(tmp: Path, tc: Path, model: Path) -> list[tuple[list[str], str]]:
             ],
             "exceeds --d-transcoder",
         ),  # fmt: skip
-        (["train", "-m", "/nope/model", "--corpus", str(a_file), "-o", str(tmp / "t")], "/nope"),
+        (
+            ["train", "-m", "/nope/model", "--corpus", str(a_file), "-o", str(tmp / "t")],
+            "-m/--model /nope/model: no such file or folder",
+        ),
+        (
+            ["features", "build", "-m", "./nope", *t, "--corpus", str(a_file), "-o", str(tmp)],
+            "-m/--model ./nope: no such file or folder",
+        ),
+        (["generate", "-p", "x", *t, "-m", "/nope", "--ablate", "0", "1", "2"], "no such file"),
+        (["serve", "--graph_file_dir", str(tmp), "-m", "/nope/m", *t], "no such file or folder"),
     ]
 
 

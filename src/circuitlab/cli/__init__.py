@@ -85,7 +85,13 @@ def _is_user_error(e: Exception) -> bool:
 def _message(e: Exception, args: argparse.Namespace) -> str:
     text = one_line(e)
     model = getattr(args, "model", None)
-    if isinstance(e, OSError) and "huggingface.co" in text:
+    hub_error = "huggingface.co" in text or "Repo id must" in text
+    if hub_error and isinstance(model, str) and _looks_local(model):
+        return (
+            f"-m/--model {model}: no such file or folder; pass a model folder (with "
+            "config.json), a .gguf file, or a hub id"
+        )
+    if isinstance(e, OSError) and hub_error:
         what = f"model {model!r}" if model else "a model or transcoder"
         return (
             f"could not load {what} from the Hugging Face hub (offline, or no such id): pass a "
@@ -97,6 +103,12 @@ def _message(e: Exception, args: argparse.Namespace) -> str:
             "model/transcoder files"
         )
     return text
+
+
+def _looks_local(ref: str) -> bool:
+    from pathlib import Path
+
+    return not Path(ref).exists() and (ref.startswith(("/", ".", "~")) or ref.count("/") != 1)
 
 
 def one_line(e: BaseException) -> str:
