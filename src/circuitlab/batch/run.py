@@ -19,7 +19,14 @@ from tqdm.auto import tqdm
 
 from .prompts import PromptRecord
 from .store import BatchDir
-from .tracing import LoadSpec, TraceSettings, cached_model, record_key, trace_record
+from .tracing import (
+    LoadSpec,
+    TraceSettings,
+    cached_model,
+    error_text,
+    record_key,
+    trace_record,
+)
 
 OnResult = Callable[[dict[str, Any]], None]
 
@@ -120,10 +127,8 @@ def _trace_remote(
     try:
         model, loads = cached_model(load)
     except Exception as e:  # a load failure is reported per prompt, like any other error
-        from .tracing import _one_line
-
         return None, {"id": record.id, "prompt": record.prompt, "key": key, "status": "error",
-                      "error": _one_line(e), "model_loads": 0}  # fmt: skip
+                      "error": error_text(e), "model_loads": 0}  # fmt: skip
     graph, row = trace_record(model, record, settings, key)
     row["model_loads"] = loads
     return graph, row

@@ -111,6 +111,7 @@ class BatchDir:
         os.close(fd)
         try:
             pq.write_table(table, tmp)
+            os.chmod(tmp, 0o644)  # mkstemp makes it private; a summary is meant to be shared
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -131,8 +132,6 @@ def read_graph_row(path: Path) -> dict[str, Any] | None:
                 return None
             header = json.loads(meta["graph"])
     except (SafetensorError, OSError, ValueError, KeyError):
-        return None
-    if path.stat().st_size <= 8:
         return None
     row = (header.get("settings") or {}).get("batch")
     return row if isinstance(row, dict) else None

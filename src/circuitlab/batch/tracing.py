@@ -123,7 +123,7 @@ def trace_record(
         )
         scores = compute_graph_scores(graph)
     except Exception as e:  # one bad prompt must not stop the batch
-        row.update(status="error", error=_one_line(e), seconds=time.perf_counter() - start)
+        row.update(status="error", error=error_text(e), seconds=time.perf_counter() - start)
         return None, row
     first = graph.logit_targets[0] if graph.logit_targets else None
     row.update(
@@ -145,7 +145,8 @@ def trace_record(
     return graph, row
 
 
-def _one_line(e: BaseException) -> str:
+def error_text(e: BaseException) -> str:
+    """``Type: message (at function)`` on one line, for the summary's error column."""
     text = " ".join(str(e).split()) or type(e).__name__
     where = traceback.extract_tb(e.__traceback__)[-1:] if e.__traceback__ else []
     suffix = f" (at {where[0].name})" if where else ""
