@@ -10,7 +10,8 @@ what is alive in each:
 * **forward**: + the forward's transient activations (logits, attention scores, MLP hidden) +
   the capture kept for the sweep (patterns ``[layers, heads, pos, pos]``, transcoder inputs,
   outputs and errors ``[layers, pos, d]``, logits);
-* **sweep**: + sources (activation-scaled decoder rows packed per position, encoder rows) + the
+* **sweep**: + sources (activation-scaled decoder rows packed per position, encoder rows of
+  one batch, or of every active feature with ``offload``) + the
   edge rows (``n_logits + min(max_feature_nodes, n_active)`` rows; a feature row keeps the
   feature columns below its layer, on average half, plus errors and tokens; magnitudes in the
   dtype plus one sign bit) + one batch's temporaries (``[batch, n_cols]`` rows, gradients
@@ -171,7 +172,10 @@ def estimate_memory(
         (2 * n * V + 3 * H * n * n + 3 * n * F + 10 * n * d + 2 * n * T) * b
     )
     parts["capture (patterns, reads, writes)"] = int((L * H * n * n + 3 * L * n * d + n * V) * b)
-    parts["sources (decoder + encoder rows)"] = int(n_active * d * b * (1.25 * n_out + 1))
+    # Decoder rows are packed per position in buckets padded at most 2x (typically ~1.5x);
+    # encoder rows are gathered per batch, or all at once before an offload.
+    enc_rows = n_active if offload is not None else batch
+    parts["sources (decoder + encoder rows)"] = int((n_active * 1.5 * n_out + enc_rows) * d * b)
     feature_row = n_active * (L - 1) / (2 * L) + tail
     parts["edge rows"] = int((n_logits * n_cols + rows * feature_row) * (b + sign_bits))
     parts["sweep batch"] = int(batch * (n_cols * (3 * b + 1) + 8 * n * d * b))
