@@ -8,6 +8,12 @@ attention value/output path ``P^T`` per head, the pre-attention norm. At each la
 gradient at the write point is contracted with the sources written there (``Sources.read``),
 and targets read at that layer inject their encoder rows.
 
+The pre-attention and pre-MLP norms (scale ``s`` per position, weight ``w``, centring ``C``
+for LayerNorm) are folded in once per prompt instead of being applied to every gradient: the
+attention path's output weights become ``W_V diag(w) C`` and ``s`` of the key position scales
+the transposed pattern; target read vectors and the skip path get ``diag(w) C`` too, so a
+layer's update of the gradient is one in-place matmul. Gemma's extra post-norms stay explicit.
+
 Two savings come from causality and depth: a batch of targets at positions ``<= p`` only needs
 positions ``0..p``, and targets at layers ``<= l`` need no work above ``l``.
 """
@@ -26,16 +32,21 @@ from .sources import Sources
 
 @dataclass
 class _Layer:
-    """Frozen pieces of one block: patterns ``[heads, q, k]``, scales ``[pos, 1]``, weights."""
+    """Frozen pieces of one block, with the pre-attention and pre-MLP norms folded in.
 
-    pattern: torch.Tensor
-    ln1: torch.Tensor
+    ``pattern_t [heads, k, q]``: the transposed pattern, each key row ``k`` scaled by the
+    pre-attention norm's scale ``s1[k]``; ``W_V [kv_heads * d_head, d]`` already multiplied by
+    that norm's ``diag(w) C``; ``ln2 [pos, 1]`` the pre-MLP norm's scale (None when targets read
+    before it), its ``diag(w) C`` folded into ``W_skip`` and applied to read vectors.
+    """
+
+    pattern_t: torch.Tensor
     post_attn: torch.Tensor | None
-    ln2: torch.Tensor
+    ln2: torch.Tensor | None
     post_mlp: torch.Tensor | None
     W_V: torch.Tensor  # [kv_heads * d_head, d]
     W_O: torch.Tensor  # [d, heads * d_head]
-    W_skip: torch.Tensor | None  # [d, d], skip(x) = x @ W_skip.T
+    W_skip: torch.Tensor | None  # [d, d]: gradient at the write point -> at the read point
 
 
 class FrozenBackward:
@@ -49,25 +60,32 @@ class FrozenBackward:
         self.read_at_resid_mid = tc.input_hook == "hook_resid_mid"
         self.write_after_post_norm = tc.output_hook == "hook_mlp_out"
         eye = torch.eye(spec.d_model, dtype=dtype, device=model.device)
+        one = torch.ones(1, 1, dtype=dtype, device=model.device)
         self.layers: list[_Layer] = []
         for layer in range(spec.n_layers):
             block = model.block(layer)
             attn = block.get_submodule(ad.attn)
+            ln1 = block.get_submodule(ad.ln1)
+            ln2 = block.get_submodule(ad.ln2)
+            s1 = capture.scales["ln1"][layer][0].to(dtype)  # [pos, 1]
+            pattern = capture.patterns[layer][0].to(dtype)  # [heads, q, k]
             skip = tc.skip(layer, eye) if tc.has_skip else None  # rows: skip(e_i) -> W_skip.T
+            W_skip = None if skip is None else skip.T.contiguous()
+            if W_skip is not None and not self.read_at_resid_mid:
+                W_skip = norm_transpose(ad.norm, ln2, W_skip, one)
             self.layers.append(
                 _Layer(
-                    pattern=capture.patterns[layer][0].to(dtype),
-                    ln1=capture.scales["ln1"][layer][0],
+                    pattern_t=(pattern * s1[:, 0]).transpose(1, 2).contiguous(),
                     post_attn=capture.scales["post_attn_norm"][layer][0]
                     if ad.post_attn_norm
                     else None,
-                    ln2=capture.scales["ln2"][layer][0],
+                    ln2=None if self.read_at_resid_mid else capture.scales["ln2"][layer][0],
                     post_mlp=capture.scales["post_mlp_norm"][layer][0]
                     if ad.post_mlp_norm
                     else None,
-                    W_V=ad.value_weight(attn).to(dtype),
+                    W_V=norm_transpose(ad.norm, ln1, ad.value_weight(attn).to(dtype), one),
                     W_O=ad.out_weight(attn).to(dtype),
-                    W_skip=None if skip is None else skip.T.contiguous(),
+                    W_skip=W_skip,
                 )
             )
         assert capture.final_scale is not None
@@ -83,14 +101,18 @@ class FrozenBackward:
             module = self.model.block(layer).get_submodule(name)  # type: ignore[arg-type]
         return norm_transpose(ad.norm, module, g, scale[: g.shape[1]])
 
-    def _attention_t(self, lay: _Layer, g: torch.Tensor) -> torch.Tensor:
-        """Transpose of ``x -> sum_h P_h x W_V,h W_O,h`` for ``g [batch, pos, d]``."""
-        b, p, _ = g.shape
-        gz = (g @ lay.W_O).view(b, p, self.n_heads, self.d_head).transpose(1, 2)  # [b, h, p, dh]
-        gv = torch.einsum("hqk,bhqd->bhkd", lay.pattern[:, :p, :p], gz)
+    def _attention_t(self, lay: _Layer, g: torch.Tensor, out: torch.Tensor) -> None:
+        """Adds the transposed attention path of ``g [batch, pos, d]`` into ``out`` (same shape).
+
+        ``x -> C(sum_h P_h x W_V,h W_O,h * s1 * w)`` transposed, with the norm folded into
+        ``pattern_t`` and ``W_V``.
+        """
+        b, p, d = g.shape
+        gz = (g.reshape(b * p, d) @ lay.W_O).view(b, p, self.n_heads, self.d_head)
+        gv = torch.einsum("hkq,bqhd->bkhd", lay.pattern_t[:, :p, :p], gz)
         if self.n_kv != self.n_heads:
-            gv = gv.view(b, self.n_kv, self.n_heads // self.n_kv, p, self.d_head).sum(2)
-        return gv.transpose(1, 2).reshape(b, p, -1) @ lay.W_V
+            gv = gv.reshape(b, p, self.n_kv, self.n_heads // self.n_kv, self.d_head).sum(3)
+        out.view(b * p, d).addmm_(gv.reshape(b * p, -1), lay.W_V)
 
     def rows(
         self,
@@ -134,23 +156,26 @@ class FrozenBackward:
                 gw = self._norm_t(ad.post_mlp_norm, layer, gw, lay.post_mlp)
             if na:
                 sources.read(out[:na], layer, gw)
-            g_read = g.new_zeros(nf, p, g.shape[2])
-            if lay.W_skip is not None and na:
-                g_read[:na] = gw @ lay.W_skip
+                if lay.W_skip is not None:
+                    sk = gw @ lay.W_skip
+                    if lay.ln2 is not None:
+                        sk *= lay.ln2[:p].to(self.dtype)
+                    g[:na] += sk
             if nf > na:
-                here = torch.arange(na, nf)
-                g_read[here, positions[na:nf]] += vectors[na:nf]
-            if not self.read_at_resid_mid:
-                g_read = self._norm_t(ad.ln2, layer, g_read, lay.ln2)
+                v = vectors[na:nf]
+                if lay.ln2 is not None:
+                    block = self.model.block(layer).get_submodule(ad.ln2)
+                    scale = lay.ln2[positions[na:nf]].to(self.dtype)
+                    v = norm_transpose(ad.norm, block, v, scale)
+                g[torch.arange(na, nf), positions[na:nf]] += v
+            # Attention block: g[:nf] is now the gradient at the residual between the blocks.
             gl = g[:nf]
-            gl += g_read
-            # Attention block: gl is now the gradient at the residual between the two blocks.
             ga = (
                 gl
                 if lay.post_attn is None
                 else self._norm_t(ad.post_attn_norm, layer, gl, lay.post_attn)
             )
-            gl += self._norm_t(ad.ln1, layer, self._attention_t(lay, ga), lay.ln1)
+            self._attention_t(lay, ga, gl)
         sources.read_tokens(out, g)
         result = torch.empty_like(out[:, :-1])
         result[order] = out[:, :-1]
