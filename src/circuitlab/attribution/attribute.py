@@ -28,7 +28,7 @@ from ..transcoders.base import SparseActivations
 from .backward import FrozenBackward
 from .edge_store import EdgeRows
 from .offload import OFFLOAD_MODES, offloaded
-from .sources import Sources, pack_decoders
+from .sources import Sources, pack_decoders, reconstructions
 from .targets import Targets, TargetSpec, resolve_targets
 
 logger = logging.getLogger("circuitlab.attribution")
@@ -101,14 +101,15 @@ def attribute(
     with timer.phase("sources"):
         reads, writes = cap.stacked_reads(), cap.stacked_writes()
         features = tc.encode_sparse(reads, model.zero_positions)
-        errors = writes - tc.decode_sparse(features, reads)
-        errors[:, model.zero_positions] = 0
         assert cap.embed is not None
         n_active = len(features)
         n_cols = n_active + (n_layers + 1) * n_pos
+        decoders = pack_decoders(tc, features, n_pos, n_cols, dtype)
+        errors = writes - reconstructions(tc, decoders, reads)
+        errors[:, model.zero_positions] = 0
         sources = Sources(
             features=features,
-            decoders=pack_decoders(tc, features, n_pos, n_cols, dtype),
+            decoders=decoders,
             errors=errors.to(dtype),
             tokens=cap.embed[0].to(dtype),
             n_layers=n_layers,

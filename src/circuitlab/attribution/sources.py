@@ -155,3 +155,19 @@ def _buckets(
         cols[row[pos[mine]], slot[mine]] = col[mine]
         buckets.append(PackedBucket(where.tolist(), where, vecs, cols))
     return buckets
+
+
+def reconstructions(
+    transcoders: Transcoders, decoders: list[PackedDecoders | None], reads: torch.Tensor
+) -> torch.Tensor:
+    """Transcoder outputs ``[n_layers, n_pos, d]`` from the packed decoders (no second read of
+    the decoder rows): scaled decoder rows summed per position, plus ``b_dec`` and the skip."""
+    out = torch.zeros(reads.shape, dtype=reads.dtype, device=reads.device)
+    for layer, packed in enumerate(decoders):
+        for bucket in packed.buckets if packed is not None else []:
+            out[layer].index_add_(0, bucket.index, bucket.vecs.sum(1).to(reads.dtype))
+        out[layer] += transcoders.decoder_bias(layer).to(reads.dtype)
+        sk = transcoders.skip(layer, reads[layer])
+        if sk is not None:
+            out[layer] += sk
+    return out
