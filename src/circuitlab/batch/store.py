@@ -18,11 +18,10 @@ cannot hold a prompt twice.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_path, write_atomic
 from .prompts import PromptRecord
 
 #: Columns of ``summary.parquet`` (pyarrow types in ``_schema``).
@@ -107,15 +106,8 @@ class BatchDir:
 
         table = pa.Table.from_pylist(rows, schema=_schema())
         path = self.root / "summary.parquet"
-        fd, tmp = tempfile.mkstemp(prefix=".summary.", suffix=".tmp", dir=self.root)
-        os.close(fd)
-        try:
-            pq.write_table(table, tmp)
-            os.chmod(tmp, 0o644)  # mkstemp makes it private; a summary is meant to be shared
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(path) as tmp:
+            pq.write_table(table, str(tmp))
         return path
 
 
@@ -143,20 +135,6 @@ def _read_error(path: Path, key: str) -> dict[str, Any] | None:
     except (OSError, json.JSONDecodeError):
         return None
     return row if isinstance(row, dict) and row.get("key") == key else None
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Writes ``data`` to ``path`` via a temporary file in the same folder and a rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _schema() -> Any:

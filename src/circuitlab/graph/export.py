@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import re
 import struct
-import tempfile
 import threading
 import time
 import zlib
@@ -30,6 +28,7 @@ from typing import Any
 
 import torch
 
+from circuitlab.atomic import write_atomic
 from circuitlab.graph.graph import Graph
 from circuitlab.graph.pruning import prune_graph
 
@@ -329,20 +328,6 @@ def upsert_graph_metadata(output_dir: Path, metadata: dict[str, Any]) -> None:
                 graphs = []  # unreadable: rebuilt from this graph on (nothing else to keep)
         graphs = [m for m in graphs if m.get("slug") != metadata["slug"]] + [metadata]
         write_atomic(path, json.dumps({"graphs": graphs}, indent=1).encode())
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, fsync, then rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _json_safe(value: Any) -> Any:

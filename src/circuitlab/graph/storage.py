@@ -18,8 +18,6 @@ graph and never destroys the previous file.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from circuitlab.atomic import atomic_path
 from circuitlab.graph.graph import Graph
 from circuitlab.graph.targets import LogitTarget
 
@@ -51,17 +50,8 @@ def save_graph(graph: Graph, path: str | Path) -> None:
         "format_version": str(FORMAT_VERSION),
         "graph": json.dumps(_header(graph)),
     }
-    directory = path.parent if str(path.parent) else Path(".")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp_name, metadata=metadata)
-        _fsync_file(tmp_name)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    _fsync_dir(directory)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
 
 
 def load_graph(path: str | Path, device: torch.device | str = "cpu") -> Graph:
@@ -141,24 +131,3 @@ def _looks_like_torch_pickle(path: Path) -> bool:
         magic = f.read(4)
     # torch zip archive / legacy torch pickle (pickle protocol 2 + magic number long)
     return magic in (b"PK\x03\x04", b"\x80\x02\x8a\x0a")
-
-
-def _fsync_file(name: str) -> None:
-    fd = os.open(name, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # some platforms cannot open directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

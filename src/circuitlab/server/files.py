@@ -12,7 +12,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from circuitlab.graph.export import check_slug, write_atomic
+from circuitlab.atomic import write_atomic
+from circuitlab.graph.export import check_slug
 
 
 class HTTPProblem(Exception):

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from circuitlab.graph.export import write_atomic
+from circuitlab.atomic import write_atomic
 
 
 def json_ready(data: Any, digits: int = 6) -> Any:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
 
-from circuitlab.graph.export import write_atomic
+from circuitlab.atomic import write_atomic
 from circuitlab.validation.faithfulness import Faithfulness
 
 COLORS = {"necessity": "#d62728", "sufficiency": "#1f77b4", "clean": "#555555",
