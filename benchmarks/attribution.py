@@ -85,7 +85,7 @@ def main() -> None:
     header = (
         f"{'fixture':<11}{'tokens':>7}{'active':>8}{'rows':>6}{'batch':>6} | {'ours s':>8}{'peer s':>8}{'ratio':>7}"
         f" | {'ours cpu':>9}{'peer cpu':>9}{'ratio':>7}"
-        f" | {'ours MB':>8}{'peer MB':>8}{'ratio':>7} | {'rel diff':>9}"
+        f" | {'ours MB':>8}{'peer MB':>8}{'ratio':>7} | {'rel diff':>9} | {'file KB':>8}{'.pt KB':>8}"
     )
     print(header)
     print("-" * len(header))
@@ -111,7 +111,8 @@ def main() -> None:
                 )
                 continue
             try:
-                peer = run_peer(fx.model_dir, fx.transcoder_dir, ids, **settings)  # type: ignore[arg-type]
+                pt = tmp / f"{name}-{n}.pt"
+                peer = run_peer(fx.model_dir, fx.transcoder_dir, ids, pt_out=pt, **settings)  # type: ignore[arg-type]
             except Exception as e:  # the peer may run out of memory or time on long prompts
                 print(row + f"  peer failed: {str(e).splitlines()[-1][:80]}", flush=True)
                 continue
@@ -122,7 +123,9 @@ def main() -> None:
                 row
                 + f"{peer.attribute_seconds:>8.2f}{ours['attribute_seconds'] / peer.attribute_seconds:>7.3f} | "
                 f"{cpu:>9.2f}{peer.attribute_cpu_seconds:>9.2f}{cpu / peer.attribute_cpu_seconds:>7.3f} | "
-                f"{mb:>8.0f}{pmb:>8.0f}{mb / max(pmb, 1e-9):>7.3f} | {diff_s:>9}",
+                f"{mb:>8.0f}{pmb:>8.0f}{mb / max(pmb, 1e-9):>7.3f} | {diff_s:>9} | "
+                f"{(tmp / f'{name}-{n}.safetensors').stat().st_size / 1024:>8.0f}"
+                f"{pt.stat().st_size / 1024:>8.0f}",
                 flush=True,
             )
 

@@ -352,6 +352,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="circuit-tracer's default (True): read decoder rows from disk",
     )
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--pt-out", type=Path, default=None, help="also save circuit-tracer's .pt")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -402,6 +403,8 @@ def main(argv: list[str] | None = None) -> int:
         if stage is not None:
             shutil.rmtree(stage, ignore_errors=True)
 
+    if args.pt_out is not None:
+        graph.to_pt(str(args.pt_out))
     input_tokens = [int(t) for t in graph.input_tokens.tolist()]
     logit_ids = [int(t.vocab_idx) for t in graph.logit_targets]
     cfg = graph.cfg

@@ -201,6 +201,7 @@ def run_peer(
     timeout: float | None = None,
     python: str | None = None,
     out_path: str | os.PathLike[str] | None = None,
+    pt_out: str | os.PathLike[str] | None = None,
 ) -> PeerResult:
     """Run circuit-tracer's ``attribute`` on *prompt_ids* in the peer venv and read its result.
 
@@ -209,7 +210,8 @@ def run_peer(
     must hold circuit-tracer's ``config.yaml`` + ``layer_{i}.safetensors`` (or a CLT's
     ``W_enc_{i}``/``W_dec_{i}`` files). Raises :class:`PeerUnavailableError` when no peer
     interpreter is found and :class:`PeerRunError` (with the subprocess's stderr) on failure.
-    The output file is deleted afterwards unless *out_path* is given.
+    The output file is deleted afterwards unless *out_path* is given; *pt_out* also saves
+    circuit-tracer's own ``.pt`` graph there (``Graph.to_pt``).
     """
     py = python or find_peer_python()
     if py is None:
@@ -246,6 +248,8 @@ def run_peer(
         cmd += ["--offload", offload]
     if threads is not None:
         cmd += ["--threads", str(threads)]
+    if pt_out is not None:
+        cmd += ["--pt-out", str(Path(pt_out).resolve())]
 
     try:
         t0 = time.perf_counter()
