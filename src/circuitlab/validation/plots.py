@@ -187,7 +187,7 @@ def _png(panels: Sequence[Panel], title: str, path: Path) -> None:
         plt = importlib.import_module("matplotlib.pyplot")
     except ImportError:
         raise ValueError(
-            "writing a PNG needs matplotlib (pip install matplotlib); or write an .svg"
+            "writing a PNG needs matplotlib (pip install 'circuitlab[plots]'); or write an .svg"
         ) from None
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
     for ax, panel in zip(axes[0], panels, strict=True):
