@@ -73,4 +73,22 @@ def build(
     return ReplacementModel.from_pretrained(hf, tc, dtype=dtype, tokenizer=tiny_tokenizer())
 
 
-__all__ = ["FAMILIES", "PROMPT", "TRANSCODER_KINDS", "WORDS", "build", "tiny_tokenizer"]
+def save_to_disk(rm: ReplacementModel, root: Path) -> tuple[Path, Path]:
+    """Write ``rm``'s model + tokenizer and transcoders under ``root``, as a user's files would
+    be; returns ``(model_dir, transcoder_dir)`` for ``-m`` and ``-t``."""
+    model_dir, tc_dir = root / "model", root / "tc"
+    rm.model.save_pretrained(model_dir)  # type: ignore[operator]
+    tiny_tokenizer().save_pretrained(model_dir)
+    rm.transcoders.save(str(tc_dir))
+    return model_dir, tc_dir
+
+
+__all__ = [
+    "FAMILIES",
+    "PROMPT",
+    "TRANSCODER_KINDS",
+    "WORDS",
+    "build",
+    "save_to_disk",
+    "tiny_tokenizer",
+]

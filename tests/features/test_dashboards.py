@@ -19,7 +19,7 @@ from circuitlab.features.store import read_feature, read_index
 from circuitlab.models.session import Plan
 from circuitlab.replacement import ReplacementModel
 
-from conftest import FAMILIES, WORDS, build, tiny_tokenizer
+from conftest import FAMILIES, WORDS, build, save_to_disk
 
 SETTINGS = BuildSettings(n_tokens=600, context=12, batch_size=4, checkpoint_every=3)
 
@@ -151,9 +151,7 @@ def test_changed_settings_refuse_a_stale_checkpoint(tmp_path: Path) -> None:
 
 def test_cli_builds_clt_dashboards(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     model = build("llama", "clt_skip", dtype=torch.float32, d_transcoder=16)
-    model.model.save_pretrained(tmp_path / "model")  # type: ignore[operator]
-    tiny_tokenizer().save_pretrained(tmp_path / "model")
-    model.transcoders.save(str(tmp_path / "tc"))
+    save_to_disk(model, tmp_path)
     corpus = tmp_path / "c.jsonl"
     corpus.write_text("\n".join(json.dumps({"text": t}) for t in _texts(20)))
     args = ["features", "build", "-m", str(tmp_path / "model"), "-t", str(tmp_path / "tc")]

@@ -8,17 +8,13 @@ import pytest
 
 from circuitlab.cli import main
 
-from conftest import build
+from conftest import build, save_to_disk
 
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
-    rm = build("llama", "plt")
-    root = tmp_path_factory.mktemp("tiny")
-    rm.model.save_pretrained(root / "model")  # type: ignore[operator]
-    rm.tokenizer.save_pretrained(root / "model")  # type: ignore[union-attr]
-    rm.transcoders.save(str(root / "tc"))
-    return ["-m", str(root / "model"), "-t", str(root / "tc"), "--dtype", "float64"]
+    model_dir, tc_dir = save_to_disk(build("llama", "plt"), tmp_path_factory.mktemp("tiny"))
+    return ["-m", str(model_dir), "-t", str(tc_dir), "--dtype", "float64"]
 
 
 def test_intervene_prints_the_target_and_top_k_before_and_after(saved, capsys) -> None:

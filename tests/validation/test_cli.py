@@ -9,16 +9,14 @@ import pytest
 from circuitlab.attribution import attribute
 from circuitlab.cli import main
 
-from conftest import build
+from conftest import build, save_to_disk
 
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     rm = build("llama", "plt")
     root = tmp_path_factory.mktemp("tiny")
-    rm.model.save_pretrained(root / "model")  # type: ignore[operator]
-    rm.tokenizer.save_pretrained(root / "model")  # type: ignore[union-attr]
-    rm.transcoders.save(str(root / "tc"))
+    model_dir, tc_dir = save_to_disk(rm, root)
     graphs = []
     for name, prompt in [
         ("dallas", "the capital of the state containing Dallas is"),
@@ -28,7 +26,7 @@ def saved(tmp_path_factory):
         path = root / f"{name}.safetensors"
         attribute(rm, prompt, max_n_logits=3, desired_logit_prob=0.99).save(path)
         graphs.append(str(path))
-    model = ["-m", str(root / "model"), "-t", str(root / "tc"), "--dtype", "float64"]
+    model = ["-m", str(model_dir), "-t", str(tc_dir), "--dtype", "float64"]
     return model, graphs
 
 
