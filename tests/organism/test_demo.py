@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from circuitlab.cli import main
@@ -24,3 +29,35 @@ def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert (tmp_path / "features" / "index.json.gz").is_file()
     meta = json.loads((tmp_path / "graphs" / "graph-metadata.json").read_text())
     assert any(g["slug"] == "organism-dallas" for g in meta["graphs"])
+
+
+def test_demo_serve_opens_a_lab_that_can_trace_with_the_organism(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    argv = [sys.executable, "-m", "circuitlab", "demo", "--out", str(tmp_path)]
+    proc = subprocess.Popen([*argv, "--serve", "--port", str(port)], stdout=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        info = None
+        for _ in range(300):
+            try:
+                info = httpx.get(f"{base}/api/info").json()
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None, "the demo exited before serving"
+                time.sleep(0.2)
+        assert info is not None and info["tracing"] and info["models"] == ["organism"]
+        body = {"prompt": "Fact: the capital of the state containing Houston is", "slug": "h"}
+        job = httpx.post(f"{base}/api/trace", json=body).json()["job"]
+        for _ in range(300):
+            jobs = httpx.get(f"{base}/api/jobs").json()["jobs"]
+            status = next(j["status"] for j in jobs if j["id"] == job["id"])
+            if status in ("done", "error"):
+                break
+            time.sleep(0.2)
+        assert status == "done"
+        assert (tmp_path / "graphs" / "h.json").is_file()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

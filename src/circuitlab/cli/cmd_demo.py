@@ -166,7 +166,10 @@ def run_organism(args: argparse.Namespace) -> int:
         features_dir=features_dir,
     )
     graph.save(out / "organism-dallas.safetensors")
-    cmd = f"circuitlab serve --graph_file_dir {graphs_dir} --features_dir {features_dir}"
+    cmd = (
+        f"circuitlab serve --graph_file_dir {graphs_dir} --features_dir {features_dir} "
+        f"-m {paths.model} -t {paths.transcoders}"
+    )
     print(
         f"\nwrote {graphs_dir}/organism-dallas.json and {features_dir}/ in {time.perf_counter() - start:.1f}s total"
     )
@@ -175,7 +178,8 @@ def run_organism(args: argparse.Namespace) -> int:
         from ..server import serve
 
         print(f"circuitlab lab on http://127.0.0.1:{args.port}/  (Ctrl+C stops it)")
-        serve(graphs_dir, features_dir=features_dir, port=args.port)
+        # the loaded organism comes along: the page can trace new prompts, steer and open heads
+        serve(graphs_dir, features_dir=features_dir, port=args.port, models={"organism": model})
     return 0
 
 
