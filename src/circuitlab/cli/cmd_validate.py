@@ -14,13 +14,15 @@ DESCRIPTION = (
     "For each node threshold, prunes the graph and ablates its circuit (necessity) or everything\n"
     "outside it (sufficiency) on the graph's prompt, and reports the target logit and probability\n"
     "with the pruned circuit's replacement and completeness scores. Pinned nodes (given, or saved\n"
-    "in the lab's {slug}.json) get the same measurements. Definitions: docs/validation.md."
+    "in the lab's {slug}.json) get the same measurements. --mean-ablation REF sets ablated nodes to\n"
+    "their mean over reference prompts instead of 0. Definitions: docs/validation.md."
 )
 EXAMPLES = """examples:
   circuitlab validate dallas.safetensors -t ./tc -m ./model --thresholds 0.5 0.7 0.9 0.99 \\
       --plot dallas.svg --json dallas.faithfulness.json
   circuitlab validate dallas.safetensors -t ./tc --graph_file_dir ./graphs --slug dallas
   circuitlab validate france.safetensors --smollm2 --pinned 29_868_5 29_1370_5 --constrained-layers all
+  circuitlab validate dallas.safetensors -t ./tc --mean-ablation prompts.txt --save-means means.safetensors
 """
 
 
@@ -51,6 +53,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--constrained-layers", metavar="A-B",
                    help="intervention mode: freeze MLP outputs of layers A..B; 'all' = direct effects")  # fmt: skip
     p.add_argument("--no-freeze-attention", dest="freeze_attention", action="store_false")
+    p.add_argument("--mean-ablation", metavar="REF",
+                   help="mean-ablate: reference prompts (text file, one per line; .jsonl[:FIELD]) "
+                        "or saved means (.safetensors)")  # fmt: skip
+    p.add_argument("--save-means", metavar="FILE",
+                   help="write the means computed from --mean-ablation prompts (.safetensors)")  # fmt: skip
     g = p.add_argument_group("output")
     g.add_argument("--graph_file_dir", help="lab folder: writes {slug}.faithfulness.json there")
     g.add_argument("--slug", help="graph name in the lab (default: GRAPH's file name)")
@@ -79,10 +86,21 @@ def run(args: argparse.Namespace) -> int:
     for t in [*(args.thresholds or []), args.edge_threshold]:
         if not 0.0 <= t <= 1.0:
             raise UsageError(f"thresholds are shares of influence between 0 and 1, got {t}")
+    if args.save_means and not args.mean_ablation:
+        raise UsageError(
+            "--save-means writes means computed from --mean-ablation PROMPTS: pass both"
+        )
+    if args.save_means and Path(args.save_means).suffix != ".safetensors":
+        raise UsageError(f"--save-means {args.save_means}: use a .safetensors file name")
+    if args.mean_ablation:
+        _means_source(args.mean_ablation)
     slug = check_slug(args.slug or graph_path.stem) if args.graph_file_dir else graph_path.stem
     graph = Graph.load(graph_path)
     pinned = list(args.pinned) or _saved_pins(args, slug)
     model = load_model(args, graph.model_name)
+    means = load_means(args.mean_ablation, model) if args.mean_ablation else None
+    if args.save_means and means is not None:
+        print(f"wrote {means.save(args.save_means)}")
     result = faithfulness(
         model,
         graph,
@@ -93,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
         constrained_layers=parse_layers(args.constrained_layers, model.n_layers),
         freeze_attention=args.freeze_attention,
         errors=args.errors,
+        means=means,
         slug=slug,
     )
     print(result.table())
@@ -107,6 +126,46 @@ def run(args: argparse.Namespace) -> int:
             print(f"wrote {create_graph_files(graph, slug, out, tokenizer=model.tokenizer)}")
         print(f"wrote {result.save(out / f'{slug}.faithfulness.json')}")
     return 0
+
+
+def load_means(ref: str, model: Any) -> Any:
+    """``AblationMeans`` from a saved means file, or computed from a file of reference prompts."""
+    from ..features.corpus import open_corpus
+    from ..interventions import AblationMeans, ablation_means
+
+    flag = f"--mean-ablation {ref}"
+    path = _means_source(ref)
+    try:
+        if path.suffix == ".safetensors":
+            means = AblationMeans.load(path)
+            means.check(model)
+            return means
+        if path.suffix == ".jsonl":
+            prompts = list(open_corpus(ref))
+        else:
+            prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+        prompts = [p for p in prompts if p.strip()]
+        if not prompts:
+            raise ValueError(
+                "the file holds no prompts: write one prompt per line (or a 'text' field per "
+                ".jsonl line)"
+            )
+        return ablation_means(model, prompts)
+    except (ValueError, OSError) as e:
+        raise UsageError(f"{flag}: {' '.join(str(e).split())}") from None
+
+
+def _means_source(ref: str) -> Path:
+    """The file ``--mean-ablation`` names (``FILE.jsonl:FIELD`` names ``FILE.jsonl``)."""
+    head, sep, field = ref.rpartition(":")
+    path = Path(head) if sep and head.endswith(".jsonl") and field else Path(ref)
+    if not path.is_file():
+        raise UsageError(
+            f"--mean-ablation {ref}: no such file; pass reference prompts (a text file with one "
+            "prompt per line, or .jsonl[:FIELD]) or a means file saved with --save-means "
+            "(.safetensors)"
+        )
+    return path
 
 
 def _saved_pins(args: argparse.Namespace, slug: str) -> list[str]:

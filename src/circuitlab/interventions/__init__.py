@@ -3,12 +3,14 @@
 Set, scale or ablate transcoder features and error nodes (``feature_intervention``), generate
 with interventions in force (``feature_intervention_generate``), address nodes and supernodes by
 the ids the graph UI uses (``node_interventions``), and check circuits by ablation
-(``ablate_nodes``, ``ablate_outside``). See ``docs/interventions.md``.
+(``ablate_nodes``, ``ablate_outside``; zero ablation, or mean ablation with reference means from
+``ablation_means``). See ``docs/interventions.md`` and ``docs/validation.md``.
 """
 
 from .checks import CircuitCheck, TokenShift, ablate_nodes, ablate_outside, check_interventions
 from .generate import GenerationResult, feature_intervention_generate
 from .intervene import InterventionResult, feature_intervention
+from .means import AblationMeans, ablation_means, mean_ablations
 from .nodes import (
     NodeRef,
     node_interventions,
@@ -28,6 +30,7 @@ from .spec import (
 )
 
 __all__ = [
+    "AblationMeans",
     "CircuitCheck",
     "GenerationResult",
     "Intervention",
@@ -38,9 +41,11 @@ __all__ = [
     "ablate_feature",
     "ablate_nodes",
     "ablate_outside",
+    "ablation_means",
     "check_interventions",
     "feature_intervention",
     "feature_intervention_generate",
+    "mean_ablations",
     "node_interventions",
     "parse_node_id",
     "read_qparams",

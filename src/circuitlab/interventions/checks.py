@@ -3,7 +3,9 @@
 ``check_interventions`` runs a prompt with and without interventions (in the same mode) and
 reports how the target logit and the top-k next tokens move. ``ablate_nodes`` ablates a node set
 of a graph (necessity); ``ablate_outside`` ablates every feature and error node outside a
-circuit, e.g. a pruned graph (sufficiency).
+circuit, e.g. a pruned graph (sufficiency). Both zero-ablate by default; given ``means``
+(``ablation_means``) they mean-ablate: a feature takes its reference mean activation, an error
+node its reference mean error vector.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from ..graph.graph import Graph
 from ..models.tokens import Prompt
 from ..replacement import ReplacementModel
 from .intervene import feature_intervention
+from .means import AblationMeans, mean_ablate_all_features, mean_ablations
 from .nodes import NodeLike, NodeRef, node_interventions, resolve_node
-from .spec import InterventionLike
+from .spec import Intervention, InterventionLike
 
 
 @dataclass(frozen=True)
@@ -172,16 +175,20 @@ def ablate_nodes(
     k: int = 10,
     constrained_layers: Iterable[int] | None = None,
     freeze_attention: bool = True,
+    means: AblationMeans | None = None,
 ) -> CircuitCheck:
     """Ablates ``nodes`` (ids, indices or ``NodeRef``s of ``graph``) on the graph's prompt.
 
-    ``target`` defaults to the graph's first logit target.
+    ``target`` defaults to the graph's first logit target. Nodes are set to 0, or with
+    ``means`` to their reference means (mean ablation).
     """
     refs = [resolve_node(n, graph) for n in nodes]
+    if means is not None:
+        means.check(model)
     return check_interventions(
         model,
         graph.input_tokens,
-        node_interventions(refs),
+        node_interventions(refs) if means is None else mean_ablations(refs, means),
         target=_graph_target(graph, target),
         k=k,
         constrained_layers=constrained_layers,
@@ -199,14 +206,37 @@ def ablate_outside(
     k: int = 10,
     constrained_layers: Iterable[int] | None = None,
     freeze_attention: bool = True,
+    means: AblationMeans | None = None,
 ) -> CircuitCheck:
     """Ablates every active feature (selected or not) and, with ``errors``, every error node
     outside the circuit ``keep``: a node mask ``[N]`` (e.g. ``prune_graph(g).node_mask``) or
     nodes. Positions the graph zeroes (BOS) are left alone.
+
+    With ``means`` (mean ablation) *every* feature outside the circuit, active or not, takes its
+    reference mean (an inactive feature's mean is in general not 0), and error nodes their mean.
     """
     kept = _kept(graph, keep)
-    zero = model.zero_positions
-    pos_zeroed = set(range(graph.n_pos)[zero])
+    pos_zeroed = set(range(graph.n_pos)[model.zero_positions])
+    if means is None:
+        ivs = node_interventions(_zero_outside(graph, kept, pos_zeroed, errors))
+    else:
+        means.check(model)
+        ivs = _mean_outside(graph, kept, pos_zeroed, errors, means)
+    return check_interventions(
+        model,
+        graph.input_tokens,
+        ivs,
+        target=_graph_target(graph, target),
+        k=k,
+        constrained_layers=constrained_layers,
+        freeze_attention=freeze_attention,
+    )
+
+
+def _zero_outside(
+    graph: Graph, kept: set[tuple[int, int, int | None]], pos_zeroed: set[int], errors: bool
+) -> list[NodeRef]:
+    """Active features and (with ``errors``) error nodes outside ``kept``."""
     refs: list[NodeRef] = []
     for layer, pos, feat in graph.active_features.tolist():
         if (layer, pos, feat) not in kept and pos not in pos_zeroed:
@@ -216,15 +246,37 @@ def ablate_outside(
             for pos in range(graph.n_pos):
                 if (layer, pos, None) not in kept and pos not in pos_zeroed:
                     refs.append(NodeRef("error", layer, pos))
-    return check_interventions(
-        model,
-        graph.input_tokens,
-        node_interventions(refs),
-        target=_graph_target(graph, target),
-        k=k,
-        constrained_layers=constrained_layers,
-        freeze_attention=freeze_attention,
-    )
+    return refs
+
+
+def _mean_outside(
+    graph: Graph,
+    kept: set[tuple[int, int, int | None]],
+    pos_zeroed: set[int],
+    errors: bool,
+    means: AblationMeans,
+) -> list[Intervention]:
+    """Every feature and (with ``errors``) error node outside ``kept``, set to its mean."""
+    positions = [p for p in range(graph.n_pos) if p not in pos_zeroed]
+    kept_feats: dict[tuple[int, int], set[int]] = {}
+    for layer, pos, feat in kept:
+        if feat is not None:
+            kept_feats.setdefault((layer, pos), set()).add(feat)
+    ivs: list[Intervention] = []
+    for layer in range(graph.n_layers):
+        for pos in positions:
+            iv = mean_ablate_all_features(layer, pos, kept_feats.get((layer, pos), set()), means)
+            if iv is not None:
+                ivs.append(iv)
+    if errors:
+        refs = [
+            NodeRef("error", layer, pos)
+            for layer in range(graph.n_layers)
+            for pos in positions
+            if (layer, pos, None) not in kept
+        ]
+        ivs += mean_ablations(refs, means)
+    return ivs
 
 
 def _kept(

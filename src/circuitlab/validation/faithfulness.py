@@ -16,6 +16,11 @@ between them: sufficiency ``(logit − all_ablated) / (clean − all_ablated)`` 
 the circuit alone), necessity ``(clean − logit) / (clean − all_ablated)`` (share removed by
 ablating it).
 
+With ``means`` (``interventions.ablation_means``) every ablation is a mean ablation: an ablated
+feature takes its mean activation over reference prompts, an ablated error node its mean error
+vector, and "everything outside the circuit" includes the inactive features (their mean is in
+general not 0). The result records ``ablation``: ``"zero"`` or ``"mean"``.
+
 A **pinned** subgraph (node ids from the lab) gets the same measurements without pruning.
 The target is the graph's first logit target unless given.
 """
@@ -35,6 +40,7 @@ from circuitlab.graph.graph import Graph
 from circuitlab.graph.pruning import check_fraction
 from circuitlab.graph.scores import compute_graph_scores, compute_subgraph_scores
 from circuitlab.interventions.checks import CircuitCheck, ablate_nodes, ablate_outside
+from circuitlab.interventions.means import AblationMeans
 from circuitlab.replacement import ReplacementModel
 from circuitlab.validation.circuit import prune_kept
 from circuitlab.validation.files import save_json
@@ -42,6 +48,7 @@ from circuitlab.validation.files import save_json
 SCHEMA_VERSION = 1
 DEFAULT_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 Mode = Literal["iterative", "constrained", "direct"]
+Ablation = Literal["zero", "mean"]
 
 
 @dataclass(frozen=True)
@@ -99,6 +106,8 @@ class Faithfulness:
     points: list[CircuitPoint]
     pinned: CircuitPoint | None = None
     errors: bool = True
+    ablation: Ablation = "zero"
+    mean_reference: dict[str, int] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -114,6 +123,8 @@ class Faithfulness:
             "constrained_layers": self.constrained_layers,
             "edge_threshold": self.edge_threshold,
             "ablate_errors": self.errors,
+            "ablation": self.ablation,
+            "mean_reference": self.mean_reference,
             "target": {"token": self.target_token, "token_id": self.target_id},
             "clean": _clean_floats(asdict(self.clean)),
             "all_ablated": _clean_floats(asdict(self.all_ablated)),
@@ -131,8 +142,9 @@ class Faithfulness:
     def table(self) -> str:
         """A plain-text table of the curves."""
         c, z = self.clean, self.all_ablated
+        how = self.mode if self.ablation == "zero" else f"{self.mode}, mean ablation"
         lines = [
-            f"target {self.target_token!r} ({self.mode}): clean logit {c.logit:+.3f} "
+            f"target {self.target_token!r} ({how}): clean logit {c.logit:+.3f} "
             f"p {c.prob:.3f}; all ablated logit {z.logit:+.3f} p {z.prob:.3f}",
             f"full graph: replacement {self.replacement:.3f}, completeness {self.completeness:.3f}",
             f"{'threshold':>9} {'feat':>5} {'err':>4} {'repl':>6} {'compl':>6} "
@@ -162,6 +174,7 @@ def faithfulness(
     constrained_layers: Iterable[int] | None = None,
     freeze_attention: bool = True,
     errors: bool = True,
+    means: AblationMeans | None = None,
     slug: str = "graph",
 ) -> Faithfulness:
     """Necessity and sufficiency curves over ``thresholds`` (see the module docs).
@@ -177,6 +190,7 @@ def faithfulness(
         constrained_layers: intervention mode (``None`` iterative; every layer: direct effects).
         freeze_attention: keep attention patterns of the clean prompt.
         errors: whether sufficiency (and the all-ablated reference) also ablates error nodes.
+        means: reference means (``ablation_means``) for mean ablation; None: zero ablation.
         slug: the graph's name in the lab.
     """
     for t in thresholds:
@@ -185,7 +199,7 @@ def faithfulness(
     _check_model(model, graph)
     graph = graph.to("cpu")
     layers = sorted(set(constrained_layers)) if constrained_layers is not None else None
-    run = _Runner(model, graph, target, layers, freeze_attention, errors)
+    run = _Runner(model, graph, target, layers, freeze_attention, errors, means)
 
     points = []
     for t in sorted(thresholds):
@@ -212,6 +226,10 @@ def faithfulness(
         points=points,
         pinned=pinned_point,
         errors=errors,
+        ablation="zero" if means is None else "mean",
+        mean_reference=None
+        if means is None
+        else {"n_prompts": means.n_prompts, "n_positions": means.n_positions},
     )
 
 
@@ -240,10 +258,15 @@ class _Runner:
         layers: list[int] | None,
         freeze_attention: bool,
         errors: bool,
+        means: AblationMeans | None,
     ):
         self.model, self.graph, self.errors = model, graph, errors
         self.kwargs: dict[str, Any] = dict(
-            target=target, k=1, constrained_layers=layers, freeze_attention=freeze_attention
+            target=target,
+            k=1,
+            constrained_layers=layers,
+            freeze_attention=freeze_attention,
+            means=means,
         )
         nothing = torch.zeros(graph.n_nodes, dtype=torch.bool)
         check = ablate_outside(model, graph, nothing, errors=errors, **self.kwargs)
