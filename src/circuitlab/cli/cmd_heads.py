@@ -14,10 +14,13 @@ DESCRIPTION = """Analyses the attention heads of a model on a prompt: the class 
 (previous-token, duplicate-token, induction, sink, diffuse), direct logit attribution of every
 head and MLP to the predicted token or a logit difference, and the logit lens. With a corrupted
 prompt (or a preset) it also runs activation-patching sweeps and reports the normalised
-recovery of the logit difference. Formulas and thresholds: docs/heads.md."""
+recovery of the logit difference; --path-patch runs path patching from every head to the logits
+or to chosen heads' queries, keys or values. Formulas and thresholds: docs/heads.md."""
 EXAMPLES = """examples:
   circuitlab heads -m smollm2 -p "The capital of France is"
   circuitlab heads -m smollm2 --preset ioi --patch head,resid
+  circuitlab heads -m smollm2 --preset ioi --path-patch logits
+  circuitlab heads -m smollm2 --preset ioi --path-patch 23.3,29.1 --path-inputs q
   circuitlab heads -m ./my-model -p "When Mary and John went to the store, John gave a drink to" \\
       --corrupted "When Mary and John went to the store, Mary gave a drink to" \\
       --answer " Mary" --wrong " John" --patch head --json ioi.jsonl
@@ -39,6 +42,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="comma-separated sweeps: head, resid, mlp (default with a corrupted prompt: head)",
     )
+    p.add_argument(
+        "--path-patch",
+        metavar="RECEIVERS",
+        help="path patching from every head to 'logits' or to heads LAYER.HEAD,LAYER.HEAD,...",
+    )
+    p.add_argument(
+        "--path-inputs",
+        metavar="LETTERS",
+        help="which inputs of the --path-patch heads carry the path: q, k, v (default: qkv)",
+    )
     p.add_argument("--batch-size", type=int, default=256, help="patched rows per forward")
     p.add_argument("--top", type=int, default=8, help="rows shown per table")
     p.add_argument("--json", help="also write every streamed event as JSON lines to this file")
@@ -57,10 +70,20 @@ def run(args: argparse.Namespace) -> int:
     if bool(args.prompt) == bool(args.preset):
         raise UsageError("pass exactly one of -p/--prompt and --preset")
     kinds: list[Any] = _kinds(args.patch)
+    receivers = _receivers(args.path_patch)
+    if args.path_inputs is not None and not isinstance(receivers, list):
+        raise UsageError("--path-inputs needs receiver heads: --path-patch LAYER.HEAD,...")
 
     import torch
 
-    from ..heads import LabModel, Target, get_preset, stream_analysis, stream_patching
+    from ..heads import (
+        LabModel,
+        Target,
+        check_receivers,
+        get_preset,
+        stream_analysis,
+        stream_patching,
+    )
 
     lab = LabModel.load(args.model, dtype=getattr(torch, args.dtype))
     prompt, corrupted, answer, wrong = args.prompt, args.corrupted, args.answer, args.wrong
@@ -68,11 +91,13 @@ def run(args: argparse.Namespace) -> int:
         pp = get_preset(args.preset).build(lab.tokenizer)
         prompt, corrupted = pp.clean, corrupted or pp.corrupted
         answer, wrong = answer or pp.answer, wrong or pp.wrong
-        kinds = kinds or ["head"]
-    if kinds and not corrupted:
+        kinds = kinds or ([] if receivers else ["head"])
+    if (kinds or receivers) and not corrupted:
         raise UsageError("patching needs --corrupted PROMPT (or a --preset)")
-    if corrupted and not kinds:
+    if corrupted and not kinds and not receivers:
         kinds = ["head"]
+    if receivers:
+        check_receivers(lab, receivers, args.path_inputs or "qkv")  # fail before the analysis
     target = Target(answer, wrong)
     out = open(args.json, "w") if args.json else None  # noqa: SIM115
     try:
@@ -90,6 +115,11 @@ def run(args: argparse.Namespace) -> int:
             )  # fmt: skip
             _write(out, events)
             _print_patching(events, args.top, time.perf_counter() - t)
+        if receivers:
+            t = time.perf_counter()
+            event = _path_patch(lab, prompt, corrupted, target, receivers, args)
+            _write(out, [event])
+            _print_path(event, args.top, time.perf_counter() - t)
     finally:
         if out is not None:
             out.close()
@@ -108,6 +138,57 @@ def _kinds(text: str | None) -> list[Any]:
     if bad:
         raise ValueError(f"unknown --patch kind {bad[0]!r}; use a comma list of {', '.join(KINDS)}")
     return kinds
+
+
+def _receivers(text: str | None) -> Any:
+    """``None``, ``"logits"`` or ``[(layer, head), ...]`` from ``--path-patch``."""
+    from . import UsageError
+
+    if text is None:
+        return None
+    if text.strip() == "logits":
+        return "logits"
+    heads = []
+    for item in (t.strip() for t in text.split(",")):
+        layer, _, head = item.partition(".")
+        if not (layer.isdigit() and head.isdigit()):
+            raise UsageError(
+                f"--path-patch {text!r}: use 'logits' or a comma list of LAYER.HEAD (e.g. 9.6,9.9)"
+            )
+        heads.append((int(layer), int(head)))
+    return heads
+
+
+def _path_patch(lab: Any, prompt: str, corrupted: str, target: Any, receivers: Any, args: Any):
+    """Runs path patching and returns it as one JSON-able ``path`` event."""
+    from ..heads import path_patch
+
+    res = path_patch(
+        lab, prompt, corrupted, target, receivers=receivers, inputs=args.path_inputs or "qkv",
+        pos=args.pos, batch_size=args.batch_size,
+    )  # fmt: skip
+    return {
+        "event": "path",
+        "receivers": res.receivers.label(),
+        "target": res.target.label(lab),
+        "pos": res.pos,
+        "clean_metric": round(res.clean_metric, 4),
+        "corrupted_metric": round(res.corrupted_metric, 4),
+        "recovery": [[round(v, 4) for v in row] for row in res.recovery.tolist()],
+    }
+
+
+def _print_path(event: dict[str, Any], top: int, seconds: float) -> None:
+    w = sys.stdout.write
+    w(f"\npath patching every head -> {event['receivers']}, {event['target']}: clean "
+      f"{event['clean_metric']:+.3f}, corrupted {event['corrupted_metric']:+.3f}  "
+      f"[{seconds:.1f} s]\n")  # fmt: skip
+    rows = [(layer, h, v) for layer, row in enumerate(event["recovery"])
+            for h, v in enumerate(row)]  # fmt: skip
+    rows.sort(key=lambda r: -abs(r[2]))
+    w("  top recoveries (sender head)\n")
+    for layer, h, v in rows[:top]:
+        w(f"    {f'L{layer}H{h}':14} {v:+.3f}\n")
 
 
 def _list_presets() -> None:

@@ -1,5 +1,5 @@
 """The attention-head lab: patterns, head classes, direct logit attribution, the logit lens,
-activation patching, presets, and layer-by-layer JSON streams.
+activation and path patching, presets, and layer-by-layer JSON streams.
 
 Works on every supported family (GQA included) with the model alone, no transcoders::
 
@@ -7,6 +7,7 @@ Works on every supported family (GQA included) with the model alone, no transcod
     trace = run_trace(lab, "When Mary and John went to the store, John gave a drink to")
     dla = direct_logit_attribution(trace, Target(" Mary", " John"))
     sweep = patch_sweep(lab, clean, corrupted, Target(" Mary", " John"), kind="head")
+    paths = path_patch(lab, clean, corrupted, Target(" Mary", " John"), receivers="logits")
 """
 
 from ._model import LabModel
@@ -15,6 +16,7 @@ from .dla import DLA, ResolvedTarget, Target, direct_logit_attribution
 from .lens import LensRow, lens_logits, logit_lens
 from .metrics import HeadMetrics, head_metrics, pattern_metrics, token_flow
 from .patching import KINDS, PatchResult, Site, patch_sweep, sweep_sites
+from .path_patching import PathPatchResult, Receivers, check_receivers, path_patch
 from .presets import PRESETS, Preset, PresetPrompts, Role, get_preset, repeated_tokens
 from .stream import stream_analysis, stream_patching
 from .trace import Trace, run_trace
@@ -29,14 +31,17 @@ __all__ = [
     "LabModel",
     "LensRow",
     "PatchResult",
+    "PathPatchResult",
     "Preset",
     "PresetPrompts",
+    "Receivers",
     "ResolvedTarget",
     "Role",
     "Site",
     "Target",
     "Thresholds",
     "Trace",
+    "check_receivers",
     "classify",
     "classify_one",
     "direct_logit_attribution",
@@ -46,6 +51,7 @@ __all__ = [
     "lens_logits",
     "logit_lens",
     "patch_sweep",
+    "path_patch",
     "pattern_metrics",
     "repeated_tokens",
     "run_trace",

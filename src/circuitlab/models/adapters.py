@@ -27,6 +27,10 @@ class Adapter:
     ``out_weight(attn)`` is ``W_O [d_model, n_heads * d_head]`` (``out = z @ W_O.T``).
     ``out_proj`` is the attention's output projection, relative to ``attn``; its input is
     ``z [b, pos, n_heads * d_head]``, the heads' outputs side by side (per-head analysis).
+    ``qkv_proj`` names the query, key and value projections relative to ``attn`` (outputs
+    ``[b, pos, n_heads * d_head]`` for queries, ``[b, pos, n_kv_heads * d_head]`` for keys and
+    values, before any q/k norm or rotary embedding); one name means a fused projection whose
+    output is queries, keys and values side by side (GPT-2's ``c_attn``).
     """
 
     family: str
@@ -46,6 +50,7 @@ class Adapter:
     post_mlp_norm: str | None = None
     softcap_attr: str | None = None
     out_proj: str = "o_proj"
+    qkv_proj: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")
 
 
 def _weight(attn: nn.Module, name: str) -> torch.Tensor:
@@ -109,6 +114,7 @@ ADAPTERS: tuple[Adapter, ...] = (
         value_weight=_gpt2_v,
         out_weight=_gpt2_o,
         out_proj="c_proj",
+        qkv_proj=("c_attn",),
     ),
     Adapter(family="llama", model_types=("llama",), **_LLAMA_LIKE),  # type: ignore[arg-type]
     Adapter(family="mistral", model_types=("mistral",), **_LLAMA_LIKE),  # type: ignore[arg-type]
