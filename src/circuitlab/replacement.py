@@ -77,7 +77,8 @@ class ReplacementModel(nn.Module):
         lazy_encoder: bool = False,
         tokenizer: PreTrainedTokenizerBase | None = None,
     ) -> ReplacementModel:
-        """Loads a model (hub id, local dir, ``.gguf`` file or model) and its transcoders.
+        """Loads a model (hub id, local dir, ``.gguf`` file, ``"smollm2"`` or model) and its
+        transcoders.
 
         ``transcoders`` is a hub id, a local directory, a shortcut (``gemma``, ``llama``) or a
         ``Transcoders`` object. Shapes and hook names are checked before any computation.
@@ -94,13 +95,10 @@ class ReplacementModel(nn.Module):
                 lazy_encoder=lazy_encoder,
             )
         if isinstance(model, str):
-            from transformers import AutoConfig
-
             from .models.adapters import adapter_for
-            from .models.loading import _split_gguf
+            from .models.loading import load_config
 
-            path, gguf = _split_gguf(model)
-            config = AutoConfig.from_pretrained(path, **({"gguf_file": gguf} if gguf else {}))
+            config, _, _ = load_config(model)
             adapter_for(config.model_type)
             _check_compatible(_spec_from_config(config), transcoders)
         hf, tok, adapter = load_model(model, device=device, dtype=dtype, tokenizer=tokenizer)

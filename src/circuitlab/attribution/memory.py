@@ -237,8 +237,11 @@ def _numel(shape: list[int]) -> int:
 
 
 def model_shapes(ref: str | Path) -> ModelShapes:
-    """Shapes of a model directory, ``.gguf`` file or hub id, from its config only."""
-    path = Path(ref).expanduser()
+    """Shapes of a model directory, ``.gguf`` file, hub id or packaged name (``smollm2``), from
+    its config only."""
+    from ..models.hub import hub_kwargs, resolve_model_ref
+
+    path = Path(resolve_model_ref(str(ref))).expanduser()
     files: list[Path] = []
     if path.suffix == ".gguf":
         from transformers import AutoConfig
@@ -255,7 +258,9 @@ def model_shapes(ref: str | Path) -> ModelShapes:
         from huggingface_hub import hf_hub_download
 
         try:
-            cfg = json.loads(Path(hf_hub_download(str(ref), "config.json")).read_text())
+            cfg = json.loads(
+                Path(hf_hub_download(str(ref), "config.json", **hub_kwargs())).read_text()
+            )
         except Exception as e:  # offline, unknown repo
             raise OSError(
                 f"model {ref!r}: not a local folder and its config.json could not be fetched "

@@ -32,7 +32,8 @@ def add_model_arguments(p: argparse.ArgumentParser, *, transcoders_required: boo
     p.add_argument(
         "-m",
         "--model",
-        help="model: hub id, local dir or .gguf (default: the transcoders' model_name)",
+        help="model: hub id, local dir, .gguf or 'smollm2' (packaged; default: the transcoders' "
+        "model_name)",
     )
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     p.add_argument("--lazy-encoder", action="store_true", help="read encoder rows on demand")

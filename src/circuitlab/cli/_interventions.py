@@ -23,7 +23,7 @@ FEAT is 12 or 12,40):
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-p", "--prompt", required=True, help="the prompt text")
     p.add_argument("-t", "--transcoder_set", help="transcoders: local dir, hub id or shortcut")
-    p.add_argument("-m", "--model", help="model: hub id, local dir or .gguf")
+    p.add_argument("-m", "--model", help="model: hub id, local dir, .gguf or 'smollm2' (packaged)")
     p.add_argument(
         "--smollm2",
         action="store_true",

@@ -58,13 +58,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
-def resolve_model_ref(ref: str) -> str:
-    """``smollm2`` names the packaged SmolLM2 model; anything else is passed through."""
-    from ..models.packaged import PACKAGES, packaged_model_dir
-
-    return str(packaged_model_dir(ref)) if ref in PACKAGES else ref
-
-
 def run(args: argparse.Namespace) -> int:
     if args.action == "show":
         from ..features.store import read_feature
@@ -105,7 +98,7 @@ def _build(args: argparse.Namespace) -> int:
     model_ref = args.model or getattr(transcoders, "model_name", None)
     if not model_ref:
         raise UsageError("the transcoders name no model_name: pass -m/--model")
-    model = ReplacementModel.from_pretrained(resolve_model_ref(model_ref), transcoders, dtype=dtype)
+    model = ReplacementModel.from_pretrained(model_ref, transcoders, dtype=dtype)
     settings = BuildSettings(
         corpus=args.corpus,
         n_tokens=args.n_tokens,

@@ -58,9 +58,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..features.corpus import open_corpus
+    from ..models.hub import resolve_model_ref
     from ..transcoders.training import TrainConfig, train_transcoders
     from . import UsageError
-    from .cmd_features import resolve_model_ref
 
     for flag, value, low in (
         ("--d-transcoder", args.d_transcoder, 1),

@@ -33,10 +33,6 @@ class LabModel:
     def load(
         cls, ref: str | Path, *, dtype: torch.dtype = torch.float32, device: str | None = None
     ) -> LabModel:
-        if str(ref) == "smollm2":
-            from ..models.packaged import packaged_model_dir
-
-            ref = packaged_model_dir("smollm2")
         model, tokenizer, adapter = load_model(str(ref), dtype=dtype, device=device)
         return cls(model, tokenizer, adapter, model_spec(model))
 

@@ -11,6 +11,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from .adapters import Adapter, adapter_for
+from .hub import hub_kwargs, resolve_model_ref, unreachable_error
 from .session import ensure_circuitlab_attention
 
 
@@ -50,6 +51,23 @@ def _split_gguf(ref: str) -> tuple[str, str | None]:
     return ref, None
 
 
+def load_config(ref: str) -> tuple[Any, str, dict[str, Any]]:
+    """The transformers config of ``ref`` (as ``load_model`` takes it), the folder or hub id it
+    was read from, and the keyword arguments that read it (the GGUF file name; cache-only
+    look-ups when the hub is out of reach), to pass on to the model and tokenizer loaders."""
+    path, gguf = _split_gguf(resolve_model_ref(ref))
+    kwargs: dict[str, Any] = {"gguf_file": gguf} if gguf else {}
+    if not Path(path).exists():  # a hub id
+        kwargs.update(hub_kwargs())
+    try:
+        config = AutoConfig.from_pretrained(path, **kwargs)
+    except OSError as e:
+        if kwargs.get("local_files_only"):
+            raise unreachable_error("model", ref) from e
+        raise
+    return config, path, kwargs
+
+
 def load_model(
     ref: str | nn.Module,
     *,
@@ -57,7 +75,8 @@ def load_model(
     dtype: torch.dtype | None = None,
     tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> tuple[nn.Module, PreTrainedTokenizerBase | None, Adapter]:
-    """Loads ``ref`` (hub id, local directory, ``.gguf`` file, or an already built model).
+    """Loads ``ref`` (hub id, local directory, ``.gguf`` file, ``"smollm2"`` for the packaged
+    SmolLM2-135M, or an already built model).
 
     Returns the model in eval mode with frozen parameters and circuitlab's attention
     implementation, its tokenizer (None if it has none) and its family adapter. An
@@ -69,9 +88,7 @@ def load_model(
         model_type = cast(Any, model).config.model_type
         adapter = adapter_for(model_type)
     else:
-        path, gguf = _split_gguf(str(ref))
-        kwargs = {"gguf_file": gguf} if gguf else {}
-        config = AutoConfig.from_pretrained(path, **kwargs)
+        config, path, kwargs = load_config(str(ref))
         adapter = adapter_for(config.model_type)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
         if tokenizer is None:
