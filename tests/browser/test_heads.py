@@ -1,6 +1,6 @@
 """The heads view in a real browser on a tiny model: the grid fills in layer by layer, a clicked
-head shows its attention heatmap and inspector, patching draws its charts, the graph's prompt
-opens in the heads view, and a screenshot that is not blank."""
+head shows its attention heatmap and inspector, patching and path patching draw their charts,
+the graph's prompt opens in the heads view, and a screenshot that is not blank."""
 
 from __future__ import annotations
 
@@ -82,6 +82,53 @@ def test_patching_fills_the_bar_chart_and_heatmaps(page: Any, tracing_lab: LabSe
     page.select_option("#heads-color", "recovery")
     page.locator("#patch-bars tr").first.click()
     assert "patch recovery" in page.inner_text("#head-inspector")
+
+
+def path_chart(page: Any) -> dict[str, Any]:
+    return page.evaluate(
+        """() => { const c = document.querySelector('#patching canvas[data-path]');
+            const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            let inked = 0; for (let i = 0; i < d.length; i += 4) if (d[i] + d[i + 1] + d[i + 2] < 600) inked++;
+            const p = window.__lab.heads.path;
+            return { rows: +c.dataset.rows, cols: +c.dataset.cols, inked,
+                     cells: p.rows.flat().filter((v) => typeof v === 'number').length,
+                     title: document.getElementById('path-title').textContent }; }"""
+    )
+
+
+def test_path_patching_draws_a_layers_by_heads_chart(page: Any, tracing_lab: LabServer) -> None:
+    open_lab(page, tracing_lab.url + "?view=heads")
+    page.fill("#heads-prompt", "the capital of France")
+    page.fill("#heads-corrupted", "the capital of Texas")
+    page.fill("#heads-answer", "Paris")
+    page.fill("#heads-wrong", "Austin")
+    page.click("#heads-go")
+    page.click("#heads-path")  # queued behind the analysis
+    page.wait_for_selector("body[data-heads-status='path_patching-done']", timeout=60_000)
+    n_layers, n_heads = heads(page)["n_layers"], heads(page)["n_heads"]
+    chart = path_chart(page)
+    assert chart["title"] == "path patching: heads → logits"
+    assert (chart["rows"], chart["cols"]) == (n_layers, n_heads)
+    assert chart["cells"] == n_layers * n_heads and chart["inked"] > 100, chart
+    assert page.locator("#path-bars tr").count() == min(10, n_layers * n_heads)
+
+    # to the selected head's keys: senders at or after its layer score 0
+    last = n_layers - 1
+    page.click(f"#heads-grid rect.hcell[data-layer='{last}'][data-head='1']")
+    page.select_option("#heads-path-inputs", "k")
+    page.click("#heads-path-head")
+    page.wait_for_function(
+        """() => { const p = window.__lab.heads.path;
+            return p && p.done === 'done' && p.start && p.start.receivers.includes('(k)'); }""",
+        timeout=60_000,
+    )
+    chart = path_chart(page)
+    assert chart["title"] == f"path patching: heads → L{last}H1 (k)"
+    assert (chart["rows"], chart["cols"]) == (n_layers, n_heads)
+    assert chart["cells"] == n_layers * n_heads
+    rows = page.evaluate("window.__lab.heads.path.rows")
+    assert all(v == 0 for v in rows[last])
+    assert "path patching done" in page.inner_text("#heads-status")
 
 
 def test_a_graphs_prompt_opens_in_the_heads_view(page: Any, tracing_lab: LabServer) -> None:

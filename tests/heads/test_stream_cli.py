@@ -14,8 +14,10 @@ from circuitlab.heads import (
     Target,
     get_preset,
     patch_sweep,
+    path_patch,
     stream_analysis,
     stream_patching,
+    stream_path_patching,
 )
 from circuitlab.models.tiny import tiny_model
 
@@ -46,6 +48,26 @@ def test_patching_streams_each_layer_once_per_kind():
     res = patch_sweep(lab, PROMPT, CORRUPTED, Target(3, 4), kind="resid")
     resid1 = next(e for e in events if e.get("kind") == "resid" and e["layer"] == 1)
     assert resid1["values"] == [round(v, 4) for v in res.recovery[1].tolist()]
+
+
+@pytest.mark.parametrize(("receivers", "batch_size"), [("logits", 3), ([(2, 1)], 5), ([(1, 0)], 1)])
+def test_path_patching_streams_each_sender_layer_once(receivers, batch_size):
+    lab = tiny_lab("llama", n_layers=3)
+    events = list(
+        stream_path_patching(
+            lab, PROMPT, CORRUPTED, Target(3, 4), receivers=receivers, batch_size=batch_size
+        )
+    )
+    assert [e["event"] for e in events] == ["start", "path", "path", "path", "done"]
+    assert [e["layer"] for e in events[1:-1]] == [0, 1, 2]
+    json.dumps(events, allow_nan=False)
+    want = path_patch(lab, PROMPT, CORRUPTED, Target(3, 4), receivers=receivers)
+    assert [e["values"] for e in events[1:-1]] == [
+        [round(v, 4) for v in row] for row in want.recovery.tolist()
+    ]
+    assert [e["metric"] for e in events[1:-1]] == [
+        [round(v, 4) for v in row] for row in want.metric.tolist()
+    ]
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

@@ -1,5 +1,5 @@
-"""The heads view's backend: analysis and patching streamed over a websocket, presets, bad
-requests, graph prompts, cancellation."""
+"""The heads view's backend: analysis, patching and path patching streamed over a websocket,
+presets, bad requests, graph prompts, cancellation."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from circuitlab.graph.export import create_graph_files
-from circuitlab.heads import LabModel
+from circuitlab.heads import LabModel, Target, path_patch
 from circuitlab.models.tiny import tiny_model
 from circuitlab.server import build_app, create_app
 from circuitlab.server.heads import HeadsLab, StreamCancelled
@@ -87,6 +87,45 @@ def test_patching_streams_each_kind_and_layer(client: TestClient) -> None:
 
 
 @pytest.mark.parametrize(
+    ("receivers", "inputs"), [("logits", None), (["1.0"], "q"), (["1.1"], "kv")]
+)
+def test_path_patching_streams_the_recovery_of_path_patch(
+    client: TestClient, heads: HeadsLab, receivers: Any, inputs: str | None
+) -> None:
+    clean, corrupted = "the capital of France", "the capital of Texas"
+    request = {
+        "type": "path_patching",
+        "clean": clean,
+        "corrupted": corrupted,
+        "answer": "Paris",
+        "wrong": "Austin",
+        "receivers": receivers,
+    }
+    if inputs:
+        request["inputs"] = inputs
+    with client.websocket_connect("/api/heads/ws") as ws:
+        events, end = run(ws, request)
+        assert end["status"] == "done", end
+        _, end = run(ws, {**request, "receivers": ["7.0"]})  # a head the model does not have
+        assert end["status"] == "failed" and "L7H0 does not exist" in end["error"], end
+        _, end = run(ws, request)  # the socket lives on
+        assert end["status"] == "done", end
+    lab = heads.models["tiny"]
+    recv = "logits" if receivers == "logits" else [(1, int(receivers[0][2:]))]
+    want = path_patch(
+        lab, clean, corrupted, Target("Paris", "Austin"), receivers=recv, inputs=inputs or "qkv"
+    )
+    assert [e["event"] for e in events] == ["start"] + ["path"] * lab.n_layers + ["done"]
+    start = events[0]
+    assert start["receivers"] == want.receivers.label() and start["n_heads"] == lab.n_heads
+    assert start["clean_metric"] == round(want.clean_metric, 4)
+    assert [e["layer"] for e in events[1:-1]] == list(range(lab.n_layers))
+    grid = [e["values"] for e in events[1:-1]]
+    assert grid == [[round(v, 4) for v in row] for row in want.recovery.tolist()]
+    assert any(v != 0 for v in grid[0])  # layer-0 senders reach the receivers
+
+
+@pytest.mark.parametrize(
     "request_, message",
     [
         ({"type": "nope"}, "unknown request type"),
@@ -101,6 +140,27 @@ def test_patching_streams_each_kind_and_layer(client: TestClient) -> None:
         ({"type": "analysis", "prompt": "x", "model": "other"}, "unknown model"),
         ({"type": "patching", "clean": "the capital", "corrupted": "the"}, "same token length"),
         ({"type": "patching", "clean": "a", "corrupted": "b", "kinds": ["x"]}, "kinds"),
+        ({"type": "path_patching", "clean": "a", "corrupted": "b", "receivers": "x"}, "LAYER.HEAD"),
+        ({"type": "path_patching", "clean": "a", "corrupted": "b", "receivers": [1]}, "LAYER.HEAD"),
+        ({"type": "path_patching", "clean": "a", "corrupted": "b", "receivers": ["9.0"]}, "exist"),
+        (
+            {"type": "path_patching", "clean": "a", "corrupted": "b", "receivers": ["0.1"]},
+            "layer 0",
+        ),
+        (
+            {
+                "type": "path_patching",
+                "clean": "a",
+                "corrupted": "b",
+                "receivers": ["1.0"],
+                "inputs": "x",
+            },
+            "q, k, v",
+        ),
+        (
+            {"type": "path_patching", "clean": "the capital", "corrupted": "the"},
+            "same token length",
+        ),
     ],
 )
 def test_bad_requests_end_with_one_line(client: TestClient, request_: Any, message: str) -> None:

@@ -18,7 +18,7 @@ from .metrics import HeadMetrics, head_metrics, pattern_metrics, token_flow
 from .patching import KINDS, PatchResult, Site, patch_sweep, sweep_sites
 from .path_patching import PathPatchResult, Receivers, check_receivers, path_patch
 from .presets import PRESETS, Preset, PresetPrompts, Role, get_preset, repeated_tokens
-from .stream import stream_analysis, stream_patching
+from .stream import stream_analysis, stream_patching, stream_path_patching
 from .trace import Trace, run_trace
 
 __all__ = [
@@ -56,6 +56,7 @@ __all__ = [
     "repeated_tokens",
     "run_trace",
     "stream_analysis",
+    "stream_path_patching",
     "stream_patching",
     "sweep_sites",
     "token_flow",

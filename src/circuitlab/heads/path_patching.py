@@ -261,20 +261,14 @@ def path_patch(
         raise ValueError("batch_size must be at least 1.")
     recv = check_receivers(lab, receivers, inputs)
     pair = make_pair(lab, clean, corrupted, target or Target(), pos)
-    last = lab.n_layers if recv.logits else recv.last_layer
-    senders = [(layer, h) for layer in range(last) for h in range(lab.n_heads)]
     shape = (lab.n_layers, lab.n_heads)
     recovery = torch.zeros(shape, dtype=torch.float64)
     metric = torch.zeros(shape, dtype=torch.float64)
     ends: BatchOut | None = None
-    for i in range(0, len(senders), batch_size):
-        chunk = senders[i : i + batch_size]
-        out = run_path_batch(lab, pair, chunk, recv)
-        ends = ends or out
-        for (layer, h), r, m in zip(chunk, out.recovery(), out.rows, strict=True):
-            recovery[layer, h], metric[layer, h] = r, m
+    for out, layer, rec, met in iter_path_patching(lab, pair, recv, batch_size=batch_size):
+        ends = out
+        recovery[layer], metric[layer] = rec, met
     assert ends is not None
-    metric[last:] = ends.corrupted
     return PathPatchResult(
         receivers=recv,
         target=pair.target,
@@ -284,3 +278,36 @@ def path_patch(
         recovery=recovery,
         metric=metric,
     )
+
+
+def iter_path_patching(
+    lab: LabModel, pair: PatchPair, recv: Receivers, *, batch_size: int = 256
+) -> Iterator[tuple[BatchOut, int, torch.Tensor, torch.Tensor]]:
+    """Runs the senders (layer-major) in batches; yields ``(endpoints, layer, recovery[head],
+    metric[head])`` for each sender layer once all its heads are done, in layer order.
+
+    Layers at or after the last receiver layer are not run: recovery 0, the corrupted metric.
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1.")
+    n_heads = lab.n_heads
+    last = lab.n_layers if recv.logits else recv.last_layer
+    senders = [(layer, h) for layer in range(last) for h in range(n_heads)]
+    recovery = torch.zeros((lab.n_layers, n_heads), dtype=torch.float64)
+    metric = torch.zeros((lab.n_layers, n_heads), dtype=torch.float64)
+    ends: BatchOut | None = None
+    next_layer = 0
+    for i in range(0, len(senders), batch_size):
+        chunk = senders[i : i + batch_size]
+        out = run_path_batch(lab, pair, chunk, recv)
+        ends = ends or out
+        for (layer, h), r, m in zip(chunk, out.recovery(), out.rows, strict=True):
+            recovery[layer, h], metric[layer, h] = r, m
+        # Senders are layer-major: every layer below the next unrun sender's layer is complete.
+        done_below = (i + len(chunk)) // n_heads
+        for layer in range(next_layer, done_below):
+            yield ends, layer, recovery[layer].clone(), metric[layer].clone()
+        next_layer = max(next_layer, done_below)
+    assert ends is not None
+    for layer in range(last, lab.n_layers):
+        yield ends, layer, recovery[layer], metric[layer].fill_(ends.corrupted)

@@ -3,15 +3,16 @@
 ``stream_analysis`` yields ``{"event": "start", ...}``, one ``{"event": "layer", ...}`` per layer
 (patterns, metrics, scores, classes, DLA, the logit-lens row, token flow) and ``{"event":
 "done", ...}``. ``stream_patching`` yields ``start``, one ``patch`` event per (kind, layer) as the
-batched sweep completes it, and ``done``. Floats are rounded to ``digits`` decimals; NaN
-becomes None.
+batched sweep completes it, and ``done``. ``stream_path_patching`` yields ``start``, one ``path``
+event per sender layer (``values``: recovery per head) and ``done``. Floats are rounded to
+``digits`` decimals; NaN becomes None.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -22,6 +23,7 @@ from .dla import Target, direct_logit_attribution
 from .lens import logit_lens
 from .metrics import head_metrics, token_flow
 from .patching import KINDS, Kind, iter_patching, make_pair, sweep_sites
+from .path_patching import INPUTS, Head, check_receivers, iter_path_patching
 from .trace import run_trace
 
 
@@ -172,4 +174,50 @@ def stream_patching(
                 "values": _nums(lp.recovery, digits),
                 "metric": _nums(lp.metric, digits),
             }
+    yield {"event": "done"}
+
+
+def stream_path_patching(
+    lab: LabModel,
+    clean: Prompt,
+    corrupted: Prompt,
+    target: Target | None = None,
+    *,
+    receivers: Literal["logits"] | Sequence[Head] = "logits",
+    inputs: str = INPUTS,
+    pos: int = -1,
+    batch_size: int = 256,
+    digits: int = 4,
+) -> Iterator[dict[str, Any]]:
+    """Path patching from every head to ``receivers`` (see ``path_patch``), layer by layer.
+
+    ``path`` events carry ``values``: the ``[head]`` recoveries of one sender layer (0 for
+    layers at or after the last receiver layer, which cannot reach it).
+    """
+    recv = check_receivers(lab, receivers, inputs)
+    pair = make_pair(lab, clean, corrupted, target or Target(), pos)
+    started = False
+    for ends, layer, recovery, metric in iter_path_patching(lab, pair, recv, batch_size=batch_size):
+        if not started:
+            started = True
+            yield {
+                "event": "start",
+                "clean_tokens": [lab.token_str(int(t)) for t in pair.clean],
+                "corrupted_tokens": [lab.token_str(int(t)) for t in pair.corrupted],
+                "target": pair.target.label(lab),
+                "pos": pair.pos,
+                "clean_metric": _num(ends.clean, digits),
+                "corrupted_metric": _num(ends.corrupted, digits),
+                "receivers": recv.label(),
+                "receiver_heads": [list(h) for h in recv.heads],
+                "inputs": "" if recv.logits else recv.inputs,
+                "n_layers": lab.n_layers,
+                "n_heads": lab.n_heads,
+            }
+        yield {
+            "event": "path",
+            "layer": layer,
+            "values": _nums(recovery, digits),
+            "metric": _nums(metric, digits),
+        }
     yield {"event": "done"}

@@ -1,4 +1,5 @@
-"""The heads view's backend: head analysis and patching sweeps streamed over a websocket.
+"""The heads view's backend: head analysis, patching sweeps and path patching streamed over a
+websocket.
 
 The page sends one request at a time over ``WS /api/heads/ws``:
 
@@ -7,6 +8,10 @@ The page sends one request at a time over ``WS /api/heads/ws``:
   repeated random-token probe (``probe``: its half length) that head classes are calibrated on;
 * ``{"type": "patching", "clean", "corrupted", "answer", "wrong"?, "kinds"?, "model"?}``:
   ``heads.stream_patching`` (kinds from ``head``, ``resid``, ``mlp``);
+* ``{"type": "path_patching", "clean", "corrupted", "answer", "wrong"?, "receivers", "inputs"?,
+  "model"?}``: ``heads.stream_path_patching`` from every head to ``receivers``: ``"logits"`` or
+  a list of ``"LAYER.HEAD"`` strings, whose ``inputs`` (letters of ``"qkv"``, the default) carry
+  the path;
 * ``{"type": "cancel"}`` stops the running stream at its next event.
 
 and receives ``{"type": "heads", "run", "stream", ...event}`` per event of ``heads/stream.py``,
@@ -107,9 +112,11 @@ class HeadsLab:
         from circuitlab.heads import (
             KINDS,
             Target,
+            check_receivers,
             repeated_tokens,
             stream_analysis,
             stream_patching,
+            stream_path_patching,
         )
 
         if not isinstance(request, dict):
@@ -147,7 +154,24 @@ class HeadsLab:
                 "patching",
                 lambda: stream_patching(lab, clean, corrupted, target, kinds=picked),
             )
-        raise ValueError(f"unknown request type {kind!r}: use 'analysis' or 'patching'")
+        if kind == "path_patching":
+            clean, corrupted = _text(request, "clean"), _text(request, "corrupted")
+            self._check_length(lab, clean)
+            receivers = _receivers(request.get("receivers"))
+            inputs = request.get("inputs") or "qkv"
+            if not isinstance(inputs, str):
+                raise ValueError("inputs must be a string of the letters q, k, v (e.g. 'qkv')")
+            check_receivers(lab, receivers, inputs)  # fail before the stream starts
+            return (
+                name,
+                "path_patching",
+                lambda: stream_path_patching(
+                    lab, clean, corrupted, target, receivers=receivers, inputs=inputs
+                ),
+            )
+        raise ValueError(
+            f"unknown request type {kind!r}: use 'analysis', 'patching' or 'path_patching'"
+        )
 
     def run(
         self,
@@ -211,3 +235,19 @@ def _token(request: dict[str, Any], key: str) -> str | int | None:
     if isinstance(v, bool) or not isinstance(v, (str, int)):
         raise ValueError(f"{key} must be a token string or id")
     return v
+
+
+def _receivers(v: Any) -> Any:
+    """``"logits"`` or ``[(layer, head), ...]`` from ``"logits"`` or ``["LAYER.HEAD", ...]``."""
+    if v is None or v == "logits":
+        return "logits"
+    bad = ValueError('receivers must be "logits" or a list of "LAYER.HEAD" strings (e.g. "9.6")')
+    if not isinstance(v, list) or not v or len(v) > 1024:
+        raise bad
+    heads = []
+    for item in v:
+        layer, _, head = item.partition(".") if isinstance(item, str) else ("", "", "")
+        if not (layer.isdigit() and head.isdigit()):
+            raise bad
+        heads.append((int(layer), int(head)))
+    return heads

@@ -1,8 +1,9 @@
 // The heads view: head analysis and patching sweeps streamed over api/heads/ws, layer by layer.
 // Panes: the layers x heads grid (coloured by class or a score), the attention heatmap of the
 // selected head with token labels, the head inspector, the logit-lens table and the patching
-// heatmaps with a bar chart of the heads that recover most. Requests run one at a time: the
-// page queues them (analysis, then patching) and the server stops a run on "cancel".
+// heatmaps with a bar chart of the heads that recover most, and path patching from every head to
+// the logits or to the selected head's q/k/v. Requests run one at a time: the page queues them
+// (analysis, then patching) and the server stops a run on "cancel".
 import { format } from "d3-format";
 import { el } from "./dom.js";
 import { CLASS_COLORS, diverging, drawHeatmap, maxAbs, sequential } from "./heatmap.js";
@@ -19,6 +20,7 @@ export const hs = {
   layers: [], // layer events by layer
   done: null,
   patch: null, // {start, head: [], resid: [], mlp: [], done}
+  path: null, // path patching: {start, rows: [layer][head] recovery, done}
   selected: null, // [layer, head]
   color: "class",
   status: "",
@@ -46,6 +48,8 @@ export function setupHeads(labInfo, { openGraph }) {
   $("heads-go").addEventListener("click", () => analyse());
   $("heads-prompt").addEventListener("keydown", (e) => { if (e.key === "Enter") analyse(); });
   $("heads-patch").addEventListener("click", () => patchSweep());
+  $("heads-path").addEventListener("click", () => pathPatch("logits"));
+  $("heads-path-head").addEventListener("click", () => pathPatch("head"));
   $("heads-cancel").addEventListener("click", cancel);
   $("heads-color").addEventListener("change", (e) => { hs.color = e.target.value; renderGrid(); });
   $("heads-preset").addEventListener("change", (e) => applyPreset(e.target.value));
@@ -156,16 +160,37 @@ export function analyse() {
   syncUrl();
 }
 
-function patchSweep() {
+// The clean and corrupted prompts of a patching request, or null (and a status line).
+function promptPair() {
   const clean = src() === "graph" ? hs.graphPrompt : $("heads-prompt").value;
   const corrupted = $("heads-corrupted").value;
   if (!clean || !corrupted) {
     setStatus("patching needs the clean prompt and a corrupted prompt of the same token length");
-    return $("heads-corrupted").focus();
+    $("heads-corrupted").focus();
+    return null;
   }
+  return { clean, corrupted };
+}
+
+function patchSweep() {
+  const pair = promptPair();
+  if (!pair) return;
   const kinds = ["head", "resid", "mlp"].filter((k) => $(`patch-${k}`).checked);
-  request({ type: "patching", clean, corrupted, kinds, ...common() });
+  request({ type: "patching", ...pair, kinds, ...common() });
   syncUrl();
+}
+
+// Path patching from every head to the logits, or to the selected head's chosen inputs.
+function pathPatch(to) {
+  const pair = promptPair();
+  if (!pair) return;
+  const body = { type: "path_patching", ...pair, receivers: "logits", ...common() };
+  if (to === "head") {
+    if (!hs.selected) return setStatus("select a receiver head in the grid first (analyse a prompt)");
+    body.receivers = [hs.selected.join(".")];
+    body.inputs = $("heads-path-inputs").value;
+  }
+  request(body);
 }
 
 const src = () => $("heads-source").value;
@@ -184,10 +209,11 @@ async function next() {
   if (!body) return;
   await connect();
   if (body.type === "analysis") reset();
+  else if (body.type === "path_patching") resetPath();
   else resetPatch();
   pendingSends.push(body);
   socket.send(JSON.stringify(body));
-  setStatus(`${body.type}: starting…`);
+  setStatus(`${body.type.replace("_", " ")}: starting…`);
 }
 
 function cancel() {
@@ -221,9 +247,11 @@ function receive(msg) {
     const secs = ((performance.now() - running.t0) / 1000).toFixed(1);
     const what = running.type;
     running = null;
-    if (msg.status === "failed") setStatus(`${what} failed: ${msg.error}`, true);
-    else setStatus(`${what} ${msg.status} in ${secs} s`);
+    const label = what.replace("_", " ");
+    if (msg.status === "failed") setStatus(`${label} failed: ${msg.error}`, true);
+    else setStatus(`${label} ${msg.status} in ${secs} s`);
     if (what === "patching" && hs.patch) hs.patch.done = msg.status;
+    if (what === "path_patching" && hs.path) hs.path.done = msg.status;
     if (what === "analysis") hs.finished = msg.status;
     document.body.dataset.headsStatus = `${what}-${msg.status}`;
     next();
@@ -231,6 +259,7 @@ function receive(msg) {
   }
   if (msg.stream === "analysis") onAnalysis(msg);
   else if (msg.stream === "patching") onPatch(msg);
+  else if (msg.stream === "path_patching") onPath(msg);
 }
 
 function reset() {
@@ -247,6 +276,11 @@ function reset() {
 
 function resetPatch() {
   hs.patch = { start: null, head: [], resid: [], mlp: [], done: null };
+  renderPatching();
+}
+
+function resetPath() {
+  hs.path = { start: null, rows: [], done: null };
   renderPatching();
 }
 
@@ -282,6 +316,16 @@ function onPatch(ev) {
   }
   renderPatching();
   if (ev.kind === "head") { renderGrid(); renderInspector(); }
+}
+
+function onPath(ev) {
+  const p = hs.path;
+  if (ev.event === "start") p.start = ev;
+  else if (ev.event === "path") {
+    p.rows[ev.layer] = ev.values;
+    setStatus(`path patching: senders in L${ev.layer}`);
+  }
+  renderPatching();
 }
 
 function setStatus(text, error = false) {
@@ -542,36 +586,60 @@ function renderPatching() {
   const box = $("patching");
   const p = hs.patch;
   const intro = hs.preset ? el("p", { class: "preset" }, el("strong", {}, hs.preset.title), ": ", hs.preset.circuit) : null;
-  if (!p || !p.start) {
-    box.replaceChildren(...[intro, el("p", { class: "muted" }, "Patching puts one component of the clean run into the corrupted run and shows how much of the logit difference comes back (1 = all of it). Give a corrupted prompt of the same token length, or pick a preset.")].filter(Boolean));
-    return;
-  }
+  const parts = [intro];
+  if (p && p.start) parts.push(...patchParts(p));
+  else if (!(hs.path && hs.path.start)) parts.push(el("p", { class: "muted" }, "Patching puts one component of the clean run into the corrupted run and shows how much of the logit difference comes back (1 = all of it). Give a corrupted prompt of the same token length, or pick a preset. Path patching keeps only a head's paths to the logits (through the residual stream and MLPs, not later heads) or to the selected head's q, k or v."));
+  if (hs.path && hs.path.start) parts.push(...pathParts(hs.path));
+  box.replaceChildren(...parts.filter(Boolean));
+  for (const c of box.querySelectorAll("canvas")) if (c.__draw) c.__draw();
+}
+
+function patchParts(p) {
   const s = p.start;
-  const parts = [intro, el("p", { class: "muted" }, `${s.target}: clean ${f3(s.clean_metric)}, corrupted ${f3(s.corrupted_metric)}`)];
+  const parts = [el("p", { class: "muted" }, `${s.target}: clean ${f3(s.clean_metric)}, corrupted ${f3(s.corrupted_metric)}`)];
   const layers = Math.max(p.head.length, p.resid.length, p.mlp.length);
   const layerLabels = Array.from({ length: layers }, (_, l) => `L${l}`);
   if (p.head.length) {
-    const ranked = [];
-    p.head.forEach((row, l) => (row || []).forEach((v, h) => ranked.push([v, l, h])));
-    ranked.sort((a, b) => Math.abs(b[0] || 0) - Math.abs(a[0] || 0));
-    const top = ranked.slice(0, 10);
-    const m = Math.max(1, maxAbs(top.map((x) => x[0])));
-    parts.push(el("h3", {}, "Heads: top recovery"), el("table", { class: "links", id: "patch-bars" }, ...top.map(([v, l, h]) => {
-      const bar = el("span", { class: `bar ${v >= 0 ? "pos" : "neg"}` });
-      bar.style.width = `${Math.round((80 * Math.abs(v || 0)) / m)}px`;
-      return el("tr", { class: "link-row", onclick: () => select(l, h) }, el("td", {}, `L${l}H${h}`), el("td", {}, bar), el("td", { class: "w" }, f3(v || 0)));
-    })));
+    parts.push(el("h3", {}, "Heads: top recovery"), topBars(p.head, "patch-bars"));
     parts.push(heatmapBlock("heads (layer × head)", p.head, layerLabels, Array.from({ length: (p.head.find(Boolean) || []).length }, (_, h) => `H${h}`)));
   }
   for (const kind of ["resid", "mlp"]) {
     if (p[kind].length) parts.push(heatmapBlock(`${kind} (layer × position)`, p[kind], layerLabels, s.clean_tokens));
   }
-  box.replaceChildren(...parts.filter(Boolean));
-  for (const c of box.querySelectorAll("canvas[data-kind]")) c.__draw();
+  return parts;
 }
 
-function heatmapBlock(title, rows, rowLabels, colLabels) {
-  const canvas = el("canvas", { "data-kind": title });
+// Path patching: the endpoints, the ten senders that recover most and the layers × heads map.
+function pathParts(path) {
+  const s = path.start;
+  const title = `path patching: heads → ${s.receivers}`;
+  const rows = Array.from({ length: s.n_layers }, (_, l) => path.rows[l] || null);
+  const layerLabels = rows.map((_, l) => `L${l}`);
+  const headLabels = Array.from({ length: s.n_heads }, (_, h) => `H${h}`);
+  return [
+    el("h3", { id: "path-title" }, title),
+    el("p", { class: "muted" }, `${s.target}: clean ${f3(s.clean_metric)}, corrupted ${f3(s.corrupted_metric)}; the senders that recover most:`),
+    topBars(path.rows, "path-bars"),
+    heatmapBlock("senders (layer × head)", rows, layerLabels, headLabels, { "data-path": "1" }),
+  ];
+}
+
+// A table of the ten [layer][head] values largest in size, as bars; click a row to select it.
+function topBars(grid, id) {
+  const ranked = [];
+  grid.forEach((row, l) => (row || []).forEach((v, h) => ranked.push([v, l, h])));
+  ranked.sort((a, b) => Math.abs(b[0] || 0) - Math.abs(a[0] || 0));
+  const top = ranked.slice(0, 10);
+  const m = Math.max(1, maxAbs(top.map((x) => x[0])));
+  return el("table", { class: "links", id }, ...top.map(([v, l, h]) => {
+    const bar = el("span", { class: `bar ${v >= 0 ? "pos" : "neg"}` });
+    bar.style.width = `${Math.round((80 * Math.abs(v || 0)) / m)}px`;
+    return el("tr", { class: "link-row", onclick: () => select(l, h) }, el("td", {}, `L${l}H${h}`), el("td", {}, bar), el("td", { class: "w" }, f3(v || 0)));
+  }));
+}
+
+function heatmapBlock(title, rows, rowLabels, colLabels, attrs = { "data-kind": title }) {
+  const canvas = el("canvas", { ...attrs, "data-rows": rows.length, "data-cols": colLabels.length });
   const wrap = el("div", { class: "patch-map" }, canvas);
   const height = Math.min(360, 30 + 60 + rows.length * 9);
   wrap.style.height = `${height}px`;
