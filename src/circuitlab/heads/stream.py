@@ -22,7 +22,7 @@ from .classes import Thresholds, classify, head_scores
 from .dla import Target, direct_logit_attribution
 from .lens import logit_lens
 from .metrics import head_metrics, token_flow
-from .patching import KINDS, Kind, iter_patching, make_pair, sweep_sites
+from .patching import KINDS, Kind, PatchPair, iter_patching, make_pair, sweep_sites
 from .path_patching import INPUTS, Head, check_receivers, iter_path_patching
 from .trace import run_trace
 
@@ -158,13 +158,7 @@ def stream_patching(
             if not started:
                 started = True
                 yield {
-                    "event": "start",
-                    "clean_tokens": [lab.token_str(int(t)) for t in pair.clean],
-                    "corrupted_tokens": [lab.token_str(int(t)) for t in pair.corrupted],
-                    "target": pair.target.label(lab),
-                    "pos": pair.pos,
-                    "clean_metric": _num(ends.clean, digits),
-                    "corrupted_metric": _num(ends.corrupted, digits),
+                    **_pair_start(lab, pair, ends.clean, ends.corrupted, digits),
                     "kinds": list(kinds),
                 }
             yield {
@@ -175,6 +169,21 @@ def stream_patching(
                 "metric": _nums(lp.metric, digits),
             }
     yield {"event": "done"}
+
+
+def _pair_start(
+    lab: LabModel, pair: PatchPair, clean: float, corrupted: float, digits: int
+) -> dict[str, Any]:
+    """The ``start`` event fields every patching stream shares: tokens, target, endpoints."""
+    return {
+        "event": "start",
+        "clean_tokens": [lab.token_str(int(t)) for t in pair.clean],
+        "corrupted_tokens": [lab.token_str(int(t)) for t in pair.corrupted],
+        "target": pair.target.label(lab),
+        "pos": pair.pos,
+        "clean_metric": _num(clean, digits),
+        "corrupted_metric": _num(corrupted, digits),
+    }
 
 
 def stream_path_patching(
@@ -201,13 +210,7 @@ def stream_path_patching(
         if not started:
             started = True
             yield {
-                "event": "start",
-                "clean_tokens": [lab.token_str(int(t)) for t in pair.clean],
-                "corrupted_tokens": [lab.token_str(int(t)) for t in pair.corrupted],
-                "target": pair.target.label(lab),
-                "pos": pair.pos,
-                "clean_metric": _num(ends.clean, digits),
-                "corrupted_metric": _num(ends.corrupted, digits),
+                **_pair_start(lab, pair, ends.clean, ends.corrupted, digits),
                 "receivers": recv.label(),
                 "receiver_heads": [list(h) for h in recv.heads],
                 "inputs": "" if recv.logits else recv.inputs,
