@@ -29,6 +29,7 @@ from typing import Literal
 
 import torch
 
+from ..models.kvcache import cache_kwargs, output_cache
 from ..models.session import Plan, hooked
 from ..models.tokens import Prompt
 from ._model import LabModel
@@ -129,7 +130,7 @@ def _masks(sites: Sequence[Site], n_pos: int, n_heads: int) -> dict[tuple[str, i
 def _prefix_cache(lab: LabModel, ids: torch.Tensor, batch: int) -> object:
     """The KV cache of the tokens both prompts share, repeated for ``batch`` rows."""
     out = lab.model(input_ids=ids[None], use_cache=True, logits_to_keep=1)
-    cache = out.past_key_values
+    cache = output_cache(out)
     cache.batch_repeat_interleave(batch)  # type: ignore[union-attr]
     return cache
 
@@ -180,8 +181,8 @@ def run_batch(lab: LabModel, pair: PatchPair, sites: Sequence[Site]) -> BatchOut
     ):
         lab.model(
             input_ids=ids[:, start:],
-            past_key_values=cache,
             use_cache=cache is not None,
+            **cache_kwargs(lab.model, cache),
             logits_to_keep=1,
         )
     u, c = unembed_direction(lab, pair.target)

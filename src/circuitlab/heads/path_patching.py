@@ -42,6 +42,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from ..models.kvcache import cache_kwargs
 from ..models.tokens import Prompt
 from ._model import LabModel
 from ._taps import taps
@@ -198,7 +199,10 @@ def run_path_batch(
             _projection_taps(lab, list(units), proj) if proj else nullcontext(),
         ):
             lab.model(
-                input_ids=ids, past_key_values=cache, use_cache=cache is not None, logits_to_keep=1
+                input_ids=ids,
+                use_cache=cache is not None,
+                logits_to_keep=1,
+                **cache_kwargs(lab.model, cache),
             )
         return finals[0]
 

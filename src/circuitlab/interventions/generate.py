@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ..models.kvcache import cache_kwargs, output_cache
 from ..models.session import Plan, hooked
 from ..models.tokens import Prompt
 from ..replacement import ReplacementModel
@@ -122,8 +123,10 @@ def feature_intervention_generate(
 
     def forward(tokens: torch.Tensor, plan: Plan, cache: Any) -> tuple[torch.Tensor, Any]:
         with hooked(model.model, model.adapter, plan, tc.input_hook, tc.output_hook):
-            out = model.model(input_ids=tokens[None], past_key_values=cache, use_cache=use_cache)
-        return out.logits[0, -1], out.past_key_values if use_cache else None
+            out = model.model(
+                input_ids=tokens[None], use_cache=use_cache, **cache_kwargs(model.model, cache)
+            )
+        return out.logits[0, -1], output_cache(out) if use_cache else None
 
     tokens = ids
     step_plan = Plan(mlp_out=patcher)  # cached steps: everything live
