@@ -76,3 +76,11 @@ def test_smollm2_names_the_packaged_model() -> None:
     else:
         assert (Path(hub.resolve_model_ref("smollm2")) / "config.json").is_file()
     assert hub.resolve_model_ref("gpt2") == "gpt2"
+
+
+def test_an_uncached_hf_uri_in_a_transcoder_config_fails_at_once(no_hub: Path) -> None:
+    from circuitlab.transcoders.formats.circuit_tracer import resolve_path
+
+    entry = "hf://nobody-here/no-tcs/layer_0.safetensors"
+    with pytest.raises(hub.HubUnreachableError, match="transcoder file 'hf://nobody-here"):
+        resolve_path(entry, no_hub)

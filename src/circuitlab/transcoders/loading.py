@@ -186,20 +186,21 @@ def files_needed(config: dict[str, Any], subfolder: str = "") -> list[str]:
 def _snapshot(hub: HubRef, patterns: list[str], cache_dir: str | None) -> Path:
     from huggingface_hub import snapshot_download
 
-    from ..models.hub import hub_kwargs, unreachable_error
+    from ..models.hub import HubUnreachableError, hub_fetch
 
-    extra = hub_kwargs()
     try:
-        folder = snapshot_download(
+        folder = hub_fetch(
+            "transcoders",
+            hub.name,
+            snapshot_download,
             hub.repo_id,
             revision=hub.revision,
             allow_patterns=patterns,
             cache_dir=cache_dir,
-            **extra,
         )
+    except HubUnreachableError:
+        raise
     except Exception as err:  # network, offline mode, missing repo or revision
-        if extra.get("local_files_only"):
-            raise unreachable_error("transcoders", hub.name) from err
         raise OSError(
             f"Could not fetch {patterns} of {hub.name} from the Hugging Face hub: {err}. Check the "
             "repo id and revision and your network (or HF_HUB_OFFLINE with a filled cache), or "

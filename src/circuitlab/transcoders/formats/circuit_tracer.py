@@ -167,20 +167,20 @@ def resolve_path(entry: str, base: Path, cache_dir: str | None = None) -> Path:
     if entry.startswith("hf://"):
         from huggingface_hub import hf_hub_download
 
-        from ...models.hub import hub_kwargs, unreachable_error
+        from ...models.hub import hub_fetch
 
         uri = parse_hf_uri(entry)
-        extra = hub_kwargs()
-        try:
-            return Path(
-                hf_hub_download(
-                    uri.repo_id, uri.path, revision=uri.revision, cache_dir=cache_dir, **extra
-                )
+        return Path(
+            hub_fetch(
+                "transcoder file",
+                entry,
+                hf_hub_download,
+                uri.repo_id,
+                uri.path,
+                revision=uri.revision,
+                cache_dir=cache_dir,
             )
-        except Exception as err:
-            if extra.get("local_files_only"):
-                raise unreachable_error("transcoder file", entry) from err
-            raise
+        )
     path = Path(entry).expanduser()
     return path if path.is_absolute() else base / path
 
