@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -100,6 +102,16 @@ def test_freezes_make_the_replacement_model_linear(family: str) -> None:
     torch.testing.assert_close(_node_gradient(rm, "detach", 0.0), _node_gradient(rm, "replay", 0.0))
     # ... and without freezes the map is not linear, so the check above can fail.
     assert not torch.allclose(_node_gradient(rm, "live", 0.0), _node_gradient(rm, "live", 0.5))
+
+
+def test_a_model_folder_is_checked_against_the_transcoders_before_its_weights_are_read(
+    tmp_path: Path,
+) -> None:
+    tiny_model("llama", d_model=16).save_pretrained(tmp_path)
+    for weights in tmp_path.glob("*.safetensors"):
+        weights.write_bytes(b"not safetensors")  # reading them would fail differently
+    with pytest.raises(ValueError, match="d_model 8 but the model has d_model 16"):
+        ReplacementModel.from_pretrained(str(tmp_path), random_transcoder_set(2, 8, 16))
 
 
 def test_mismatched_transcoders_are_refused() -> None:

@@ -94,14 +94,14 @@ class ReplacementModel(nn.Module):
                 lazy_decoder=lazy_decoder,
                 lazy_encoder=lazy_encoder,
             )
-        if isinstance(model, str):
-            from .models.adapters import adapter_for
-            from .models.loading import load_config
+        loaded = transcoders
 
-            config, _, _ = load_config(model)
-            adapter_for(config.model_type)
-            _check_compatible(_spec_from_config(config), transcoders)
-        hf, tok, adapter = load_model(model, device=device, dtype=dtype, tokenizer=tokenizer)
+        def check(config: Any) -> None:  # before any weights are read
+            _check_compatible(_spec_from_config(config), loaded)
+
+        hf, tok, adapter = load_model(
+            model, device=device, dtype=dtype, tokenizer=tokenizer, check_config=check
+        )
         transcoders = transcoders.to(dtype=dtype)
         if device is not None:
             transcoders = transcoders.to(device)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -71,13 +72,15 @@ def load_model(
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     tokenizer: PreTrainedTokenizerBase | None = None,
+    check_config: Callable[[Any], None] | None = None,
 ) -> tuple[nn.Module, PreTrainedTokenizerBase | None, Adapter]:
     """Loads ``ref`` (hub id, local directory, ``.gguf`` file, ``"smollm2"`` for the packaged
     SmolLM2-135M, or an already built model).
 
     Returns the model in eval mode with frozen parameters and circuitlab's attention
     implementation, its tokenizer (None if it has none) and its family adapter. An
-    unsupported architecture raises before any weights are read.
+    unsupported architecture raises before any weights are read, and so does ``check_config``
+    (called with the transformers config of a ``ref`` that is not a built model).
     """
     dtype = dtype or torch.float32
     if isinstance(ref, nn.Module):
@@ -87,6 +90,8 @@ def load_model(
     else:
         config, path, kwargs = load_config(str(ref))
         adapter = adapter_for(config.model_type)
+        if check_config is not None:
+            check_config(config)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
         if tokenizer is None:
             try:
