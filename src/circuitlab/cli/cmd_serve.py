@@ -53,8 +53,9 @@ def run(args: argparse.Namespace) -> int:
     models = heads_models = None
     if args.model and not args.transcoders:
         from ..heads import LabModel
+        from ..models.packaged import PACKAGES
 
-        if not (args.model == "smollm2" or Path(args.model).exists() or "/" in args.model):
+        if not (args.model in PACKAGES or Path(args.model).exists() or "/" in args.model):
             raise UsageError(
                 f"--model {args.model}: no such folder or file (give a local dir, .gguf, "
                 "hub id or smollm2; add --transcoders to trace prompts)"
