@@ -76,14 +76,16 @@ def test_annotations_are_saved_into_the_graph_file(client: TestClient, graph_dir
     r = client.post("/save_graph/small", json={"qParams": q})
     assert r.status_code == 200, r.text
     data = json.loads((graph_dir / "small.json").read_text())
-    assert data["qParams"] == q and len(data["nodes"]) > 0  # the rest is untouched
+    assert (
+        data["qParams"] == {**q, "version": 1} and len(data["nodes"]) > 0
+    )  # the rest is untouched
     assert not [p for p in graph_dir.iterdir() if p.name.startswith(".")]
 
 
 def test_circuit_tracer_style_saves_are_accepted(client: TestClient, graph_dir: Path) -> None:
     q = {"pinnedIds": "0_5_1,1_3_1", "supernodes": "[]", "linkType": "both", "clickedId": ""}
     assert client.post("/save_graph/ct-graph", json=q).status_code == 200
-    assert json.loads((graph_dir / "ct-graph.json").read_text())["qParams"] == q
+    assert json.loads((graph_dir / "ct-graph.json").read_text())["qParams"] == {**q, "version": 1}
 
 
 @pytest.mark.parametrize(
@@ -127,11 +129,11 @@ def test_bad_annotation_bodies_are_refused(client: TestClient, graph_dir: Path) 
         ).status_code
         == 400
     )
-    assert client.post("/save_graph/small", json={"qParams": [1, 2]}).status_code == 400
-    assert client.post("/save_graph/small", json={"qParams": {"pinnedIds": [1]}}).status_code == 400
+    assert client.post("/save_graph/small", json={"qParams": [1, 2]}).status_code == 422
+    assert client.post("/save_graph/small", json={"qParams": {"pinnedIds": [1]}}).status_code == 422
     assert (
         client.post("/save_graph/small", json={"qParams": {"supernodes": [["a", 3]]}}).status_code
-        == 400
+        == 422
     )
     plain = client.post("/save_graph/small", content=b"{}", headers={"Content-Type": "text/plain"})
     assert plain.status_code == 415  # a form post from another site cannot write

@@ -146,22 +146,24 @@ def test_failures_are_reported_and_the_worker_survives(tiny_model, tmp_path: Pat
 
 
 @pytest.mark.parametrize(
-    "body, message",
+    "body, status, message",
     [
-        ({"prompt": ""}, "prompt"),
-        ({"prompt": 3}, "prompt"),
-        ({"prompt": "x" * 5000}, "longer"),
-        ({"prompt": "x", "targets": [1]}, "targets"),
-        ({"prompt": "x", "model": "other"}, "unknown model"),
-        ({"prompt": "x", "slug": "../up"}, "slug"),
-        (["x"], "prompt"),
+        ({"prompt": ""}, 422, "prompt"),
+        ({"prompt": 3}, 422, "prompt"),
+        ({"prompt": "x" * 5000}, 422, "at most 4000"),
+        ({"prompt": "x", "targets": [1]}, 422, "targets"),
+        ({"prompt": "x", "model": "other"}, 400, "unknown model"),
+        ({"prompt": "x", "slug": "../up"}, 422, "slug"),
+        (["x"], 422, "body"),
     ],
 )
-def test_bad_trace_requests_are_refused(tmp_path: Path, body: object, message: str) -> None:
+def test_bad_trace_requests_are_refused(
+    tmp_path: Path, body: object, status: int, message: str
+) -> None:
     tracer = Tracer({"m": object()}, tmp_path, run_fn=lambda *_: small_graph())
     with TestClient(create_app(tmp_path, tracer=tracer)) as c:
         r = c.post("/api/trace", json=body)
-        assert r.status_code == 400 and message in r.json()["detail"]
+        assert r.status_code == status and message in r.json()["detail"]
         assert c.delete("/api/jobs/nope").status_code == 404
 
 

@@ -51,13 +51,13 @@ def test_steering_changes_the_next_token_distribution(
 @pytest.mark.parametrize(
     "body, status",
     [
-        ({"slug": "cap", "node_ids": []}, 400),
+        ({"slug": "cap", "node_ids": []}, 422),
         ({"slug": "cap", "node_ids": ["E_3_1"]}, 400),
         ({"slug": "cap", "node_ids": ["3_5_2"]}, 400),  # a logit node
-        ({"slug": "cap", "node_ids": [1]}, 400),
-        ({"slug": "cap", "node_ids": ["0_1_1"], "value": "big"}, 400),
-        ({"slug": "cap", "node_ids": ["0_1_1"], "value": 1, "scale": 2}, 400),
-        ({"slug": "../x", "node_ids": ["0_1_1"]}, 400),
+        ({"slug": "cap", "node_ids": [1]}, 422),
+        ({"slug": "cap", "node_ids": ["0_1_1"], "value": "big"}, 422),
+        ({"slug": "cap", "node_ids": ["0_1_1"], "value": 1, "scale": 2}, 422),
+        ({"slug": "../x", "node_ids": ["0_1_1"]}, 422),
         ({"slug": "nope", "node_ids": ["0_1_1"]}, 404),
     ],
 )

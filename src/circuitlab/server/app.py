@@ -6,12 +6,22 @@ Routes (all relative, so the page also works behind a path prefix or in a notebo
 * ``GET /data/{file}.json`` (alias ``/graph_data/``): graph files, gzip when accepted;
   ``graph-metadata.json`` is built from the graph files when it is missing.
 * ``GET /features/{path}``: the dashboard store, with HTTP byte ranges.
-* ``POST /save_graph/{slug}``: ``{"qParams": {...}}`` replaces the file's ``qParams`` atomically.
+* ``POST /save_graph/{slug}``: ``{"qParams": {...}, "version"?: n}`` (or the bare ``qParams``)
+  replaces the file's ``qParams`` atomically and answers ``{"saved", "version"}`` with an
+  ``ETag: "version"``. ``version`` (or ``If-Match: "n"``) is the ``qParams.version`` the page
+  read (0 when absent); if another save came since, the answer is 409 ``{"detail", "version",
+  "qParams"}`` with the file's current view, for the page to merge (then save with that
+  version) or ask. A save without a version always replaces (circuit-tracer's page sends none).
 * ``GET /api/validation``: the faithfulness and diff files beside the graphs (served as graph
   files are, ``GET /data/{slug}.faithfulness.json``, ``/data/{a}__vs__{b}.diff.json``).
 * ``GET /api/info``; with a ``Tracer``: ``POST /api/trace``, ``GET /api/jobs``,
   ``DELETE /api/jobs/{id}``, ``WS /api/ws`` (job updates as they happen), and
   ``POST /api/steer`` (set/scale nodes of a graph: top logits and continuations, before/after).
+  A trace never overwrites: a ``slug`` in use (a graph file, or a queued or running job) is 409
+  ``{"detail", "slug"}``; without one the job gets a fresh slug. 503 (``Retry-After``) when
+  ``Tracer.max_pending`` jobs wait; 422 for a prompt longer than the model's context.
+* Bodies are typed (``server/requests.py``): a field that does not fit is 422 with ``detail``
+  ``"field.path: what is wrong"``; NaN, Infinity and nesting past 32 levels are 422 anywhere.
 * With a ``HeadsLab``: ``GET /api/heads/presets``, ``WS /api/heads/ws`` (head analysis and
   patching sweeps, streamed layer by layer; see ``server/heads.py``).
 
@@ -36,13 +46,14 @@ from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 
-from circuitlab.graph.export import FeatureStore, check_slug
+from circuitlab.atomic import remove_stale_temporaries
+from circuitlab.graph.export import FeatureStore
 from circuitlab.server.files import (
     AnnotationStore,
     GzipCache,
     HTTPProblem,
-    check_qparams,
     file_response,
+    if_match_version,
     list_graphs,
     list_validation,
     range_response,
@@ -50,7 +61,8 @@ from circuitlab.server.files import (
     resolve_under,
 )
 from circuitlab.server.heads import HeadsLab, StreamCancelled
-from circuitlab.server.jobs import Tracer
+from circuitlab.server.jobs import PromptRefused, SlugTaken, Tracer, TracerBusy
+from circuitlab.server.requests import SaveRequest, SteerRequest, TraceRequest, parse_body
 
 WEB_DIST = Path(__file__).resolve().parent.parent / "web" / "dist"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "testserver")
@@ -93,10 +105,11 @@ def create_app(
     app.state.heads = heads
     gzip_cache = GzipCache()
     annotations = AnnotationStore(graph_dir)
+    remove_stale_temporaries(graph_dir)  # left by writers killed mid-save
 
     @app.exception_handler(HTTPProblem)
     async def _problem(_request: Request, exc: HTTPProblem) -> Response:
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
     @app.middleware("http")
     async def _guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]):
@@ -154,11 +167,16 @@ def create_app(
         return range_response(path, request, "application/octet-stream")
 
     @app.post("/save_graph/{slug}")
-    async def save_graph(slug: str, request: Request) -> dict[str, Any]:
+    async def save_graph(slug: str, request: Request) -> Response:
         body = await read_json_body(request, max_body)
-        qparams = body.get("qParams", body) if isinstance(body, dict) else body
-        annotations.save(slug, check_qparams(qparams))
-        return {"saved": slug}
+        if not (isinstance(body, dict) and "qParams" in body):
+            body = {"qParams": body}  # the bare view, as circuit-tracer's page posts it
+        save = parse_body(SaveRequest, body)
+        version = if_match_version(request.headers.get("if-match"))
+        new = annotations.save(
+            slug, dict(save.qParams), save.version if version is None else version
+        )
+        return JSONResponse({"saved": slug, "version": new}, headers={"ETag": f'"{new}"'})
 
     # ---- tracing ----------------------------------------------------------------------------
     @app.get("/api/info")
@@ -189,16 +207,17 @@ def create_app(
     @app.post("/api/trace")
     async def trace(request: Request) -> dict[str, Any]:
         t = need_tracer()
-        body = await read_json_body(request, 64 * 1024)
-        if not isinstance(body, dict):
-            raise HTTPProblem(400, 'send {"prompt": "...", "targets": ["..."]}')
+        req = parse_body(TraceRequest, await read_json_body(request, 64 * 1024))
         try:
-            job = t.submit(
-                body.get("prompt"),  # type: ignore[arg-type]
-                body.get("targets") or None,
-                model=body.get("model") or None,
-                slug=body.get("slug") or None,
+            job = await asyncio.to_thread(
+                t.submit, req.prompt, req.targets, model=req.model, slug=req.slug
             )
+        except TracerBusy as e:
+            raise HTTPProblem(503, str(e), headers={"Retry-After": "10"}) from None
+        except SlugTaken as e:
+            raise HTTPProblem(409, str(e), extra={"slug": req.slug}) from None
+        except PromptRefused as e:
+            raise HTTPProblem(422, f"prompt: {e}") from None
         except (ValueError, TypeError) as e:
             raise HTTPProblem(400, str(e)) from None
         return {"job": job.public()}
@@ -206,31 +225,24 @@ def create_app(
     @app.post("/api/steer")
     async def steer_route(request: Request) -> dict[str, Any]:
         t = need_tracer()
-        body = await read_json_body(request, 256 * 1024)
-        if not isinstance(body, dict):
-            raise HTTPProblem(400, 'send {"slug", "node_ids": [...], "value" or "scale"}')
-        return await asyncio.to_thread(run_steer, t, body)
+        req = parse_body(SteerRequest, await read_json_body(request, 256 * 1024))
+        return await asyncio.to_thread(run_steer, t, req)
 
-    def run_steer(t: Tracer, body: dict[str, Any]) -> dict[str, Any]:
+    def run_steer(t: Tracer, req: SteerRequest) -> dict[str, Any]:
         from circuitlab.server.steering import steer, steering_prompt
 
         try:
-            slug = check_slug(str(body.get("slug", "")))
-            ids = body.get("node_ids")
-            if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-                raise ValueError("node_ids must be a list of node id strings")
-            value, scale = _number(body, "value"), _number(body, "scale")
-            meta = list_graph_meta(slug)
-            prompt = steering_prompt(graph_dir, slug, meta.get("prompt"))
+            meta = list_graph_meta(req.slug)
+            prompt = steering_prompt(graph_dir, req.slug, meta.get("prompt"))
             return t.run_exclusive(
-                body.get("model") or None,
+                req.model,
                 lambda model: steer(
                     model,
                     prompt,
-                    ids,
-                    value=value,
-                    scale=scale,
-                    max_new_tokens=int(body.get("max_new_tokens", 12)),
+                    req.node_ids,
+                    value=req.value,
+                    scale=req.scale,
+                    max_new_tokens=req.max_new_tokens,
                 ),
             )
         except (ValueError, TypeError, IndexError) as e:
@@ -350,15 +362,6 @@ async def serve_heads(socket: WebSocket, heads: HeadsLab) -> None:
 
 def _can_steer(tracer: Tracer) -> bool:
     return all(hasattr(m, "feature_intervention") for m in tracer.models.values())
-
-
-def _number(body: dict[str, Any], key: str) -> float | None:
-    v = body.get(key)
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or abs(v) > 1e6:
-        raise ValueError(f"{key} must be a finite number")
-    return float(v)
 
 
 def check_host_and_origin(headers: Any, hosts: set[str] | None) -> HTTPProblem | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -12,17 +13,29 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from circuitlab.atomic import write_atomic
+from circuitlab.atomic import write_json_atomic
 from circuitlab.graph.export import check_slug
 
 
 class HTTPProblem(Exception):
-    """An error the client caused: ``status`` and a one-line ``detail``."""
+    """An error the client caused: ``status`` and a one-line ``detail``; ``extra`` fields go
+    into the JSON answer beside ``detail``, ``headers`` into its headers."""
 
-    def __init__(self, status: int, detail: str):
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        extra: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(detail)
         self.status = status
         self.detail = detail
+        self.extra = extra or {}
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"detail": self.detail, **self.extra}
 
 
 def resolve_under(root: Path, rel: str) -> Path:
@@ -142,48 +155,49 @@ async def read_json_body(request: Request, limit: int) -> Any:
             raise HTTPProblem(413, f"body larger than {limit} bytes")
         chunks.append(chunk)
     try:
-        return json.loads(b"".join(chunks))
+        body = json.loads(b"".join(chunks))
+    except RecursionError:
+        raise HTTPProblem(422, f"body: nested deeper than {MAX_JSON_DEPTH} levels") from None
     except ValueError as e:
         raise HTTPProblem(400, f"body is not valid JSON: {e}") from None
+    check_json_values(body)
+    return body
 
 
-# qParams keys the lab reads, with the JSON types each may take (circuit-tracer's page saves
-# raw URL strings, ours saves arrays and objects; both are accepted).
-_QPARAM_TYPES: dict[str, tuple[type, ...]] = {
-    "pinnedIds": (list, str),
-    "hiddenIds": (list, str),
-    "supernodes": (list, str),
-    "linkType": (str,),
-    "clickedId": (str,),
-    "sg_pos": (str, dict),
-    "pruningThreshold": (int, float, str, type(None)),
-    "clerps": (list, str),
-    "nodeLabels": (dict,),
-}
+MAX_JSON_DEPTH = 32
 
 
-def check_qparams(qparams: Any) -> dict[str, Any]:
-    """Validate posted ``qParams`` (an object; known keys must have their JSON types)."""
-    if not isinstance(qparams, dict):
-        raise HTTPProblem(400, "qParams must be a JSON object")
-    for key, value in qparams.items():
-        allowed = _QPARAM_TYPES.get(key)
-        if allowed is not None and not isinstance(value, allowed):
-            names = " or ".join(t.__name__ for t in allowed)
-            raise HTTPProblem(400, f"qParams.{key} must be {names}")
-    for group in (
-        qparams.get("supernodes", []) if isinstance(qparams.get("supernodes"), list) else []
-    ):
-        if not isinstance(group, list) or not all(isinstance(x, str) for x in group):
-            raise HTTPProblem(400, "each supernode must be a list of strings [label, ...node_ids]")
-    pinned = qparams.get("pinnedIds")
-    if isinstance(pinned, list) and not all(isinstance(x, str) for x in pinned):
-        raise HTTPProblem(400, "qParams.pinnedIds must hold node id strings")
-    return qparams
+def check_json_values(value: Any, max_depth: int = MAX_JSON_DEPTH) -> None:
+    """422 naming the place of a non-finite number (``NaN``, ``Infinity``, ``1e999``: JSON has
+    none, and a graph file holding one no longer opens) or of nesting past ``max_depth``."""
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(value, ())]
+    while stack:
+        v, loc = stack.pop()
+        if isinstance(v, float) and not math.isfinite(v):
+            raise HTTPProblem(422, f"{json_path(loc) or 'body'}: {v} is not a finite number")
+        if isinstance(v, (dict, list)):
+            if len(loc) >= max_depth:
+                raise HTTPProblem(422, f"{json_path(loc)}: nested deeper than {max_depth} levels")
+            items = v.items() if isinstance(v, dict) else enumerate(v)
+            stack.extend((item, (*loc, key)) for key, item in items)
+
+
+def json_path(loc: tuple[Any, ...]) -> str:
+    """``("qParams", "supernodes", 0)`` -> ``qParams.supernodes[0]``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
 
 
 class AnnotationStore:
-    """Saves ``qParams`` into graph files, one writer per file at a time, atomically."""
+    """Saves ``qParams`` into graph files, one writer per file at a time, atomically.
+
+    Each save numbers the view: ``qParams.version`` (0 for a file never saved through here).
+    A save that names the version it read is refused with 409 when another save came between
+    (``SaveConflict`` carries the file's current view); a save that names none replaces the
+    view whatever its version (circuit-tracer's page posts without one).
+    """
 
     def __init__(self, graph_dir: Path):
         self.graph_dir = graph_dir
@@ -194,7 +208,8 @@ class AnnotationStore:
         with self._guard:
             return self._locks.setdefault(slug, threading.Lock())
 
-    def save(self, slug: str, qparams: dict[str, Any]) -> None:
+    def save(self, slug: str, qparams: dict[str, Any], version: int | None = None) -> int:
+        """Replace the view of ``{slug}.json``; returns its new version."""
         try:
             check_slug(slug)
         except ValueError as e:
@@ -207,8 +222,43 @@ class AnnotationStore:
                 raise HTTPProblem(409, f"{slug}.json is not valid JSON; not overwritten") from None
             if not isinstance(data, dict) or "nodes" not in data:
                 raise HTTPProblem(409, f"{slug}.json is not a graph file; not overwritten")
-            data["qParams"] = qparams
-            write_atomic(path, json.dumps(data, separators=(",", ":")).encode())
+            current = data.get("qParams") if isinstance(data.get("qParams"), dict) else {}
+            now = qparams_version(current)
+            if version is not None and version != now:
+                raise HTTPProblem(
+                    409,
+                    f"graph {slug!r} was saved by someone else since version {version} "
+                    f"(now version {now}); merge with its view or reload, then save again",
+                    extra={"version": now, "qParams": current},
+                    headers={"ETag": f'"{now}"'},
+                )
+            data["qParams"] = {**qparams, "version": now + 1}
+            try:
+                write_json_atomic(path, data)
+            except ValueError:  # NaN already in the file (written by another tool)
+                raise HTTPProblem(
+                    409, f"{slug}.json holds NaN or Infinity; not overwritten"
+                ) from None
+            return now + 1
+
+
+def if_match_version(header: str | None) -> int | None:
+    """The version an ``If-Match`` header names (``"3"``, ``W/"3"`` or ``3``); None for no
+    header or ``*``; 422 for anything else."""
+    if header is None or header.strip() == "*":
+        return None
+    tag = header.strip().removeprefix("W/").strip('"')
+    if not tag.isdigit():
+        raise HTTPProblem(
+            422, f'If-Match: send the version the view was read at ("3"), not {header!r}'
+        )
+    return int(tag)
+
+
+def qparams_version(qparams: Any) -> int:
+    """The version a saved view carries (0 when it has none)."""
+    v = qparams.get("version") if isinstance(qparams, dict) else None
+    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else 0
 
 
 FAITHFULNESS_SUFFIX = ".faithfulness.json"

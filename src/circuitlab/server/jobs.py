@@ -7,6 +7,13 @@ from ``attribute(progress=...)``: each phase as it starts (``forward``, ``source
 cancelling a running job raises ``JobCancelled`` from that callback, so attribution stops after
 the batch it is in, and its result is discarded. Every change is published to subscribers (the
 server's websocket clients).
+
+Limits: at most ``max_pending`` jobs wait (``TracerBusy`` past that), a prompt must fit the
+model's context, and attribution keeps at most ``max_feature_nodes`` features unless
+``attribute_kwargs`` say otherwise. A job never overwrites a graph: a slug that names an
+existing graph (or one queued or running) is refused with ``SlugTaken``; without a slug the job
+gets a fresh one. A job's graph files appear together or not at all (the ``.safetensors`` is
+renamed into place after the ``.json`` is written; a failure removes what the job wrote).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from circuitlab.atomic import atomic_path
 from circuitlab.graph.export import check_slug, create_graph_files
 from circuitlab.graph.graph import Graph
 
@@ -37,10 +45,26 @@ PHASE_SPANS = {
 }
 MAX_PROMPT_CHARS = 4000
 MAX_TARGETS = 16
+# circuit-tracer's (and ``circuitlab attribute``'s) default: the same graph from page and CLI.
+DEFAULT_MAX_FEATURE_NODES = 7500
+DEFAULT_MAX_PENDING = 8
 
 
 class JobCancelled(Exception):
     """Raised inside a running job when its cancellation was requested."""
+
+
+class TracerBusy(Exception):
+    """``submit`` when ``max_pending`` jobs are already waiting."""
+
+
+class SlugTaken(Exception):
+    """``submit`` with a slug that names an existing graph, or a queued or running job's."""
+
+
+class PromptRefused(ValueError):
+    """``submit`` with a prompt the model cannot take: longer than its context, or text for a
+    model without a tokenizer."""
 
 
 @dataclass
@@ -113,8 +137,10 @@ class Tracer:
     """Runs attribution jobs for named ``ReplacementModel`` s and writes their graph files.
 
     ``run_fn(model, job, progress) -> Graph`` does the work (default: ``attribute`` with
-    ``attribute_kwargs``); graphs land in ``graph_dir`` as ``{slug}.json`` (pruned with
-    ``node_threshold``/``edge_threshold``) and ``{slug}.safetensors``.
+    ``attribute_kwargs``, whose ``max_feature_nodes`` defaults to ``max_feature_nodes``; None
+    there and here: no cap); graphs land in ``graph_dir`` as ``{slug}.json`` (pruned with
+    ``node_threshold``/``edge_threshold``) and ``{slug}.safetensors``. At most ``max_pending``
+    jobs wait for a worker.
     """
 
     def __init__(
@@ -127,14 +153,21 @@ class Tracer:
         attribute_kwargs: Mapping[str, Any] | None = None,
         run_fn: RunFn | None = None,
         history: int = 100,
+        max_feature_nodes: int | None = DEFAULT_MAX_FEATURE_NODES,
+        max_pending: int = DEFAULT_MAX_PENDING,
     ):
         if not models:
             raise ValueError("Tracer needs at least one model")
+        if max_pending < 1:
+            raise ValueError(f"max_pending must be at least 1, got {max_pending}")
         self.models = dict(models)
         self.graph_dir = Path(graph_dir)
         self.node_threshold = node_threshold
         self.edge_threshold = edge_threshold
         self.attribute_kwargs = dict(attribute_kwargs or {})
+        if self.attribute_kwargs.get("max_feature_nodes") is None:
+            self.attribute_kwargs["max_feature_nodes"] = max_feature_nodes
+        self.max_pending = max_pending
         self.run_fn = run_fn or self._run_attribution
         self._jobs: dict[str, Job] = {}
         self._queues: dict[str, deque[Job]] = {name: deque() for name in self.models}
@@ -154,12 +187,17 @@ class Tracer:
     def submit(
         self,
         prompt: str,
-        targets: list[str] | None = None,
+        targets: list[str] | str | None = None,
         *,
         model: str | None = None,
         slug: str | None = None,
     ) -> Job:
-        """Queue a prompt; returns the job (``ValueError`` names any bad input)."""
+        """Queue a prompt; returns the job.
+
+        ``targets`` is a list of token strings or one token string. Raises ``ValueError`` naming
+        any bad input (``PromptRefused`` past the model's context), ``SlugTaken`` for a slug in
+        use and ``TracerBusy`` when ``max_pending`` jobs are waiting.
+        """
         model = model or next(iter(self.models))
         if model not in self.models:
             raise ValueError(f"unknown model {model!r}; this server has {sorted(self.models)}")
@@ -167,21 +205,50 @@ class Tracer:
             raise ValueError("prompt must be a non-empty string")
         if len(prompt) > MAX_PROMPT_CHARS:
             raise ValueError(f"prompt is longer than {MAX_PROMPT_CHARS} characters")
-        targets = list(targets or [])
+        targets = [targets] if isinstance(targets, str) else list(targets or [])
         if len(targets) > MAX_TARGETS or not all(isinstance(t, str) and t for t in targets):
             raise ValueError(f"targets must be up to {MAX_TARGETS} non-empty token strings")
+        check_prompt(self.models[model], prompt)
         job_id = uuid.uuid4().hex[:12]
-        slug = check_slug(slug) if slug else f"trace-{time.strftime('%Y%m%d-%H%M%S')}-{job_id[:6]}"
-        job = Job(id=job_id, model=model, prompt=prompt, targets=targets, slug=slug)
+        if slug:
+            check_slug(slug)
         with self._cond:
             if self._closed:
                 raise ValueError("the tracer is shut down")
+            waiting = sum(len(q) for q in self._queues.values())
+            if waiting >= self.max_pending:
+                raise TracerBusy(
+                    f"the server is busy: {waiting} traces are waiting; try again when one "
+                    "has finished, or cancel one"
+                )
+            if slug and (owner := self._slug_owner(slug)):
+                raise SlugTaken(f"graph {slug!r} already exists ({owner}); choose another slug")
+            if not slug:
+                slug = self._fresh_slug(f"trace-{time.strftime('%Y%m%d-%H%M%S')}-{job_id[:6]}")
+            job = Job(id=job_id, model=model, prompt=prompt, targets=targets, slug=slug)
             self._jobs[job.id] = job
             self._queues[model].append(job)
             self._trim()
             self._cond.notify_all()
         self._publish(job)
         return job
+
+    def _slug_owner(self, slug: str) -> str | None:
+        """What holds ``slug`` (its graph files, or a queued or running job), or None."""
+        for suffix in (".json", ".safetensors"):
+            if (self.graph_dir / f"{slug}{suffix}").exists():
+                return f"{slug}{suffix} is in the graph folder"
+        for job in self._jobs.values():
+            if job.slug == slug and job.finished is None:
+                return f"job {job.id} is tracing it"
+        return None
+
+    def _fresh_slug(self, base: str) -> str:
+        slug, n = base, 1
+        while self._slug_owner(slug):
+            n += 1
+            slug = f"{base}-{n}"
+        return slug
 
     def cancel(self, job_id: str) -> Job:
         """Cancel a queued or running job (finished jobs are left as they are)."""
@@ -265,16 +332,7 @@ class Tracer:
         try:
             graph = self.run_fn(self.models[job.model], job, progress)
             progress.update("writing graph files", 0.95)
-            self.graph_dir.mkdir(parents=True, exist_ok=True)
-            graph.save(self.graph_dir / f"{job.slug}.safetensors")
-            create_graph_files(
-                graph,
-                job.slug,
-                self.graph_dir,
-                self.node_threshold,
-                self.edge_threshold,
-                tokenizer=getattr(self.models[job.model], "tokenizer", None),
-            )
+            self._write(graph, job)
             status, error = "done", None
         except JobCancelled:
             status, error = "cancelled", None
@@ -285,6 +343,30 @@ class Tracer:
                 job.progress = 1.0
             self._finish(job, status, error)  # type: ignore[arg-type]
         self._publish(job)
+
+    def _write(self, graph: Graph, job: Job) -> None:
+        """``{slug}.json`` (and its ``graph-metadata.json`` entry), then ``{slug}.safetensors``
+        renamed into place: both or neither (a kill can leave the JSON alone, which the page
+        opens and steers from its prompt text, and a temporary that the next start removes)."""
+        self.graph_dir.mkdir(parents=True, exist_ok=True)
+        json_file = self.graph_dir / f"{job.slug}.json"
+        saved = self.graph_dir / f"{job.slug}.safetensors"
+        if json_file.exists() or saved.exists():  # written by someone else meanwhile
+            raise SlugTaken(f"graph {job.slug!r} appeared while tracing; not overwritten")
+        try:
+            with atomic_path(saved) as tmp:
+                graph.save(tmp)
+                create_graph_files(
+                    graph,
+                    job.slug,
+                    self.graph_dir,
+                    self.node_threshold,
+                    self.edge_threshold,
+                    tokenizer=getattr(self.models[job.model], "tokenizer", None),
+                )
+        except BaseException:
+            json_file.unlink(missing_ok=True)  # ours: it did not exist above
+            raise
 
     def _finish(self, job: Job, status: JobStatus, error: str | None = None) -> None:
         job.status, job.error, job.finished = status, error, time.time()
@@ -313,4 +395,35 @@ class Tracer:
             attribution_targets=job.targets or None,
             progress=progress.attribution,
             **self.attribute_kwargs,
+        )
+
+
+def context_length(model: Any) -> int | None:
+    """The most positions ``model`` (a ``ReplacementModel`` or HF model) takes, if known."""
+    known = getattr(model, "context_length", None)
+    if isinstance(known, int):
+        return known
+    config = getattr(getattr(model, "model", model), "config", None)
+    config = getattr(config, "text_config", None) or config
+    for name in ("max_position_embeddings", "n_positions", "n_ctx"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def check_prompt(model: Any, prompt: str) -> None:
+    """``PromptRefused`` when ``model`` cannot read ``prompt``: more tokens than its context
+    holds (both lengths named), or no tokenizer for a text prompt."""
+    tokenize = getattr(model, "ensure_tokenized", None)
+    if tokenize is None:
+        return
+    try:
+        n = len(tokenize(prompt))  # newer models refuse a too-long prompt here themselves
+    except ValueError as e:
+        raise PromptRefused(str(e)) from None
+    limit = context_length(model)
+    if limit is not None and n > limit:
+        raise PromptRefused(
+            f"the prompt has {n} tokens but the model's context holds {limit}; shorten it"
         )
