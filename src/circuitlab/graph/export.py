@@ -327,7 +327,7 @@ def upsert_graph_metadata(output_dir: Path, metadata: dict[str, Any]) -> None:
             except (ValueError, AttributeError):
                 graphs = []  # unreadable: rebuilt from this graph on (nothing else to keep)
         graphs = [m for m in graphs if m.get("slug") != metadata["slug"]] + [metadata]
-        write_atomic(path, json.dumps({"graphs": graphs}, indent=1).encode())
+        write_atomic(path, json.dumps({"graphs": graphs}, indent=1, allow_nan=False).encode())
 
 
 def _json_safe(value: Any) -> Any:
