@@ -62,6 +62,11 @@ def test_a_single_target_string_is_one_target(tmp_path: Path) -> None:
 def test_page_traces_are_capped_at_a_feature_count(tiny_model, tmp_path: Path) -> None:
     app = build_app(tmp_path, models={"tiny": tiny_model}, attribute_kwargs={"batch_size": 64})
     assert app.state.tracer.attribute_kwargs["max_feature_nodes"] == DEFAULT_MAX_FEATURE_NODES
+    assert app.state.tracer.max_pending == DEFAULT_MAX_PENDING
+    app.state.tracer.close()
+    app = build_app(tmp_path, models={"tiny": tiny_model}, max_feature_nodes=100, max_pending=2)
+    assert app.state.tracer.attribute_kwargs["max_feature_nodes"] == 100
+    assert app.state.tracer.max_pending == 2
     app.state.tracer.close()
     # ``serve``'s flag default (None) means the default cap, not no cap
     t = Tracer({"tiny": tiny_model}, tmp_path, attribute_kwargs={"max_feature_nodes": None})

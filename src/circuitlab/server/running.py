@@ -13,7 +13,7 @@ import uvicorn
 
 from circuitlab.server.app import LOOPBACK_HOSTS, create_app
 from circuitlab.server.heads import HeadsLab
-from circuitlab.server.jobs import Tracer
+from circuitlab.server.jobs import DEFAULT_MAX_FEATURE_NODES, DEFAULT_MAX_PENDING, Tracer
 
 DEFAULT_PORT = 8041
 DEFAULT_HOST = "127.0.0.1"
@@ -30,9 +30,13 @@ def build_app(
     attribute_kwargs: Mapping[str, Any] | None = None,
     node_threshold: float = 0.8,
     edge_threshold: float = 0.98,
+    max_feature_nodes: int | None = DEFAULT_MAX_FEATURE_NODES,
+    max_pending: int = DEFAULT_MAX_PENDING,
 ) -> Any:
     """The app for ``graph_file_dir``; ``models`` (name -> ``ReplacementModel``) enable tracing
-    and the heads view; ``heads_models`` (name -> ``heads.LabModel``) the heads view alone."""
+    and the heads view; ``heads_models`` (name -> ``heads.LabModel``) the heads view alone.
+    Page traces keep at most ``max_feature_nodes`` features (unless ``attribute_kwargs`` name
+    a number) and at most ``max_pending`` wait (more: HTTP 503)."""
     Path(graph_file_dir).mkdir(parents=True, exist_ok=True)
     if tracer is None and models:
         tracer = Tracer(
@@ -41,6 +45,8 @@ def build_app(
             node_threshold=node_threshold,
             edge_threshold=edge_threshold,
             attribute_kwargs=attribute_kwargs,
+            max_feature_nodes=max_feature_nodes,
+            max_pending=max_pending,
         )
     heads = None
     if heads_models:
