@@ -27,6 +27,7 @@ from ..replacement import Prompt, ReplacementModel
 from ..transcoders.base import SparseActivations
 from .backward import FrozenBackward
 from .edge_store import EdgeRows
+from .memory_check import check_before_forward, check_before_sweep
 from .offload import OFFLOAD_MODES, offloaded
 from .sources import Sources, pack_decoders, reconstructions
 from .targets import Targets, TargetSpec, resolve_targets
@@ -72,6 +73,7 @@ def attribute(
     offload: str | None = None,
     verbose: bool = False,
     progress: Progress | None = None,
+    check_memory: bool = True,
 ) -> Graph:
     """The attribution graph of ``prompt`` in ``model``'s local replacement model.
 
@@ -85,6 +87,10 @@ def attribute(
     ``progress(phase, done, total)`` is called as each phase starts (``done=0``) and after
     each batch of logit and feature rows; an exception it raises (e.g. a cancellation) stops
     the attribution there.
+    ``check_memory``: before the forward pass and again before the first edge row, the
+    predicted memory is compared with the available memory; ``NotEnoughMemoryError`` (naming
+    both and the settings that would fit) is raised instead of running out of memory
+    (``attribution.memory_check``). ``False`` skips the check.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
@@ -93,6 +99,16 @@ def attribute(
     timer = _Timer(verbose, progress)
     dtype = model.dtype
     tc = model.transcoders
+    plan = None
+    if check_memory:
+        plan = check_before_forward(
+            model,
+            prompt,
+            batch_size=batch_size,
+            max_feature_nodes=max_feature_nodes,
+            max_n_logits=max_n_logits,
+            offload=offload,
+        )
 
     with timer.phase("forward"):
         ids, cap = model.capture(prompt)
@@ -136,6 +152,8 @@ def attribute(
             desired_logit_prob=desired_logit_prob,
         )
     n_logits = len(targets)
+    if plan is not None:
+        check_before_sweep(plan, model.device, n_active, n_logits)
     n_rows_max = min(max_feature_nodes if max_feature_nodes is not None else n_active, n_active)
     layer_counts = torch.bincount(features.indices[:, 0].cpu(), minlength=n_layers)
     feature_start = [0, *torch.cumsum(layer_counts, 0).tolist()]

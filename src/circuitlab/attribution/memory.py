@@ -132,8 +132,13 @@ def estimate_memory(
     lazy_encoder: bool = False,
     lazy_decoder: bool = True,
     l0: float | None = None,
+    n_active: int | None = None,
 ) -> MemoryEstimate:
-    """Predicted memory of ``attribute`` on an ``n_tokens`` prompt (BOS included)."""
+    """Predicted memory of ``attribute`` on an ``n_tokens`` prompt (BOS included).
+
+    ``n_active`` (the number of active features, once a forward pass has counted them)
+    replaces the guess from ``l0``.
+    """
     if dtype not in _DTYPE_BYTES:
         raise ValueError(f"dtype must be one of {', '.join(_DTYPE_BYTES)}; got {dtype!r}")
     if n_tokens < 1 or batch_size < 1:
@@ -145,7 +150,8 @@ def estimate_memory(
     H, V, F, T = model.n_heads, model.vocab_size, model.d_mlp, transcoders.d_transcoder
     if l0 is None:
         l0 = transcoders.k if transcoders.k is not None else DEFAULT_L0
-    n_active = int(min(l0, T) * L * max(n - 1, 0))
+    if n_active is None:
+        n_active = int(min(l0, T) * L * max(n - 1, 0))
     rows = min(max_feature_nodes if max_feature_nodes is not None else n_active, n_active)
     n_logits = max_n_logits
     tail = (L + 1) * n
@@ -187,20 +193,7 @@ def estimate_memory(
     tc_resident = sum(v for k, v in parts.items() if k.startswith("transcoder"))
     parts["offload saving (sweep)"] = -(mlp_weights + tc_resident) if offload == "disk" else 0
 
-    base = parts["runtime"] + parts["model weights"] + tc_resident
-    capture = parts["capture (patterns, reads, writes)"]
-    sweep_state = capture + parts["sources (decoder + encoder rows)"] + parts["edge rows"]
-    phases = {
-        "load": base,
-        "forward": base + parts["forward activations"] + capture,
-        "sweep": base
-        + sweep_state
-        + parts["sweep batch"]
-        + parts["influence"]
-        + parts["offload saving (sweep)"],
-        "graph": base + sweep_state + parts["graph rows"],
-        "scores": base + parts["graph rows"] // 2 + parts["scores / pruning"],
-    }
+    phases = phases_of(parts)
     assumptions = {
         "n_tokens": n_tokens,
         "l0": l0,
@@ -212,6 +205,27 @@ def estimate_memory(
         "offload": offload,
     }
     return MemoryEstimate(parts, phases, assumptions)
+
+
+def phases_of(parts: dict[str, int]) -> dict[str, int]:
+    """Everything alive in each phase, from the parts (a part missing or zeroed counts 0)."""
+    get = parts.get
+    tc_resident = sum(v for k, v in parts.items() if k.startswith("transcoder"))
+    base = get("runtime", 0) + get("model weights", 0) + tc_resident
+    capture = get("capture (patterns, reads, writes)", 0)
+    sweep_state = capture + get("sources (decoder + encoder rows)", 0) + get("edge rows", 0)
+    graph_rows = get("graph rows", 0)
+    return {
+        "load": base,
+        "forward": base + get("forward activations", 0) + capture,
+        "sweep": base
+        + sweep_state
+        + get("sweep batch", 0)
+        + get("influence", 0)
+        + get("offload saving (sweep)", 0),
+        "graph": base + sweep_state + graph_rows,
+        "scores": base + graph_rows // 2 + get("scores / pruning", 0),
+    }
 
 
 # ---- shapes from files --------------------------------------------------------------------------
@@ -266,6 +280,11 @@ def model_shapes(ref: str | Path) -> ModelShapes:
                 f"model {ref!r}: not a local folder and its config.json could not be fetched "
                 f"from the hub ({type(e).__name__}); pass a local model folder"
             ) from None
+    return shapes_from_config(cfg, n_params=_n_params(files))
+
+
+def shapes_from_config(cfg: Any, n_params: int | None = None) -> ModelShapes:
+    """Shapes of a model from its ``config.json`` dict (``n_params`` estimated when not given)."""
     cfg = cfg.get("text_config") or cfg
     d = int(cfg.get("hidden_size") or cfg.get("n_embd"))
     n_layers = int(cfg.get("num_hidden_layers") or cfg.get("n_layer"))
@@ -275,9 +294,7 @@ def model_shapes(ref: str | Path) -> ModelShapes:
     d_mlp = int(cfg.get("intermediate_size") or cfg.get("n_inner") or 4 * d)
     vocab = int(cfg["vocab_size"])
     gated = cfg.get("model_type") != "gpt2"
-    if files:
-        n_params = sum(_numel(t["shape"]) for f in files for t in safetensors_header(f).values())
-    else:
+    if n_params is None:
         per_layer = d * (n_heads + 2 * n_kv) * d_head + n_heads * d_head * d
         per_layer += (3 if gated else 2) * d * d_mlp + 4 * d
         tied = cfg.get("tie_word_embeddings", True)
@@ -321,6 +338,13 @@ def transcoder_shapes(ref: str | Path) -> tuple[TranscoderShapes, str | None]:
         raise ValueError(f"{paths[0]} has no W_enc; not a circuit-tracer transcoder file")
     t, dm = header["W_enc"]["shape"]
     return TranscoderShapes("plt", len(paths), dm, t, "W_skip" in header, k), model_name
+
+
+def _n_params(files: list[Path]) -> int | None:
+    """Parameters in the model's safetensors files (None without files)."""
+    if not files:
+        return None
+    return sum(_numel(t["shape"]) for f in files for t in safetensors_header(f).values())
 
 
 def shapes_json(model: ModelShapes, transcoders: TranscoderShapes) -> dict[str, Any]:

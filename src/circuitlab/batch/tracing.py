@@ -63,6 +63,7 @@ class TraceSettings:
     batch_size: int = 256
     max_feature_nodes: int | None = 7500
     offload: str | None = None
+    check_memory: bool = True  # refuse a prompt that will not fit (not part of its key)
 
 
 def record_key(record: PromptRecord, load: LoadSpec, settings: TraceSettings) -> str:
@@ -71,7 +72,7 @@ def record_key(record: PromptRecord, load: LoadSpec, settings: TraceSettings) ->
         {
             "record": record.to_json(),
             "load": {k: v for k, v in asdict(load).items() if k != "device"},
-            "settings": asdict(settings),
+            "settings": {k: v for k, v in asdict(settings).items() if k != "check_memory"},
         },
         sort_keys=True,
     )
@@ -120,6 +121,7 @@ def trace_record(
             batch_size=settings.batch_size,
             max_feature_nodes=settings.max_feature_nodes,
             offload=settings.offload,
+            check_memory=settings.check_memory,
         )
         scores = compute_graph_scores(graph)
     except Exception as e:  # one bad prompt must not stop the batch

@@ -75,14 +75,18 @@ def _is_user_error(e: Exception) -> bool:
     """Errors that come from the user's input, not from a bug: their messages name the fix.
 
     OSError covers missing files and folders and failed hub look-ups (unknown model ids),
-    ImportError a missing optional extra, SafetensorError a damaged weight file.
+    ImportError a missing optional extra, SafetensorError a damaged weight file,
+    NotEnoughMemoryError an attribution refused before it starts (settings too large).
     """
     if isinstance(e, (UsageError, ValueError, OSError, ImportError)):
         return True
-    return type(e).__name__ == "SafetensorError"
+    return type(e).__name__ in ("SafetensorError", "NotEnoughMemoryError")
 
 
 def _message(e: Exception, args: argparse.Namespace) -> str:
+    from_library = getattr(e, "message", None)
+    if type(e).__name__ == "NotEnoughMemoryError" and callable(from_library):
+        return one_line(Exception(from_library(cli=True)))  # flags instead of keywords
     text = one_line(e)
     model = getattr(args, "model", None)
     hub_error = "huggingface.co" in text or "Repo id must" in text

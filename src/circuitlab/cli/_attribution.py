@@ -54,6 +54,17 @@ def add_attribution_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--offload", choices=["cpu", "disk"], default=None)
 
 
+def add_memory_check_argument(p: argparse.ArgumentParser) -> None:
+    """``--no-memory-check``: run even when the predicted memory exceeds the available memory."""
+    p.add_argument(
+        "--no-memory-check",
+        dest="check_memory",
+        action="store_false",
+        help="run even when the predicted memory exceeds the available memory (by default the "
+        "attribution is refused before it starts, with settings that would fit)",
+    )
+
+
 def check_attribution_arguments(args: argparse.Namespace) -> None:
     """Range checks that argparse cannot do, before anything is loaded."""
     for flag, value, low in (
@@ -75,6 +86,7 @@ def attribution_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "batch_size": args.batch_size,
         "max_feature_nodes": args.max_feature_nodes,
         "offload": args.offload,
+        "check_memory": getattr(args, "check_memory", True),
     }
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ._attribution import (
     add_attribution_arguments,
+    add_memory_check_argument,
     add_model_arguments,
     attribution_kwargs,
     check_attribution_arguments,
@@ -32,6 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
     p.add_argument("-o", "--graph_output_path", help="where to save the graph (.safetensors)")
     add_attribution_arguments(p)
+    add_memory_check_argument(p)
     p.add_argument(
         "--target",
         action="append",

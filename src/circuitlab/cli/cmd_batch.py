@@ -6,6 +6,7 @@ import argparse
 
 from ._attribution import (
     add_attribution_arguments,
+    add_memory_check_argument,
     add_model_arguments,
     attribution_kwargs,
     check_attribution_arguments,
@@ -42,6 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     add_model_arguments(p)
     add_attribution_arguments(p)
+    add_memory_check_argument(p)
     r = p.add_argument_group("Ray (pip install 'circuitlab[batch]')")
     r.add_argument(
         "--ray",

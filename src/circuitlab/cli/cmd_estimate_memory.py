@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from typing import Any
 
 from ._attribution import (
     DTYPES,
@@ -23,7 +25,9 @@ weights, transcoders eager or lazy, forward activations and capture, sources, ed
 sweep's batch, graph rows, scores/pruning, offload savings) and the total of each phase.
 Takes the same flags as `circuitlab attribute`. The number of active features is l0 per layer
 and token: TopK's k, else --l0 (default 64); measure yours with `attribute --verbose`.
-Measured accuracy: docs/cli.md."""
+When the peak exceeds the memory available now (RAM, within any cgroup limit;
+CIRCUITLAB_AVAILABLE_MEMORY overrides it) a warning names both and the settings that would fit:
+`attribute` would refuse these settings. Measured accuracy: docs/cli.md."""
 EXAMPLES = """examples:
   circuitlab estimate-memory -t ./my-transcoders -m ./my-model --n-tokens 64
   circuitlab estimate-memory -t ./tc -p "The capital of France is" --max_feature_nodes 4096 \\
@@ -65,10 +69,43 @@ def run(args: argparse.Namespace) -> int:
             f"{model.n_layers} of width {model.d_model}: pass the matching -m/--model"
         )
     n_tokens = args.n_tokens or _count_tokens(model_ref, args.prompt, model.vocab_size)
-    est = estimate_memory(
-        model,
-        tc,
-        n_tokens,
+    est = estimate_memory(model, tc, n_tokens, **_settings(args))
+    warning, fits = _check_available(model, tc, n_tokens, args)
+    if args.json:
+        print(json.dumps({**est.to_json(), **fits}, indent=1))
+    else:
+        print(est.report())
+    if warning:
+        print(f"circuitlab estimate-memory: warning: {warning}", file=sys.stderr)
+    return 0
+
+
+def _check_available(
+    model: Any, tc: Any, n_tokens: int, args: argparse.Namespace
+) -> tuple[str | None, dict[str, Any]]:
+    """``(warning or None, JSON fields)``: the whole peak against the RAM available now."""
+    from ..attribution.memory_check import (
+        AttributionPlan,
+        NotEnoughMemoryError,
+        available_memory,
+        check_attribution_memory,
+    )
+
+    available = available_memory("cpu")
+    if "ram" not in available:
+        return None, {"available_bytes": None, "fits": None}
+    plan = AttributionPlan(model, tc, n_tokens, _settings(args))
+    fields: dict[str, Any] = {"available_bytes": available["ram"].bytes, "fits": True}
+    try:
+        check_attribution_memory(plan, "cpu", stage="all", available=available)
+    except NotEnoughMemoryError as e:
+        fields.update(fits=False, suggestions=e.suggestions)
+        return "`attribute` would refuse these settings: " + e.message(cli=True), fields
+    return None, fields
+
+
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(
         dtype=DTYPES[args.dtype],
         batch_size=args.batch_size,
         max_feature_nodes=args.max_feature_nodes,
@@ -78,8 +115,6 @@ def run(args: argparse.Namespace) -> int:
         lazy_decoder=args.lazy_decoder,
         l0=args.l0,
     )
-    print(json.dumps(est.to_json(), indent=1) if args.json else est.report())
-    return 0
 
 
 def _count_tokens(model_ref: str, prompt: str, vocab_size: int) -> int:

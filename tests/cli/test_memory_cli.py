@@ -1,0 +1,65 @@
+"""The CLI side of the memory check: ``attribute``/``batch`` refuse with flags that fit (and
+``--no-memory-check`` runs anyway); ``estimate-memory`` warns when the peak exceeds the memory
+available."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from circuitlab.attribution.memory_check import AVAILABLE_MEMORY_ENV
+from circuitlab.cli import main
+
+
+def test_attribute_refuses_with_the_numbers_and_flags_that_fit(
+    tiny_dirs: tuple[Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    _, tc = tiny_dirs
+    out = tmp_path / "g.safetensors"
+    argv = ["attribute", "-p", "the capital of Texas is", "-t", str(tc), "-o", str(out)]
+    monkeypatch.setenv(AVAILABLE_MEMORY_ENV, "100KiB")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "not enough memory" in err and "100.0 KiB is available" in err
+    assert "--max_feature_nodes" in err and "--no-memory-check" in err
+    assert "check_memory=False" not in err and not out.exists()
+    assert main([*argv, "--no-memory-check"]) == 0
+    assert out.is_file()
+
+
+def test_batch_passes_no_memory_check_on(
+    tiny_dirs: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("pyarrow")
+    _, tc = tiny_dirs
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"id": "a", "prompt": "the capital of Texas is"}\n')
+    monkeypatch.setenv(AVAILABLE_MEMORY_ENV, "100KiB")
+    argv = ["batch", str(prompts), "--out", str(tmp_path / "run"), "-t", str(tc), "--quiet"]
+    assert main(argv) == 1
+    error = json.loads((tmp_path / "run" / "errors" / "a.json").read_text())
+    assert "not enough memory" in json.dumps(error)
+    assert main([*argv, "--no-memory-check"]) == 0
+
+
+def test_estimate_memory_warns_when_the_peak_exceeds_available_memory(
+    tiny_dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    _, tc = tiny_dirs
+    argv = ["estimate-memory", "-t", str(tc), "--n-tokens", "8"]
+    assert main(argv) == 0
+    assert "warning" not in capsys.readouterr().err
+    monkeypatch.setenv(AVAILABLE_MEMORY_ENV, "1MiB")
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "predicted peak" in captured.out
+    assert "warning: `attribute` would refuse these settings" in captured.err
+    assert "1.0 MiB is available" in captured.err
+    assert main([*argv, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["fits"] is False and report["available_bytes"] == 2**20
