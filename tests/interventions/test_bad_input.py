@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from circuitlab.interventions import Intervention, feature_intervention, set_error
+from circuitlab.interventions import Intervention, feature_intervention, scale_feature, set_error
 
 from conftest import PROMPT, build
 
@@ -76,3 +76,17 @@ def test_per_position_values_are_accepted(rm) -> None:
     res = feature_intervention(rm, PROMPT, [(0, [2, 4], [5, 6], values)])
     assert isinstance(res.activations, torch.Tensor)
     torch.testing.assert_close(res.activations[0][[2, 4]][:, [5, 6]], values)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [float("nan"), float("inf"), -float("inf"), torch.tensor([1.0, float("nan")])],
+    ids=["nan", "inf", "-inf", "tensor-with-nan"],
+)
+def test_non_finite_values_are_refused(rm, value) -> None:
+    with pytest.raises(ValueError, match="not a finite number"):
+        feature_intervention(rm, PROMPT, [(0, 1, [1, 2], value)])
+    with pytest.raises(ValueError, match="not a finite number"):
+        scale_feature(0, 1, [1, 2], value)
+    with pytest.raises(ValueError, match="not a finite number"):
+        set_error(0, 1, value)

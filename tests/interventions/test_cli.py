@@ -88,3 +88,17 @@ def test_cli_errors_are_one_line(argv: list[str], message: str, capsys) -> None:
 def test_an_intervention_past_the_prompt_is_a_one_line_error(saved, capsys) -> None:
     assert main(["intervene", *saved, "-p", "the capital", "--ablate", "0", "9", "1"]) == 2
     assert "position 9 is past the end of the prompt" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--set", "0", "1", "2", "nan"],
+        ["--scale", "0", "1", "2", "inf"],
+        ["--nodes", "0_1_2", "--node-value", "nan"],
+    ],
+)
+def test_non_finite_values_are_refused(saved, flags: list[str], capsys) -> None:
+    assert main(["intervene", *saved, "-p", "the capital", *flags]) == 2
+    err = capsys.readouterr().err
+    assert "not a finite number" in err and len(err.strip().splitlines()) == 1

@@ -4,6 +4,7 @@ interventions, parsed into ``circuitlab.interventions`` values."""
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Any
 
 from . import UsageError
@@ -92,9 +93,12 @@ def _int(text: str, what: str) -> int:
 
 def _float(text: str, what: str) -> float:
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise UsageError(f"{what} must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise UsageError(f"{what} {text!r} is not a finite number; pass a finite value")
+    return value
 
 
 def parse_position(text: str) -> int | slice:

@@ -15,11 +15,13 @@ generated after the prompt. ``feature`` is an ``int`` or a 1-D integer tensor/li
 broadcasts to ``[n_positions, d_model]`` (set) / ``[n_positions, 1]`` (scale).
 
 Values are in the units of the activations being read: activations, or pre-activations when
-``apply_activation_function=False``.
+``apply_activation_function=False``. NaN and infinite values are refused when an intervention
+is built.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -42,9 +44,27 @@ class Intervention:
     value: Value
     op: Op = "set"
 
+    def __post_init__(self) -> None:
+        _check_finite(self.value, f"the intervention at layer {self.layer}")
+
     @property
     def on_error(self) -> bool:
         return self.feature is None
+
+
+def _check_finite(value: object, where: str) -> None:
+    """Refuses NaN and infinite values (they would print NaN probabilities, not an error)."""
+    if isinstance(value, bool):
+        return
+    if isinstance(value, (int, float)):
+        finite = math.isfinite(value)
+    elif isinstance(value, torch.Tensor) and value.is_floating_point():
+        finite = bool(torch.isfinite(value).all())
+    else:
+        return  # other types are refused, with their own message, when resolved
+    if not finite:
+        shown = value if isinstance(value, (int, float)) else "a tensor holding NaN or inf"
+        raise ValueError(f"{where}: value {shown} is not a finite number; pass a finite value.")
 
 
 InterventionLike = Intervention | tuple
