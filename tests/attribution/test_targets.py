@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from circuitlab.attribution import CustomTarget, LogitDiff, attribute
+from circuitlab.attribution.targets import resolve_targets
 from circuitlab.graph import Graph
 
 from conftest import PROMPT, build
@@ -94,3 +95,34 @@ def test_attributed_graph_round_trips_through_safe_storage(tmp_path) -> None:
     assert back.logit_targets == graph.logit_targets
     assert back.input_string == graph.input_string
     assert back.settings["max_n_logits"] == 10
+
+
+def test_a_target_outside_the_vocabulary_is_refused_not_traced_as_unk() -> None:
+    rm = build("llama")  # tiny_tokenizer reads unknown words as <pad>
+    with pytest.raises(ValueError, match=r"'Houston' is not in the vocabulary.*'<pad>'.*token id"):
+        attribute(rm, PROMPT, attribution_targets=["Houston"])
+    with pytest.raises(ValueError, match="'Houston' is not in the vocabulary"):
+        attribute(rm, PROMPT, attribution_targets=[LogitDiff("Austin", "Houston")])
+
+
+def test_a_target_read_as_the_unk_token_is_refused() -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<bos>": 0, "<unk>": 1, "Austin": 2, "Dallas": 3}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<bos>", unk_token="<unk>")
+    logits, unembed = torch.zeros(4), torch.randn(4, 8)
+    assert resolve_targets(["Austin"], logits, unembed, tok).logit_targets[0].vocab_idx == 2
+    with pytest.raises(ValueError, match=r"'Paris' is not in the vocabulary: it reads as '<unk>'"):
+        resolve_targets(["Paris"], logits, unembed, tok)
+
+
+def test_a_single_target_is_one_target_not_its_characters() -> None:
+    rm = build("llama")
+    austin = rm.tokenizer.convert_tokens_to_ids("Austin")  # type: ignore[union-attr]
+    graph = attribute(rm, PROMPT, attribution_targets="Austin")
+    assert [t.vocab_idx for t in graph.logit_targets] == [austin]
+    graph = attribute(rm, PROMPT, attribution_targets=LogitDiff("Austin", "Dallas"))  # type: ignore[arg-type]
+    assert [t.token_str for t in graph.logit_targets] == ["logit(Austin)-logit(Dallas)"]

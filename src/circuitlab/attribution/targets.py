@@ -5,7 +5,7 @@ with a weight (used by influence and pruning). Kinds:
 
 * salient logits (default): the top ``max_n_logits`` tokens by probability, cut where the
   cumulative probability reaches ``desired_logit_prob``;
-* tokens (strings that are one token each, or ids);
+* tokens (strings that are one token of the vocabulary each, or ids);
 * ``LogitDiff(x, y)``: ``logit(x) - logit(y)`` with weight ``|p(x) - p(y)|``;
 * ``CustomTarget(label, weight, vec)``: any residual direction.
 
@@ -64,11 +64,30 @@ def _token_id(tok: str | int, tokenizer: PreTrainedTokenizerBase | None, vocab: 
         raise ValueError(f"Target {tok!r} is a string but the model has no tokenizer; pass an id.")
     ids = tokenizer.encode(tok, add_special_tokens=False)
     if len(ids) != 1:
+        pieces = tokenizer.convert_ids_to_tokens(ids)
         raise ValueError(
-            f"Target {tok!r} is {len(ids)} tokens ({ids}); a logit target must be exactly one "
-            "token. Mind the leading space (e.g. ' Austin'), or pass a token id."
+            f"Target {tok!r} is {len(ids)} tokens ({ids}: {pieces}); a logit target must be "
+            "exactly one token. Pass a string that is a single token (mind the leading space, "
+            "e.g. ' Austin'), or a token id."
         )
-    return int(ids[0])
+    i = int(ids[0])
+    if _read_as_unknown(tok, i, tokenizer):
+        raise ValueError(
+            f"Target {tok!r} is not in the vocabulary: it reads as "
+            f"{tokenizer.convert_ids_to_tokens(i)!r} (id {i}), which is not the token typed. "
+            "Pass a string that is a single token of this vocabulary (mind the leading space, "
+            "e.g. ' Austin'), or a token id."
+        )
+    return i
+
+
+def _read_as_unknown(text: str, i: int, tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether ``text`` became token ``i`` only because the vocabulary lacks it: ``i`` is the
+    unk token, or another special token (word-level vocabularies may map unknown words to
+    ``<pad>``), unless ``text`` is that special token itself."""
+    if i != tokenizer.unk_token_id and i not in tokenizer.all_special_ids:
+        return False
+    return text.strip() != str(tokenizer.convert_ids_to_tokens(i))
 
 
 def _label(tok_id: int, tokenizer: PreTrainedTokenizerBase | None) -> str:
@@ -84,7 +103,12 @@ def resolve_targets(
     max_n_logits: int = 10,
     desired_logit_prob: float = 0.95,
 ) -> Targets:
-    """Resolves target specs against the last position's ``logits [vocab]`` and ``unembed [vocab, d]``."""
+    """Resolves target specs against the last position's ``logits [vocab]`` and ``unembed [vocab, d]``.
+
+    ``specs`` is None (salient logits), a list of targets, a tensor of ids, or one target (a
+    string is one token, not a list of characters). A string must be a single token of the
+    vocabulary: one that splits or reads as the unknown token raises ``ValueError``.
+    """
     vocab = unembed.shape[0]
     probs = torch.softmax(logits.double(), dim=-1)
     mean_u = unembed.mean(0)
@@ -111,6 +135,8 @@ def resolve_targets(
         )
     if isinstance(specs, torch.Tensor):
         specs = [int(i) for i in specs.flatten().tolist()]
+    elif isinstance(specs, (str, int, LogitDiff, CustomTarget)):  # one target, not a list of them
+        specs = [specs]
     if len(specs) == 0:
         raise ValueError("attribution_targets is empty; pass None for the salient logits.")
     labels: list[LogitTarget] = []
