@@ -18,7 +18,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from .models.adapters import Adapter, get_module
-from .models.loading import ModelSpec, load_model, model_spec
+from .models.loading import ModelSpec, load_model, model_spec, spec_from_config
 from .models.session import Capture, Plan, check_hook_names, hooked
 from .models.tokens import Prompt, tokenize
 from .transcoders.base import SparseActivations, Transcoders
@@ -75,13 +75,15 @@ class ReplacementModel(nn.Module):
         dtype: torch.dtype | None = None,
         lazy_decoder: bool = True,
         lazy_encoder: bool = False,
-        tokenizer: PreTrainedTokenizerBase | None = None,
+        tokenizer: str | PreTrainedTokenizerBase | None = None,
     ) -> ReplacementModel:
         """Loads a model (hub id, local dir, ``.gguf`` file, ``"smollm2"`` or model) and its
         transcoders.
 
         ``transcoders`` is a hub id, a local directory, a shortcut (``gemma``, ``llama``) or a
         ``Transcoders`` object. Shapes and hook names are checked before any computation.
+        ``tokenizer`` (a folder, hub id or tokenizer object) overrides the one saved with the
+        model; a model with neither takes token ids only, exactly as given (no BOS added).
         """
         dtype = dtype or torch.float32
         if isinstance(transcoders, str):
@@ -97,7 +99,7 @@ class ReplacementModel(nn.Module):
         loaded = transcoders
 
         def check(config: Any) -> None:  # before any weights are read
-            _check_compatible(_spec_from_config(config), loaded)
+            _check_compatible(spec_from_config(config), loaded)
 
         hf, tok, adapter = load_model(
             model, device=device, dtype=dtype, tokenizer=tokenizer, check_config=check
@@ -111,6 +113,13 @@ class ReplacementModel(nn.Module):
     @property
     def n_layers(self) -> int:
         return self.spec.n_layers
+
+    @property
+    def context_length(self) -> int | None:
+        """The most tokens a prompt may have (the model config's ``max_position_embeddings``,
+        GPT-2's ``n_positions``); None when the config names no limit. Longer prompts are
+        refused by ``ensure_tokenized`` (see ``models.tokens.check_context_length``)."""
+        return self.spec.context_length
 
     @property
     def device(self) -> torch.device:
@@ -156,8 +165,14 @@ class ReplacementModel(nn.Module):
 
     # ---- tokens -----------------------------------------------------------------------------
     def ensure_tokenized(self, prompt: Prompt) -> torch.Tensor:
-        """Token ids ``[pos]`` on the model's device (see ``models.tokens.tokenize``)."""
-        return tokenize(prompt, self.tokenizer, self.spec.vocab_size).to(self.device)
+        """Token ids ``[pos]`` on the model's device (see ``models.tokens.tokenize``).
+
+        Every prompt passes here first (attribution, activations, interventions, generation),
+        so a text prompt without a tokenizer, or a prompt longer than ``context_length``, is
+        refused before any work.
+        """
+        ids = tokenize(prompt, self.tokenizer, self.spec.vocab_size, context=self.context_length)
+        return ids.to(self.device)
 
     # ---- forward passes ---------------------------------------------------------------------
     def run(self, input_ids: torch.Tensor, plan: Plan) -> tuple[torch.Tensor, Capture | None]:
@@ -266,20 +281,6 @@ class ReplacementModel(nn.Module):
 
         mode = "replay" if frozen else "live"
         return Plan(attention=mode, norms=mode, frozen=capture, mlp_out=write)
-
-
-def _spec_from_config(config: object) -> ModelSpec:
-    cfg = getattr(config, "text_config", None) or config
-    n_heads = cfg.num_attention_heads  # type: ignore[attr-defined]
-    d_model = cfg.hidden_size  # type: ignore[attr-defined]
-    return ModelSpec(
-        n_layers=cfg.num_hidden_layers,  # type: ignore[attr-defined]
-        d_model=d_model,
-        n_heads=n_heads,
-        n_kv_heads=getattr(cfg, "num_key_value_heads", None) or n_heads,
-        d_head=getattr(cfg, "head_dim", None) or d_model // n_heads,
-        vocab_size=cfg.vocab_size,  # type: ignore[attr-defined]
-    )
 
 
 def _check_compatible(spec: ModelSpec, transcoders: Transcoders) -> None:

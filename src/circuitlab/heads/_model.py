@@ -62,7 +62,10 @@ class LabModel:
 
     def tokens(self, prompt: Prompt) -> torch.Tensor:
         """Token ids ``[pos]`` (a BOS is prepended as in ``models.tokens.tokenize``)."""
-        return tokenize(prompt, self.tokenizer, self.spec.vocab_size).to(self.device)
+        ids = tokenize(
+            prompt, self.tokenizer, self.spec.vocab_size, context=self.spec.context_length
+        )
+        return ids.to(self.device)
 
     def token_id(self, token: TokenRef) -> int:
         """The id of one token given as an id or a string that encodes to exactly one token."""

@@ -18,7 +18,7 @@ import torch
 
 from ..models.kvcache import cache_kwargs, output_cache
 from ..models.session import Plan, hooked
-from ..models.tokens import Prompt
+from ..models.tokens import Prompt, check_context_length
 from ..replacement import ReplacementModel
 from ..transcoders.base import SparseActivations
 from .intervene import prepare
@@ -103,9 +103,13 @@ def feature_intervention_generate(
     generated token (its start may lie past the prompt to steer generated tokens only).
     Sampling uses ``temperature`` and nucleus ``top_p`` with a ``torch.Generator`` seeded by
     ``seed``; ``do_sample=False`` is greedy.
+
+    The prompt plus ``max_new_tokens`` must fit the model's context (``model.context_length``):
+    a longer request is refused before anything runs (``ContextLengthError``), not cut short.
     """
     _check_sampling(max_new_tokens, temperature, top_p)
     ids = model.ensure_tokenized(prompt)
+    check_context_length(len(ids), model.context_length, max_new_tokens=max_new_tokens)
     setup = prepare(
         model,
         ids,

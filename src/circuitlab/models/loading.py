@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,11 +15,23 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 from .adapters import Adapter, adapter_for
 from .hub import hub_fetch, hub_kwargs, resolve_model_ref
 from .session import ensure_circuitlab_attention
+from .tokens import context_length, is_placeholder_tokenizer
+
+# A folder holding none of these has no tokenizer (transformers 5 would answer a placeholder).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "spiece.model",
+    "vocab.json",
+    "vocab.txt",
+)
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Sizes of a loaded model (read from its config)."""
+    """Sizes of a loaded model (read from its config); ``context_length`` is None when the
+    config names no limit."""
 
     n_layers: int
     d_model: int
@@ -26,11 +39,12 @@ class ModelSpec:
     n_kv_heads: int
     d_head: int
     vocab_size: int
+    context_length: int | None = None
 
 
-def model_spec(model: nn.Module) -> ModelSpec:
-    cfg: Any = model.config
-    cfg = getattr(cfg, "text_config", None) or cfg
+def spec_from_config(config: object) -> ModelSpec:
+    """The ``ModelSpec`` of a transformers config (its ``text_config`` where it has one)."""
+    cfg: Any = getattr(config, "text_config", None) or config
     n_heads = cfg.num_attention_heads
     d_model = cfg.hidden_size
     return ModelSpec(
@@ -40,7 +54,12 @@ def model_spec(model: nn.Module) -> ModelSpec:
         n_kv_heads=getattr(cfg, "num_key_value_heads", None) or n_heads,
         d_head=getattr(cfg, "head_dim", None) or d_model // n_heads,
         vocab_size=cfg.vocab_size,
+        context_length=context_length(cfg),
     )
+
+
+def model_spec(model: nn.Module) -> ModelSpec:
+    return spec_from_config(model.config)
 
 
 def _split_gguf(ref: str) -> tuple[str, str | None]:
@@ -66,23 +85,78 @@ def load_config(ref: str) -> tuple[Any, str, dict[str, Any]]:
     return config, path, kwargs
 
 
+def load_tokenizer(ref: str | PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """A tokenizer given explicitly: a local folder, a hub id or a tokenizer object.
+
+    Raises ``ValueError`` when it cannot be loaded or is a placeholder (only special tokens).
+    """
+    if isinstance(ref, str):
+        try:
+            if Path(ref).exists():
+                tok = AutoTokenizer.from_pretrained(ref)
+            else:
+                tok = hub_fetch("tokenizer", ref, AutoTokenizer.from_pretrained, ref)
+        except (OSError, ValueError) as e:
+            raise ValueError(
+                f"Could not load the tokenizer {ref!r} ({type(e).__name__}: {e}); pass a folder "
+                "holding tokenizer files (tokenizer.json, ...), a hub id or a tokenizer object."
+            ) from None
+    else:
+        tok = ref
+    if is_placeholder_tokenizer(tok):
+        raise ValueError(
+            f"The tokenizer {getattr(tok, 'name_or_path', '') or type(tok).__name__!r} has only "
+            "special tokens: it is transformers' placeholder for a folder without tokenizer "
+            "files, not the model's tokenizer. Pass the model's real tokenizer."
+        )
+    return tok
+
+
+def find_tokenizer(path: str, **kwargs: Any) -> PreTrainedTokenizerBase | None:
+    """The tokenizer saved with the model at ``path`` (a folder or hub id; ``kwargs`` as from
+    ``load_config``), or None when there is none.
+
+    A local folder without tokenizer files, a tokenizer that fails to load (with a warning)
+    and a placeholder tokenizer (``is_placeholder_tokenizer``) all count as none: the model
+    then takes token ids as they are, with no BOS added.
+    """
+    folder = Path(path)
+    if folder.is_dir() and not kwargs.get("gguf_file"):
+        if not any((folder / f).is_file() for f in TOKENIZER_FILES):
+            return None
+    try:
+        tok = AutoTokenizer.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as e:
+        if folder.is_dir():
+            warnings.warn(
+                f"The tokenizer files in {path} could not be loaded ({type(e).__name__}: {e}); "
+                "the model takes token ids only.",
+                stacklevel=3,
+            )
+        return None
+    return None if is_placeholder_tokenizer(tok) else tok
+
+
 def load_model(
     ref: str | nn.Module,
     *,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
-    tokenizer: PreTrainedTokenizerBase | None = None,
+    tokenizer: str | PreTrainedTokenizerBase | None = None,
     check_config: Callable[[Any], None] | None = None,
 ) -> tuple[nn.Module, PreTrainedTokenizerBase | None, Adapter]:
     """Loads ``ref`` (hub id, local directory, ``.gguf`` file, ``"smollm2"`` for the packaged
     SmolLM2-135M, or an already built model).
 
     Returns the model in eval mode with frozen parameters and circuitlab's attention
-    implementation, its tokenizer (None if it has none) and its family adapter. An
-    unsupported architecture raises before any weights are read, and so does ``check_config``
-    (called with the transformers config of a ``ref`` that is not a built model).
+    implementation, its tokenizer and its family adapter. The tokenizer is ``tokenizer``
+    (a folder, hub id or tokenizer object; see ``load_tokenizer``) when given, else the one
+    saved with the model (``find_tokenizer``), else None. An unsupported architecture raises
+    before any weights are read, and so does ``check_config`` (called with the transformers
+    config of a ``ref`` that is not a built model).
     """
     dtype = dtype or torch.float32
+    tok = load_tokenizer(tokenizer) if tokenizer is not None else None
     if isinstance(ref, nn.Module):
         model = ref
         model_type = cast(Any, model).config.model_type
@@ -93,11 +167,8 @@ def load_model(
         if check_config is not None:
             check_config(config)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
-        if tokenizer is None:
-            try:
-                tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-            except (OSError, ValueError):
-                tokenizer = None
+        if tok is None:
+            tok = find_tokenizer(path, **kwargs)
     model = cast(nn.Module, model).to(dtype=dtype)
     if device is not None:
         model = model.to(device)
@@ -105,4 +176,4 @@ def load_model(
     for p in model.parameters():
         p.requires_grad_(False)
     ensure_circuitlab_attention(model)
-    return model, tokenizer, adapter
+    return model, tok, adapter
