@@ -11,7 +11,13 @@ from fastapi.testclient import TestClient
 from circuitlab.graph.export import create_graph_files
 from circuitlab.server import create_app
 
-from .helpers import circuit_tracer_graph, feature_record, small_graph, write_feature_store
+from .helpers import (
+    LabClient,
+    circuit_tracer_graph,
+    feature_record,
+    small_graph,
+    write_feature_store,
+)
 
 
 @pytest.fixture
@@ -33,5 +39,5 @@ def features_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def client(graph_dir: Path, features_dir: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(graph_dir, features_dir)) as c:
+    with LabClient(create_app(graph_dir, features_dir)) as c:
         yield c

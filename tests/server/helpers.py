@@ -11,8 +11,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from fastapi.testclient import TestClient
 
 from circuitlab.graph import Graph, LogitTarget
+
+LAB_ORIGIN = "http://127.0.0.1"
+
+
+class LabClient(TestClient):
+    """A test client that reaches the app as its page on 127.0.0.1 does: the lab refuses
+    TestClient's own ``Host: testserver`` (no allowed host), for HTTP and websockets alike."""
+
+    def __init__(self, app: Any, **kwargs: Any):
+        super().__init__(app, base_url=LAB_ORIGIN, **kwargs)
+
+    def websocket_connect(self, url: str, *args: Any, **kwargs: Any) -> Any:
+        return super().websocket_connect(f"ws://127.0.0.1/{url.lstrip('/')}", *args, **kwargs)
 
 
 def small_graph() -> Graph:

@@ -13,6 +13,8 @@ from fastapi.testclient import TestClient
 
 from circuitlab.server import create_app
 
+from .helpers import LabClient
+
 
 def test_page_and_bundle_are_served(client: TestClient) -> None:
     page = client.get("/")
@@ -141,7 +143,7 @@ def test_bad_annotation_bodies_are_refused(client: TestClient, graph_dir: Path) 
 
 
 def test_oversized_bodies_are_refused(graph_dir: Path) -> None:
-    with TestClient(create_app(graph_dir, max_body=1000)) as c:
+    with LabClient(create_app(graph_dir, max_body=1000)) as c:
         big = {"qParams": {"clickedId": "x" * 5000}}
         assert c.post("/save_graph/small", json=big).status_code == 413
 
@@ -162,13 +164,13 @@ def test_other_hosts_and_origins_are_refused(client: TestClient) -> None:
     )
     assert r.status_code == 403
     same = client.post(
-        "/save_graph/small", json={"qParams": {}}, headers={"Origin": "http://testserver"}
+        "/save_graph/small", json={"qParams": {}}, headers={"Origin": "http://127.0.0.1"}
     )
     assert same.status_code == 200
 
 
 def test_without_features_dir_features_are_absent(graph_dir: Path) -> None:
-    with TestClient(create_app(graph_dir)) as c:
+    with LabClient(create_app(graph_dir)) as c:
         assert c.get("/features/index.json.gz").status_code == 404
         info = c.get("/api/info").json()
         assert info["features"] is False and info["tracing"] is False
@@ -191,7 +193,7 @@ def test_stores_written_by_the_dashboard_builder_are_served(
     from .helpers import feature_record
 
     write_store(tmp_path / "built", [[feature_record(0, f) for f in range(3)]])
-    with TestClient(create_app(graph_dir, tmp_path / "built")) as c:
+    with LabClient(create_app(graph_dir, tmp_path / "built")) as c:
         index = json.loads(gzip.decompress(c.get("/features/index.json.gz").content))
         entry = index[0]
         start, end = entry["offsets"][2], entry["offsets"][3]

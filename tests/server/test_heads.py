@@ -16,7 +16,7 @@ from circuitlab.models.tiny import tiny_model
 from circuitlab.server import build_app, create_app
 from circuitlab.server.heads import HeadsLab, StreamCancelled
 
-from .helpers import small_graph
+from .helpers import LabClient, small_graph
 from conftest import build  # pyright: ignore[reportAttributeAccessIssue]  (tests/conftest.py)
 
 
@@ -31,7 +31,7 @@ def client(heads: HeadsLab, tmp_path: Path):
     create_graph_files(graph, "small", tmp_path, 1.0, 1.0)
     graph.save(tmp_path / "small.safetensors")
     heads.graph_dir = tmp_path
-    with TestClient(create_app(tmp_path, heads=heads)) as c:
+    with LabClient(create_app(tmp_path, heads=heads)) as c:
         yield c
 
 
@@ -179,7 +179,7 @@ def test_presets_are_built_for_the_model(client: TestClient) -> None:
 
 
 def test_no_heads_model_means_no_heads_routes(tmp_path: Path) -> None:
-    with TestClient(create_app(tmp_path)) as c:
+    with LabClient(create_app(tmp_path)) as c:
         assert c.get("/api/info").json()["heads"] is False
         assert c.get("/api/heads/presets").status_code == 404
         with pytest.raises(Exception):  # noqa: B017 (closed with 1008)
@@ -221,7 +221,7 @@ def test_a_tracing_server_runs_heads_under_the_tracing_lock(tmp_path: Path) -> N
 
 def test_heads_models_alone_give_a_heads_only_server(tmp_path: Path) -> None:
     lab = LabModel.wrap(tiny_model("gpt2", n_layers=2))
-    with TestClient(build_app(tmp_path, heads_models={"g": lab})) as c:
+    with LabClient(build_app(tmp_path, heads_models={"g": lab})) as c:
         info = c.get("/api/info").json()
         assert info["heads_models"] == ["g"] and info["tracing"] is False
         with c.websocket_connect("/api/heads/ws") as ws:

@@ -7,11 +7,10 @@ import threading
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 
 from circuitlab.server import Job, Progress, Tracer, create_app
 
-from .helpers import small_graph
+from .helpers import LabClient, small_graph
 from conftest import build  # pyright: ignore[reportAttributeAccessIssue]  (tests/conftest.py)
 
 
@@ -161,7 +160,7 @@ def test_bad_trace_requests_are_refused(
     tmp_path: Path, body: object, status: int, message: str
 ) -> None:
     tracer = Tracer({"m": object()}, tmp_path, run_fn=lambda *_: small_graph())
-    with TestClient(create_app(tmp_path, tracer=tracer)) as c:
+    with LabClient(create_app(tmp_path, tracer=tracer)) as c:
         r = c.post("/api/trace", json=body)
         assert r.status_code == status and message in r.json()["detail"]
         assert c.delete("/api/jobs/nope").status_code == 404
@@ -169,7 +168,7 @@ def test_bad_trace_requests_are_refused(
 
 def test_jobs_are_followed_over_the_websocket(tmp_path: Path) -> None:
     tracer = Tracer({"m": object()}, tmp_path, run_fn=lambda *_: small_graph())
-    with TestClient(create_app(tmp_path, tracer=tracer)) as c:
+    with LabClient(create_app(tmp_path, tracer=tracer)) as c:
         with c.websocket_connect("/api/ws") as ws:
             assert ws.receive_json() == {"type": "jobs", "jobs": []}
             job = c.post("/api/trace", json={"prompt": "hello", "slug": "hi"}).json()["job"]
@@ -185,7 +184,7 @@ def test_jobs_are_followed_over_the_websocket(tmp_path: Path) -> None:
 
 def test_websockets_from_other_origins_are_refused(tmp_path: Path) -> None:
     tracer = Tracer({"m": object()}, tmp_path, run_fn=lambda *_: small_graph())
-    with TestClient(create_app(tmp_path, tracer=tracer)) as c:
+    with LabClient(create_app(tmp_path, tracer=tracer)) as c:
         with pytest.raises(Exception):  # noqa: B017 (the close code is what matters)
             with c.websocket_connect("/api/ws", headers={"Origin": "http://evil.example"}) as ws:
                 ws.receive_json()

@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 
 from circuitlab.server import Tracer, create_app
 
+from .helpers import LabClient
 from conftest import build  # pyright: ignore[reportAttributeAccessIssue]  (tests/conftest.py)
 
 
@@ -31,7 +31,7 @@ def test_steering_changes_the_next_token_distribution(
     traced: tuple[Path, Tracer, list[str]],
 ) -> None:
     folder, tracer, features = traced
-    with TestClient(create_app(folder, tracer=tracer)) as c:
+    with LabClient(create_app(folder, tracer=tracer)) as c:
         assert c.get("/api/info").json()["steering"] is True
         r = c.post(
             "/api/steer",
@@ -65,5 +65,5 @@ def test_bad_steering_requests_are_refused(
     traced: tuple[Path, Tracer, list[str]], body: dict, status: int
 ) -> None:
     folder, tracer, _ = traced
-    with TestClient(create_app(folder, tracer=tracer)) as c:
+    with LabClient(create_app(folder, tracer=tracer)) as c:
         assert c.post("/api/steer", json=body).status_code == status

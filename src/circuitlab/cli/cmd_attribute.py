@@ -147,5 +147,4 @@ def write_graph_files(args: argparse.Namespace, graph: object, tokenizer: object
     if args.server:
         from ..server import serve
 
-        print(f"circuitlab lab on http://127.0.0.1:{args.port}/?slug={args.slug} (Ctrl+C stops it)")
-        serve(args.graph_file_dir, args.features_dir, port=args.port)
+        serve(args.graph_file_dir, args.features_dir, port=args.port, slug=args.slug)

@@ -177,7 +177,6 @@ def run_organism(args: argparse.Namespace) -> int:
     if args.serve:
         from ..server import serve
 
-        print(f"circuitlab lab on http://127.0.0.1:{args.port}/  (Ctrl+C stops it)")
         # the loaded organism comes along: the page can trace new prompts, steer and open heads
         serve(graphs_dir, features_dir=features_dir, port=args.port, models={"organism": model})
     return 0

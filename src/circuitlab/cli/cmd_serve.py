@@ -11,12 +11,15 @@ attribute --slug ... --graph_file_dir ...` or by circuit-tracer), feature dashbo
 --features_dir, and saves annotations into the graph files. With --model and --transcoders the
 page can also trace new prompts and open the heads view (attention-head analysis and patching)
 of that model; with --model alone, the heads view only. Binds to 127.0.0.1 unless --host says
-otherwise."""
+otherwise; beyond loopback the lab needs a token (made at start and printed in the URL to open,
+or given with --token / $CIRCUITLAB_TOKEN) and answers only the Host names of the bound address
+and --allow-host. See docs/security.md."""
 EXAMPLES = """examples:
   circuitlab serve --graph_file_dir ./graphs
   circuitlab serve --graph_file_dir ./graphs --features_dir ./my-transcoders --port 8041
   circuitlab serve --graph_file_dir ./graphs --model ./my-model --transcoders ./my-transcoders
   circuitlab serve --graph_file_dir ./graphs --model smollm2      # heads view only
+  circuitlab serve --graph_file_dir ./graphs --host 0.0.0.0 --allow-host lab.example.org
 """
 
 
@@ -25,6 +28,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--features_dir", help="dashboard store (holds index.json.gz or features/)")
     p.add_argument("--port", type=int, default=8041)
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    p.add_argument(
+        "--token",
+        default=None,
+        help="secret every request must carry (default beyond loopback: $CIRCUITLAB_TOKEN or a "
+        "new one, printed in the URL; '' is refused there)",
+    )
+    p.add_argument(
+        "--allow-host",
+        "--allow_host",
+        dest="allow_hosts",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="another Host name the lab answers to beyond loopback (e.g. the machine's DNS name)",
+    )
     p.add_argument(
         "-m",
         "--model",
@@ -44,10 +62,15 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..server import serve
+    from ..server.running import lab_token
     from . import UsageError
 
     if not 0 < args.port < 65536:
         raise UsageError(f"--port must be 1-65535, got {args.port}")
+    try:
+        token = lab_token(args.host, args.token)
+    except ValueError as e:
+        raise UsageError(f"--token: {e}") from None
     if not Path(args.graph_file_dir).is_dir():
         raise UsageError(f"--graph_file_dir {args.graph_file_dir} is not a folder")
     models = heads_models = None
@@ -71,12 +94,13 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError("the transcoders name no model_name: pass -m/--model")
         model = ReplacementModel.from_pretrained(model_ref, transcoders)
         models = {Path(str(model_ref)).name or str(model_ref): model}
-    print(f"circuitlab lab on http://{args.host}:{args.port}/  (Ctrl+C stops it)")
     serve(
         args.graph_file_dir,
         args.features_dir,
         port=args.port,
         host=args.host,
+        token=token,
+        allow_hosts=args.allow_hosts,
         models=models,
         heads_models=heads_models,
         attribute_kwargs={

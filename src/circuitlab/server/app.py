@@ -25,10 +25,10 @@ Routes (all relative, so the page also works behind a path prefix or in a notebo
 * With a ``HeadsLab``: ``GET /api/heads/presets``, ``WS /api/heads/ws`` (head analysis and
   patching sweeps, streamed layer by layer; see ``server/heads.py``).
 
-Safety: paths are resolved under their root (no ``..``, no hidden files, no symlink escapes);
-request bodies are capped; writes need ``Content-Type: application/json`` and a same-origin
-``Origin`` (so other sites' pages cannot post); the ``Host`` header must be a loopback name
-unless the server was bound elsewhere (no DNS rebinding).
+Safety (docs/security.md): paths are resolved under their root (no ``..``, no hidden files, no
+symlink escapes); request bodies are capped; writes need ``Content-Type: application/json``;
+every request and websocket passes ``guard.Guard`` (allowed ``Host``, same-origin ``Origin``,
+the token when there is one); error answers name files relative to their folder only.
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 from starlette.requests import Request
@@ -60,12 +59,12 @@ from circuitlab.server.files import (
     read_json_body,
     resolve_under,
 )
+from circuitlab.server.guard import LOOPBACK_HOSTS, Guard, public_text
 from circuitlab.server.heads import HeadsLab, StreamCancelled
 from circuitlab.server.jobs import PromptRefused, SlugTaken, Tracer, TracerBusy
 from circuitlab.server.requests import SaveRequest, SteerRequest, TraceRequest, parse_body
 
 WEB_DIST = Path(__file__).resolve().parent.parent / "web" / "dist"
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "testserver")
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
 _MEDIA = {".js": "text/javascript", ".css": "text/css", ".html": "text/html", ".txt": "text/plain"}
 
@@ -78,8 +77,13 @@ def create_app(
     heads: HeadsLab | None = None,
     allowed_hosts: Iterable[str] | None = LOOPBACK_HOSTS,
     max_body: int = DEFAULT_MAX_BODY,
+    token: str | None = None,
 ) -> FastAPI:
-    """The lab application over ``graph_file_dir`` (``allowed_hosts=None`` allows any host)."""
+    """The lab application over ``graph_file_dir``.
+
+    ``allowed_hosts``: the ``Host`` names accepted (``None``: any, only with a ``token``);
+    ``token``: when set, every request and websocket must carry it (``guard.Guard``).
+    """
     graph_dir = Path(graph_file_dir)
     if not graph_dir.is_dir():
         raise NotADirectoryError(f"graph file directory {graph_dir} does not exist")
@@ -91,7 +95,7 @@ def create_app(
                 f"no index.json.gz in {features_dir} or {Path(features_dir) / 'features'}: "
                 "point --features_dir at a dashboard store (see docs/formats.md)"
             )
-    hosts = None if allowed_hosts is None else {h.lower() for h in allowed_hosts}
+    guard = Guard.make(allowed_hosts, token)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -109,18 +113,24 @@ def create_app(
 
     @app.exception_handler(HTTPProblem)
     async def _problem(_request: Request, exc: HTTPProblem) -> Response:
-        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+        detail = public_text(exc.detail, (graph_dir, feature_root, WEB_DIST))
+        return JSONResponse(
+            {**exc.body(), "detail": detail}, status_code=exc.status, headers=exc.headers
+        )
 
     @app.middleware("http")
     async def _guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]):
-        problem = check_host_and_origin(request.headers, hosts)
+        problem = guard.check(request)
         if problem is None and request.method not in ("GET", "HEAD"):
             declared = request.headers.get("content-length", "")
             if declared.isdigit() and int(declared) > max_body:
                 problem = HTTPProblem(413, f"body larger than {max_body} bytes")
         if problem is not None:
             return JSONResponse({"detail": problem.detail}, status_code=problem.status)
-        return await call_next(request)
+        response = await call_next(request)
+        guard.remember(request, response)
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        return response
 
     # ---- the page ---------------------------------------------------------------------------
     @app.get("/", include_in_schema=False)
@@ -263,8 +273,7 @@ def create_app(
 
     @app.websocket("/api/ws")
     async def ws(socket: WebSocket) -> None:
-        problem = check_host_and_origin(socket.headers, hosts)
-        if problem is not None or tracer is None:
+        if guard.check(socket) is not None or tracer is None:
             await socket.close(code=1008)
             return
         await socket.accept()
@@ -302,8 +311,7 @@ def create_app(
 
     @app.websocket("/api/heads/ws")
     async def heads_ws(socket: WebSocket) -> None:
-        problem = check_host_and_origin(socket.headers, hosts)
-        if problem is not None or heads is None:
+        if guard.check(socket) is not None or heads is None:
             await socket.close(code=1008)
             return
         await socket.accept()
@@ -332,9 +340,10 @@ async def serve_heads(socket: WebSocket, heads: HeadsLab) -> None:
         except StreamCancelled:
             end["status"] = "cancelled"
         except (ValueError, TypeError) as e:  # bad input: one line for the page
-            end.update(status="failed", error=str(e))
+            end.update(status="failed", error=public_text(str(e), [heads.graph_dir]))
         except Exception as e:  # reported to the page; the socket stays open
-            end.update(status="failed", error=f"{type(e).__name__}: {e}")
+            error = public_text(f"{type(e).__name__}: {e}", [heads.graph_dir])
+            end.update(status="failed", error=error)
         with contextlib.suppress(Exception):
             await socket.send_json(end)
 
@@ -362,21 +371,3 @@ async def serve_heads(socket: WebSocket, heads: HeadsLab) -> None:
 
 def _can_steer(tracer: Tracer) -> bool:
     return all(hasattr(m, "feature_intervention") for m in tracer.models.values())
-
-
-def check_host_and_origin(headers: Any, hosts: set[str] | None) -> HTTPProblem | None:
-    """None when the ``Host`` is allowed and any ``Origin`` is this same server."""
-    host = headers.get("host", "")
-    if hosts is not None and _hostname(host) not in hosts:
-        return HTTPProblem(403, f"host {host!r} is not allowed (DNS rebinding guard)")
-    origin = headers.get("origin")
-    if origin and origin != "null" and urlsplit(origin).netloc.lower() != host.lower():
-        return HTTPProblem(403, f"cross-origin request from {origin} refused")
-    return None
-
-
-def _hostname(host: str) -> str:
-    host = host.strip().lower()
-    if host.startswith("["):
-        return host[1:].split("]")[0]
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host

@@ -31,6 +31,7 @@ from typing import Any, Literal
 from circuitlab.atomic import atomic_path
 from circuitlab.graph.export import check_slug, create_graph_files
 from circuitlab.graph.graph import Graph
+from circuitlab.server.guard import public_text
 
 JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
 PHASES = ("forward", "sources", "targets", "logit rows", "feature rows", "graph")
@@ -337,7 +338,8 @@ class Tracer:
         except JobCancelled:
             status, error = "cancelled", None
         except Exception as e:  # a failed job is reported to the page, the worker lives on
-            status, error = "failed", f"{type(e).__name__}: {e}"
+            error = public_text(f"{type(e).__name__}: {e}", [self.graph_dir])  # no paths shown
+            status = "failed"
         with self._cond:
             if status == "done":
                 job.progress = 1.0

@@ -10,11 +10,10 @@ import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from circuitlab.graph.export import create_graph_files
 from circuitlab.graph.graph import Graph
-from circuitlab.server.running import LabServer, start_server
+from circuitlab.server.running import LabServer, lab_url, start_server
 
 _servers: dict[str, LabServer] = {}
 
@@ -49,13 +48,15 @@ def show(
     """Write ``graph``'s files and return an inline view of the lab on it.
 
     One server per ``(graph_file_dir, features_dir)`` is started on 127.0.0.1 and reused;
-    ``graph_file_dir`` defaults to a temporary folder for this Python process.
+    ``graph_file_dir`` defaults to a temporary folder for this Python process. It has no token
+    (the iframe is another site than the notebook's, where the token's cookie cannot be set):
+    like any loopback lab it answers its own page and programs on this machine only.
     """
     key = f"{graph_file_dir}|{features_dir}"
     server = _servers.get(key)
     if server is None:
         folder = graph_file_dir or tempfile.mkdtemp(prefix="circuitlab-lab-")
-        server = _servers[key] = start_server(folder, features_dir)
+        server = _servers[key] = start_server(folder, features_dir, token="")
     folder = Path(server.app.state.graph_dir)
     slug = slug or f"graph-{uuid.uuid4().hex[:8]}"
     create_graph_files(
@@ -67,7 +68,7 @@ def show(
         tokenizer=tokenizer,
         features_dir=features_dir,
     )
-    src = f"{server.url}?slug={quote(slug)}"
+    src = lab_url(server.host, server.port, slug=slug)
     try:
         from IPython.display import IFrame  # type: ignore[import-not-found]
     except ImportError:
