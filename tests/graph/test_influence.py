@@ -86,3 +86,15 @@ def test_virtual_targets_are_ordinary_logit_nodes() -> None:
     g.logit_targets[1] = LogitTarget("logit(a)-logit(b)", g.vocab_size)
     assert g.logit_targets[1].is_virtual(g.vocab_size)
     assert g.node_kind(10) == "logit"
+
+
+def test_non_finite_rows_are_named_not_reported_as_a_cycle() -> None:
+    g = hand_graph()
+    edges = g.edges.clone()
+    edges[1, 7] = float("nan")
+    with pytest.raises(ValueError, match=r"NaN or infinite values in 1 of 5 rows \(into nodes 1\)"):
+        compute_influence(normalize_rows(edges), g.row_nodes, g.logit_weights())
+    w = g.logit_weights()
+    w[-1] = float("inf")
+    with pytest.raises(ValueError, match="weights hold NaN or infinite values at nodes 10"):
+        compute_influence(normalize_rows(hand_graph().edges), g.row_nodes, w)

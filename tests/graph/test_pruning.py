@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from circuitlab.graph import cumulative_scores, find_threshold, prune_graph
+from circuitlab.graph import Graph, cumulative_scores, find_threshold, prune_graph
 
-from .builders import make_graph, random_graph, sort_threshold, square_prune
+from .builders import hand_graph, make_graph, random_graph, sort_threshold, square_prune
 
 
 @pytest.mark.parametrize("t", [0.0, 0.1, 0.5, 0.8, 0.98, 0.999, 1.0])
@@ -103,3 +103,29 @@ def test_prune_leaves_graph_untouched_and_result_consistent() -> None:
     assert not result.edge_mask[:, ~result.node_mask].any()
     assert result.node_mask[g.token_offset :].all()
     assert not (result.edge_mask & (g.edges == 0)).any()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_edges_are_named_not_reported_as_a_cycle(bad: float) -> None:
+    g = _with_edges(hand_graph(torch.float32), [(2, 0), (3, 7)], bad)  # into f2 and L0
+    with pytest.raises(ValueError) as e:
+        prune_graph(g)
+    text = str(e.value)
+    assert "cycle" not in text.replace("not a cycle", "")
+    assert "2 NaN or infinite values in 2 of 5 rows" in text
+    assert "feature L1 pos 1 #3" in text and "logit 'tok0'" in text
+
+
+def _with_edges(g: Graph, cells: list[tuple[int, int]], value: float) -> Graph:
+    """``g`` with ``edges[r, c] = value`` at each cell."""
+    edges = g.edges.clone()
+    for r, c in cells:
+        edges[r, c] = value
+    return make_graph(
+        edges,
+        n_layers=g.n_layers,
+        n_pos=g.n_pos,
+        active_features=g.active_features,
+        selected_features=g.selected_features,
+        probabilities=g.logit_probabilities.tolist(),
+    )

@@ -44,9 +44,11 @@ def compute_influence(
         ``influence[N]``; the seed ``w`` itself is not included.
 
     Raises:
+        ValueError: the rows or weights hold NaN or infinite values (``check_finite``).
         RuntimeError: when the series has not ended after ``max_iter`` steps (the matrix has a
             cycle, so it is not an attribution graph).
     """
+    check_finite(normalized_rows, row_nodes, weights)
     row_nodes = row_nodes.to(normalized_rows.device)
     prod = weights.to(normalized_rows)
     influence = torch.zeros_like(prod)
@@ -59,6 +61,37 @@ def compute_influence(
         f"influence did not converge after {max_iter} steps: the edges contain a cycle "
         "(an attribution graph must be acyclic); check the edge matrix and row_nodes"
     )
+
+
+def check_finite(
+    rows: torch.Tensor, row_nodes: torch.Tensor, weights: torch.Tensor | None = None
+) -> None:
+    """Raises ValueError naming the rows (by node index) that hold NaN or infinite values.
+
+    Without this check a NaN never dies out of the series and is reported as a cycle. Costs one
+    sum over ``rows[n_rows, N]`` (no ``n_rows x N`` mask).
+    """
+    if weights is not None and not bool(torch.isfinite(weights).all()):
+        bad = (~torch.isfinite(weights)).nonzero().flatten().tolist()
+        raise ValueError(
+            f"the influence weights hold NaN or infinite values at nodes {_preview(bad)}: the "
+            "logit probabilities must be finite numbers"
+        )
+    if bool(torch.isfinite(rows.sum())):
+        return
+    bad_rows = (~torch.isfinite(rows.sum(dim=1))).nonzero().flatten()
+    nodes = row_nodes.to(bad_rows.device)[bad_rows].tolist()
+    raise ValueError(
+        f"the edges hold NaN or infinite values in {len(nodes)} of {rows.shape[0]} rows (into "
+        f"nodes {_preview(nodes)}); influence and pruning need finite edges. This is not a "
+        "cycle: recompute the graph (a NaN usually comes from a NaN activation or a float16 "
+        "overflow; trace in float32 or bfloat16)"
+    )
+
+
+def _preview(items: list[int], k: int = 8) -> str:
+    shown = ", ".join(map(str, items[:k]))
+    return shown + (f", ... ({len(items)} in all)" if len(items) > k else "")
 
 
 def edge_influence(

@@ -26,7 +26,12 @@ from typing import NamedTuple
 import torch
 
 from circuitlab.graph.graph import Graph
-from circuitlab.graph.influence import compute_influence, edge_influence, normalize_rows
+from circuitlab.graph.influence import (
+    check_finite,
+    compute_influence,
+    edge_influence,
+    normalize_rows,
+)
 
 # Positive float32 values keep their order when their bits are read as int32; the top 16 bits
 # (exponent + 7 mantissa bits) split them into at most 2**15 buckets of ~1% relative width.
@@ -123,6 +128,7 @@ def prune_graph(
     check_fraction("edge_threshold", edge_threshold)
     weights = graph.logit_weights()
     row_nodes = graph.row_nodes
+    _check_finite_edges(graph)
 
     node_inf = compute_influence(normalize_rows(graph.edges), row_nodes, weights)
     node_mask = node_inf >= find_threshold(node_inf, node_threshold)
@@ -138,6 +144,32 @@ def prune_graph(
 
     _drop_dangling_nodes(graph, node_mask, edge_mask)
     return PruneResult(node_mask, edge_mask, cumulative_scores(node_inf))
+
+
+def _check_finite_edges(graph: Graph) -> None:
+    """NaN or infinite edges get their own error naming the nodes (not "a cycle")."""
+    try:
+        check_finite(graph.edges, graph.row_nodes)
+    except ValueError:
+        bad = (~torch.isfinite(graph.edges.sum(dim=1))).nonzero().flatten()
+        n_values = int((~torch.isfinite(graph.edges[bad])).sum())
+        names = [_node_name(graph, int(graph.row_nodes[r])) for r in bad[:8].tolist()]
+        more = f", ... ({len(bad)} rows in all)" if len(bad) > 8 else ""
+        raise ValueError(
+            f"the graph's edges hold {n_values} NaN or infinite values in {len(bad)} of "
+            f"{graph.n_rows} rows (into {', '.join(names)}{more}); pruning needs finite edges. "
+            "This is not a cycle: recompute the graph (a NaN usually comes from a NaN "
+            "activation or a float16 overflow; trace in float32 or bfloat16)"
+        ) from None
+
+
+def _node_name(graph: Graph, node: int) -> str:
+    """``feature L1 pos 3 #12`` or ``logit ' Paris'`` (the kinds that have rows)."""
+    if graph.node_kind(node) == "feature":
+        layer, pos, idx = graph.selected_feature_coords[node].tolist()
+        return f"feature L{layer} pos {pos} #{idx}"
+    target = graph.logit_targets[node - graph.logit_offset]
+    return f"logit {target.token_str!r}"
 
 
 def _drop_dangling_nodes(graph: Graph, node_mask: torch.Tensor, edge_mask: torch.Tensor) -> None:
