@@ -108,9 +108,61 @@ def test_unknown_model_kind(tmp_path: Path) -> None:
         load_circuit_tracer(tmp_path)
 
 
-def test_missing_model_kind(tmp_path: Path) -> None:
+def test_missing_required_keys_are_named_with_the_layout(tmp_path: Path) -> None:
     (tmp_path / "config.yaml").write_text("feature_input_hook: mlp.hook_in\n")
-    with pytest.raises(ValueError, match="unknown model_kind None"):
+    with pytest.raises(ValueError) as e:
+        load_circuit_tracer(tmp_path)
+    text = str(e.value)
+    assert "config.yaml has no `model_kind`, `feature_output_hook`" in text
+    assert "model_kind: transcoder_set" in text and "feature_input_hook: mlp.hook_in" in text
+
+
+@pytest.mark.parametrize(
+    "text, where, problem",
+    [
+        ("model_kind: transcoder_set\nfeature_input_hook: [mlp.hook_in\n", "line 3", "flow"),
+        (
+            "model_kind: transcoder_set\n\tfeature_input_hook: x\n",
+            "line 2",
+            "'\\t' that cannot start",
+        ),
+        ("model_kind: transcoder_set\nfeature_input_hook: 'x\n", "line 3", "quoted"),
+        ("model_kind: a: b\n", "line 1, column 14", "mapping values"),
+    ],
+)
+def test_broken_yaml_names_the_file_the_line_and_the_layout(
+    tmp_path: Path, text: str, where: str, problem: str
+) -> None:
+    (tmp_path / "config.yaml").write_text(text)
+    with pytest.raises(ValueError) as e:
+        load_circuit_tracer(tmp_path)
+    message = str(e.value)
+    assert f"config.yaml {where}" in message and "not valid YAML" in message
+    assert problem in message and "Expected circuit-tracer's layout" in message
+    assert e.value.__cause__ is None and e.value.__suppress_context__
+
+
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [
+        ({"transcoders": "layer_0.safetensors"}, "`transcoders` must be a list"),
+        ({"transcoders": [1, 2]}, "entry must be a file path"),
+        ({"k": "many"}, "`k` must be an integer"),
+        ({"feature_input_hook": ["a"]}, "`feature_input_hook` must be a hook name"),
+    ],
+)
+def test_keys_of_the_wrong_type_are_named(tmp_path: Path, extra: dict, fragment: str) -> None:
+    _write_config(tmp_path, **extra)
+    with pytest.raises(ValueError, match=fragment):
+        load_circuit_tracer(tmp_path)
+
+
+def test_a_config_that_is_not_a_mapping_or_not_text(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text("- model_kind\n- transcoder_set\n")
+    with pytest.raises(ValueError, match="must hold a YAML mapping .*got list"):
+        load_circuit_tracer(tmp_path)
+    (tmp_path / "config.yaml").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ValueError, match="not a UTF-8 text file"):
         load_circuit_tracer(tmp_path)
 
 

@@ -197,10 +197,73 @@ def read_config(directory_or_config: str | Path) -> tuple[dict[str, Any], Path]:
             f"`model_kind: transcoder_set`, `feature_input_hook: mlp.hook_in`, "
             f"`feature_output_hook: hook_mlp_out` next to layer_{{i}}.safetensors."
         )
-    config = yaml.safe_load(path.read_text()) or {}
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(
+            f"{path}{_yaml_position(e)}: not valid YAML ({_yaml_problem(e)}). {LAYOUT}"
+        ) from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a UTF-8 text file. {LAYOUT}") from None
     if not isinstance(config, dict):
-        raise ValueError(f"{path} must hold a YAML mapping, got {type(config).__name__}.")
+        raise ValueError(
+            f"{path} must hold a YAML mapping (`key: value` lines), got {type(config).__name__}. "
+            f"{LAYOUT}"
+        )
+    check_config(config, path)
     return config, path.resolve()
+
+
+#: What a circuit-tracer ``config.yaml`` holds, for error messages.
+LAYOUT = (
+    "Expected circuit-tracer's layout: `model_kind: transcoder_set` (or cross_layer_transcoder), "
+    "`feature_input_hook: mlp.hook_in`, `feature_output_hook: hook_mlp_out`, optional "
+    "`model_name: <hub id or path>`, `activation: relu | jump_relu | topk`, `k: <int>` and "
+    "`transcoders: [<file per layer>, ...]`."
+)
+_REQUIRED_KEYS = ("model_kind", "feature_input_hook", "feature_output_hook")
+_KEY_TYPES: dict[str, tuple[type, str]] = {
+    "model_kind": (str, "a string"),
+    "feature_input_hook": (str, "a hook name"),
+    "feature_output_hook": (str, "a hook name"),
+    "model_name": (str, "a hub id or a path"),
+    "activation": (str, "relu, jump_relu or topk"),
+    "k": (int, "an integer"),
+    "transcoders": (list, "a list of per-layer files"),
+}
+
+
+def check_config(config: dict[str, Any], path: Path) -> None:
+    """Missing required keys and keys of the wrong type, named with the expected layout."""
+    missing = [k for k in _REQUIRED_KEYS if config.get(k) in (None, "")]
+    if missing:
+        raise ValueError(f"{path} has no {', '.join(f'`{k}`' for k in missing)}. {LAYOUT}")
+    for key, (kind, words) in _KEY_TYPES.items():
+        value = config.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ValueError(
+                f"{path}: `{key}` must be {words}, got {type(value).__name__} {value!r}. {LAYOUT}"
+            )
+    bad = [e for e in config.get("transcoders") or [] if not isinstance(e, str)]
+    if bad:
+        raise ValueError(
+            f"{path}: every `transcoders:` entry must be a file path or hf:// URI, got {bad[0]!r}. "
+            f"{LAYOUT}"
+        )
+
+
+def _yaml_position(e: yaml.YAMLError) -> str:
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    return "" if mark is None else f" line {mark.line + 1}, column {mark.column + 1}"
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    problem = getattr(e, "problem", None)
+    context = getattr(e, "context", None)
+    text = " ".join(str(x) for x in (context, problem) if x) or str(e).splitlines()[0]
+    return " ".join(text.replace("\t", "\\t").split())  # a tab is shown, not collapsed
 
 
 def load_circuit_tracer(
