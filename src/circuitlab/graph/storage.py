@@ -102,7 +102,7 @@ def _fields_from_header(header: dict[str, Any]) -> dict[str, Any]:
     labels = header.get("feature_labels")
     return {
         "input_string": str(header["input_string"]),
-        "logit_targets": [LogitTarget(str(s), int(i)) for s, i in header["logit_targets"]],
+        "logit_targets": _logit_targets(header["logit_targets"]),
         "vocab_size": int(header["vocab_size"]),
         "n_layers": int(header["n_layers"]),
         "model_name": str(header["model_name"]),
@@ -110,6 +110,22 @@ def _fields_from_header(header: dict[str, Any]) -> dict[str, Any]:
         "settings": dict(header.get("settings") or {}),
         "feature_labels": None if labels is None else {int(k): v for k, v in labels.items()},
     }
+
+
+def _logit_targets(raw: Any) -> list[LogitTarget]:
+    """``[[token_str, vocab_idx], ...]`` from the header; TypeError naming the expected form."""
+    expected = 'expected "logit_targets": [[token_str, vocab_idx], ...], e.g. [[" Paris", 6342]]'
+    if not isinstance(raw, list):
+        raise TypeError(
+            f"the header's logit_targets is {type(raw).__name__} {raw!r:.60}; {expected}"
+        )
+    out = []
+    for i, item in enumerate(raw):
+        ok = isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)
+        if not ok or not isinstance(item[1], int) or isinstance(item[1], bool) or item[1] < 0:
+            raise TypeError(f"the header's logit_targets[{i}] is {item!r:.60}; {expected}")
+        out.append(LogitTarget(item[0], item[1]))
+    return out
 
 
 def _check_format(path: Path, metadata: dict[str, str]) -> None:
