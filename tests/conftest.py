@@ -28,10 +28,16 @@ WORDS = "the capital of state containing Dallas is Austin Texas France Paris a b
 
 def tiny_tokenizer():
     """A word-level tokenizer over ``WORDS`` (ids 3..), with <bos>=0, <eos>=1, <pad>=2."""
+    return word_tokenizer(WORDS)
+
+
+def word_tokenizer(words: list[str]):
+    """A word-level tokenizer over ``words`` (ids 3..), with <bos>=0, <eos>=1, <pad>=2; unknown
+    words become <pad>."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {"<bos>": 0, "<eos>": 1, "<pad>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
+    vocab = {"<bos>": 0, "<eos>": 1, "<pad>": 2, **{w: i + 3 for i, w in enumerate(words)}}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     return PreTrainedTokenizerFast(
@@ -91,4 +97,5 @@ __all__ = [
     "build",
     "save_to_disk",
     "tiny_tokenizer",
+    "word_tokenizer",
 ]

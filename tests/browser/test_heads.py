@@ -5,10 +5,16 @@ the graph's prompt opens in the heads view, and a screenshot that is not blank."
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from circuitlab.server import LabServer
+import pytest
+import torch
+
+from circuitlab.heads import LabModel
+from circuitlab.models.tiny import tiny_model
+from circuitlab.server import LabServer, start_server
 
 from .conftest import open_lab, screenshot_colours
 
@@ -146,17 +152,41 @@ def test_a_graphs_prompt_opens_in_the_heads_view(page: Any, tracing_lab: LabServ
     assert page.is_visible("#graph-pane") and "slug=small" in page.url
 
 
-def test_presets_fill_the_prompts_and_show_their_circuit(page: Any, tracing_lab: LabServer) -> None:
+@pytest.fixture(scope="module")
+def induction_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabServer]:
+    """A heads-only lab whose word-level tokenizer knows the induction preset's words."""
+    from conftest import word_tokenizer  # pyright: ignore[reportAttributeAccessIssue]
+
+    tok = word_tokenizer("The cat sat on the mat rug .".split())
+    model = LabModel.wrap(tiny_model("llama", dtype=torch.float32), tok)
+    with start_server(tmp_path_factory.mktemp("heads"), heads_models={"tiny": model}) as server:
+        yield server
+
+
+def test_presets_fill_the_prompts_and_show_their_circuit(
+    page: Any, induction_lab: LabServer
+) -> None:
+    open_lab(page, induction_lab.url + "?view=heads")
+    page.wait_for_selector("#heads-preset option[value='induction']", state="attached")
+    page.select_option("#heads-preset", "induction")
+    assert page.input_value("#heads-prompt") == "The cat sat on the mat. The cat sat on the"
+    assert "rug." in page.input_value("#heads-corrupted")
+    assert page.input_value("#heads-answer") == " mat"
+    assert "induction head" in page.inner_text("#patching")
+    page.wait_for_selector("body[data-heads-status='patching-done']", timeout=60_000)
+
+
+def test_presets_the_model_cannot_run_are_offered_with_the_reason(
+    page: Any, tracing_lab: LabServer
+) -> None:
+    """IOI on the tiny word-level tokenizer (no 'Mary', no 'John') is listed, disabled, with
+    why; nothing runs and fails."""
     open_lab(page, tracing_lab.url + "?view=heads")
-    page.wait_for_selector("#heads-preset option[value='ioi']", state="attached")
-    page.select_option("#heads-preset", "ioi")
-    assert page.input_value("#heads-prompt").startswith("When Mary and John")
-    assert "Mary gave" in page.input_value("#heads-corrupted")
-    assert page.input_value("#heads-answer") == " Mary"
-    assert "name-mover" in page.inner_text("#patching")
-    # the tiny word-level tokenizer knows neither name: a one-line error, not a broken page
-    page.wait_for_selector("body[data-heads-status$='-failed']", timeout=60_000)
-    assert "same" in page.inner_text("#heads-status")
+    ioi = page.locator("#heads-preset option[value='ioi']")
+    ioi.wait_for(state="attached")
+    assert ioi.is_disabled()
+    assert "doesn't fit" in ioi.inner_text() and "'Mary'" in (ioi.get_attribute("title") or "")
+    assert page.locator("#heads-preset option:not([disabled]):not([value=''])").count() == 0
 
 
 def test_bad_input_is_reported_and_the_view_recovers(page: Any, tracing_lab: LabServer) -> None:

@@ -178,6 +178,28 @@ def test_presets_are_built_for_the_model(client: TestClient) -> None:
     assert ioi["answer"] == " Mary" and ioi["roles"] and ioi["circuit"]
 
 
+def test_presets_say_whether_they_fit_the_models_vocabulary(client: TestClient) -> None:
+    """The tiny word-level tokenizer knows neither name of IOI: the preset says so instead of
+    failing once run."""
+    presets = {p["name"]: p for p in client.get("/api/heads/presets").json()["presets"]}
+    ioi = presets["ioi"]
+    assert ioi["fits"] is False and "vocabulary" in ioi["why"] and "'Mary'" in ioi["why"]
+
+
+def test_a_preset_fits_a_tokenizer_that_knows_its_words() -> None:
+    from circuitlab.heads.presets import PRESETS, unfit_reason
+
+    from conftest import word_tokenizer  # pyright: ignore[reportAttributeAccessIssue]
+
+    built = PRESETS["induction"].build(None)
+    tok = word_tokenizer("The cat sat on the mat rug .".split())
+    assert unfit_reason(built, tok, 64) is None
+    assert "beyond the model's vocabulary" in (unfit_reason(built, tok, 5) or "")
+    short = word_tokenizer("The cat sat on the mat .".split())  # no 'rug'
+    assert "'rug'" in (unfit_reason(built, short, 64) or "")
+    assert "no tokenizer" in (unfit_reason(built, None, 64) or "")
+
+
 def test_no_heads_model_means_no_heads_routes(tmp_path: Path) -> None:
     with LabClient(create_app(tmp_path)) as c:
         assert c.get("/api/info").json()["heads"] is False

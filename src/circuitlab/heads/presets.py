@@ -257,6 +257,64 @@ def get_preset(name: str) -> Preset:
     return PRESETS[name]
 
 
+def unfit_reason(
+    built: PresetPrompts, tokenizer: PreTrainedTokenizerBase | None, vocab_size: int
+) -> str | None:
+    """Why a preset's prompts cannot run on a model, or None when they fit.
+
+    They fit when the tokenizer knows every word (nothing maps to its unknown token), every id
+    is inside the model's vocabulary, the answer and the wrong token are one token each and
+    differ, and the clean and corrupted prompts have the same token length.
+    """
+    if tokenizer is None:
+        return "this model has no tokenizer (presets are text)"
+    unknown: list[str] = []
+    lengths = []
+    for text in (built.clean, built.corrupted, built.answer, built.wrong):
+        ids, words = _encode(tokenizer, text)
+        if any(i >= vocab_size for i in ids):
+            return f"{text!r} has token ids beyond the model's vocabulary ({vocab_size})"
+        unknown += [w for w in words if w not in unknown]
+        lengths.append(len(ids))
+    if unknown:
+        more = f" and {len(unknown) - 4} more" if len(unknown) > 4 else ""
+        return f"not in this model's vocabulary: {', '.join(map(repr, unknown[:4]))}{more}"
+    for text, n in ((built.answer, lengths[2]), (built.wrong, lengths[3])):
+        if n != 1:
+            return f"{text!r} is {n} tokens for this tokenizer; answers must be one token"
+    if _encode(tokenizer, built.answer)[0] == _encode(tokenizer, built.wrong)[0]:
+        return f"{built.answer!r} and {built.wrong!r} are the same token"
+    if lengths[0] != lengths[1]:
+        return f"the clean prompt is {lengths[0]} tokens and the corrupted one {lengths[1]}"
+    return None
+
+
+def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> tuple[list[int], list[str]]:
+    """Token ids of ``text`` and the pieces of it that became the unknown token."""
+    unk = _unknown_id(tokenizer)
+    ids = [int(i) for i in tokenizer(text, add_special_tokens=False).input_ids]
+    if unk is None or unk not in ids:
+        return ids, []
+    # which words: encode them one at a time (works for slow tokenizers too)
+    words = [w.strip(".,;:!?") or w for w in text.split()]
+    unknown = [w for w in words if unk in tokenizer(w, add_special_tokens=False).input_ids]
+    return ids, unknown or [text.strip()]
+
+
+def _unknown_id(tokenizer: PreTrainedTokenizerBase) -> int | None:
+    """The id unknown words map to (the backend model's ``unk_token`` when the tokenizer does
+    not name one); None for byte-level tokenizers, which have no unknown words."""
+    named = tokenizer.unk_token_id
+    if isinstance(named, int):
+        return named
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    name = getattr(getattr(backend, "model", None), "unk_token", None)
+    if backend is None or not name:
+        return None
+    found = backend.token_to_id(name)
+    return None if found is None else int(found)
+
+
 def repeated_tokens(n: int = 20, *, vocab: int, bos: int | None = None, seed: int = 0) -> list[int]:
     """``[bos] + r + r`` with ``r`` n random token ids: the standard probe for head classes.
 

@@ -72,21 +72,30 @@ class HeadsLab:
         return str(name)
 
     def presets(self, model: str | None = None) -> list[dict[str, Any]]:
-        """Every preset with its prompts built for the model's tokenizer and its roles."""
+        """Every preset with its prompts built for the model's tokenizer and its roles.
+
+        ``fits`` says whether the prompts can run on the model; when not, ``why`` names the
+        reason (words outside the vocabulary, answers of several tokens, unequal lengths).
+        """
         from circuitlab.heads import PRESETS
+        from circuitlab.heads.presets import unfit_reason
 
         lab = self.models[self.model_name(model)]
         out = []
         for p in PRESETS.values():
             try:
                 built = p.build(lab.tokenizer)
+                why = unfit_reason(built, lab.tokenizer, lab.spec.vocab_size)
             except Exception as e:  # a tokenizer that cannot build it: list it as unavailable
-                out.append({"name": p.name, "title": p.title, "error": str(e)})
+                reason = f"cannot be built for this tokenizer: {e}"
+                out.append({"name": p.name, "title": p.title, "fits": False, "why": reason})
                 continue
             out.append(
                 {
                     "name": p.name,
                     "title": p.title,
+                    "fits": why is None,
+                    "why": why,
                     "circuit": p.circuit,
                     "source": p.source,
                     "clean": built.clean,

@@ -4,7 +4,7 @@
 import { format } from "d3-format";
 import { el } from "./dom.js";
 import { KIND } from "./data.js";
-import { state } from "./state.js";
+import { cardId, state } from "./state.js";
 
 const num = format(".3~g");
 const pct = format(".3~%");
@@ -58,7 +58,8 @@ export function resetFeatureCache() {
 
 export async function renderFeatureCard(root, hasFeatures) {
   const g = state.graph;
-  const n = g && state.clickedId ? g.byId.get(state.clickedId) : null;
+  const id = g ? cardId() : ""; // the clicked node, or the hovered one (the hover card)
+  const n = id ? g.byId.get(id) : null;
   if (!n || n.kind !== KIND.feature) {
     root.replaceChildren(el("p", { class: "muted" }, "Click a feature."));
     return;
@@ -69,14 +70,14 @@ export async function renderFeatureCard(root, hasFeatures) {
     return;
   }
   root.replaceChildren(head, el("p", { class: "muted" }, "loading…"));
-  const wanted = state.clickedId;
+  const wanted = id;
   let rec = null;
   try {
     rec = await loadFeature(n.layer, n.featureIdx);
   } catch (e) {
     console.warn("feature load failed", e);
   }
-  if (state.clickedId !== wanted) return; // the user moved on
+  if (cardId() !== wanted) return; // the user moved on
   if (!rec) {
     root.replaceChildren(head, el("p", { class: "muted" }, "No dashboard for this feature."));
     return;

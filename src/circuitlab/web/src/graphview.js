@@ -31,7 +31,7 @@ export class GraphView {
     new ResizeObserver(() => this.redraw()).observe(wrap);
     const top = this.canvases[2];
     top.addEventListener("mousemove", (e) => this.onMove(e));
-    top.addEventListener("mouseleave", () => this.setHover(""));
+    top.addEventListener("mouseleave", (e) => this.onLeave(e));
     top.addEventListener("click", (e) => this.onClick(e));
     top.addEventListener("wheel", (e) => this.onWheel(e), { passive: false });
     top.addEventListener("mousedown", (e) => this.onDown(e));
@@ -322,7 +322,8 @@ export class GraphView {
   }
 
   onMove(e) {
-    if (e.shiftKey) return; // shift freezes the hover
+    if (e.shiftKey) return; // shift freezes the hover (and its card)
+    state.hoverFrozen = false;
     const n = this.nodeAt(e);
     this.setHover(n ? n.id : "");
     if (n) {
@@ -334,6 +335,19 @@ export class GraphView {
     } else {
       this.tooltip.hidden = true;
     }
+  }
+
+  // Leaving with Shift held (or a frozen card) keeps the hover card, so the pointer can go to it.
+  onLeave(e) {
+    this.tooltip.hidden = true;
+    if (state.hoveredId && state.hoveredId !== state.clickedId && (e.shiftKey || state.hoverFrozen)) {
+      if (!state.hoverFrozen) {
+        state.hoverFrozen = true;
+        emit("hover");
+      }
+      return;
+    }
+    this.setHover("");
   }
 
   setHover(id) {

@@ -66,8 +66,16 @@ async function loadPresets() {
   const model = $("heads-model").hidden ? "" : `?model=${encodeURIComponent($("heads-model").value)}`;
   const r = await fetch(`api/heads/presets${model}`).catch(() => null);
   if (!r || !r.ok) return;
-  presets = (await r.json()).presets.filter((p) => !p.error);
-  $("heads-preset").replaceChildren(el("option", { value: "" }, "preset…"), ...presets.map((p) => el("option", { value: p.name }, p.title)));
+  const all = (await r.json()).presets;
+  presets = all.filter((p) => p.fits);
+  // Presets this model's tokenizer cannot run stay listed, disabled, saying why.
+  const unfit = all.filter((p) => !p.fits).map((p) =>
+    el("option", { value: p.name, disabled: "", title: p.why, "data-why": p.why }, `${p.title}: doesn't fit this model (${p.why})`));
+  $("heads-preset").replaceChildren(
+    el("option", { value: "" }, presets.length ? "preset…" : "preset… (none fits this model)"),
+    ...presets.map((p) => el("option", { value: p.name }, p.title)),
+    ...(unfit.length ? [el("optgroup", { label: "not for this model" }, ...unfit)] : []),
+  );
 }
 
 function sourceChanged() {

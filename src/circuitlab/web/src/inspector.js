@@ -1,7 +1,8 @@
-// The node inspector: what the clicked node is, and its strongest inputs and outputs.
+// The node inspector: what the clicked node is, and its strongest inputs and outputs. While the
+// pointer rests on another node of the graph it shows that one (the hover card), with a note.
 import { format } from "d3-format";
 import { KIND, labelOf, nodeTitle, tokenText } from "./data.js";
-import { emit, isVisible, setClerp, state, togglePin } from "./state.js";
+import { cardId, emit, isVisible, setClerp, state, togglePin } from "./state.js";
 import { el } from "./dom.js";
 
 const num = format(".3~g");
@@ -10,13 +11,19 @@ const TOP = 25;
 
 export function renderInspector(root) {
   const g = state.graph;
-  const n = g && state.clickedId ? g.byId.get(state.clickedId) : null;
+  const id = g ? cardId() : "";
+  const n = id ? g.byId.get(id) : null;
   root.replaceChildren();
   if (!n) {
-    root.append(el("p", { class: "muted" }, "Click a node."));
+    root.append(el("p", { class: "muted" }, g || !state.missing ? "Click a node." : ""));
     return;
   }
   const pinned = state.pinned.includes(n.id);
+  if (n.id !== state.clickedId) {
+    root.append(el("p", { class: "hover-note" }, state.hoverFrozen
+      ? "hover card, frozen: Esc or a move over the graph releases it"
+      : "hover card: hold Shift to freeze it and move to it; click to keep"));
+  }
   root.append(
     el("div", { class: "node-head" },
       el("span", { class: `kind kind-${n.kind}` }, n.kind),

@@ -3,8 +3,9 @@ import { parseGraph } from "./data.js";
 import { renderFeatureCard } from "./featurecard.js";
 import { GraphView, timings } from "./graphview.js";
 import { renderInspector } from "./inspector.js";
-import { applyQParams, emit, on, qParams, state, togglePin, writeUrl } from "./state.js";
-import { finishGrouping, grouping, renderSubgraph } from "./subgraph.js";
+import { applyQParams, cancelUrlWrite, emit, on, qParams, state, togglePin, writeUrl } from "./state.js";
+import { finishGrouping, grouping, markSubgraphSelection, renderSubgraph } from "./subgraph.js";
+import { dropUnsaved, keepUnsaved, mergeQParams, unsavedFor, unsavedSlugs } from "./unsaved.js";
 import { setupSteer } from "./steer.js";
 import { setupTrace } from "./trace.js";
 import { analyseGraph, applyUrl as applyHeadsUrl, hs, moveSelection, setGraph, setupHeads } from "./heads.js";
@@ -14,17 +15,29 @@ import { el } from "./dom.js";
 const $ = (id) => document.getElementById(id);
 let info = { features: false, tracing: false, models: [] };
 let view;
+let graphs = []; // graph-metadata.json's entries
+// URL keys that carry a view (a shared link); without them a graph opens as last saved.
+const VIEW_KEYS = ["clickedId", "pinnedIds", "supernodes", "clerps", "pruningThreshold"];
 
 async function getJSON(url) {
   const r = await fetch(url, { cache: "no-cache" });
-  if (!r.ok) throw new Error(`${url}: ${r.status}`);
+  if (!r.ok) throw Object.assign(new Error(`${url}: ${r.status}`), { status: r.status });
   return r.json();
 }
 
+// "slug · prompt" (the prompt clipped; whole in the tooltip).
+function graphName(g) {
+  const name = g.title_prefix ? `${g.title_prefix} ${g.slug}` : g.slug;
+  const prompt = typeof g.prompt === "string" ? g.prompt.replace(/\s+/g, " ").trim() : "";
+  if (!prompt) return name;
+  return `${name} · ${prompt.length > 60 ? `${prompt.slice(0, 59)}…` : prompt}`;
+}
+
 async function loadList(selected) {
-  const [{ graphs }, files] = await Promise.all([getJSON("data/graph-metadata.json"), loadValidationList()]);
+  const [meta, files] = await Promise.all([getJSON("data/graph-metadata.json"), loadValidationList()]);
+  graphs = meta.graphs;
   const select = $("graph-select");
-  const options = graphs.map((g) => el("option", { value: g.slug }, g.title_prefix ? `${g.title_prefix} ${g.slug}` : g.slug));
+  const options = graphs.map((g) => el("option", { value: g.slug, title: g.prompt || null }, graphName(g)));
   if (files.diffs.length) {
     options.push(el("optgroup", { label: "diffs (circuitlab compare)" }, ...files.diffs.map((d) =>
       el("option", { value: `diff:${d.file}` }, d.a ? `${d.a} vs ${d.b}` : d.file))));
@@ -42,11 +55,31 @@ async function openDiff(file) {
   await showDiff(file, { openGraph });
 }
 
-async function openGraph(slug, clickedId) {
-  showView("graph");
-  const url = clickedId ? new URLSearchParams({ slug, clickedId }) : null;
-  history.replaceState(null, "", `?slug=${encodeURIComponent(slug)}`);
-  await loadGraph(slug, url);
+function openGraph(slug, clickedId) {
+  return navigate(new URLSearchParams(clickedId ? { slug, clickedId } : { slug }));
+}
+
+// Each graph (and view) opened is a history entry, so Back and Forward move between them inside
+// the lab; the entry left keeps its latest view in its URL, unsaved edits stay in the session.
+function navigate(params) {
+  writeUrl();
+  history.pushState(null, "", `${location.pathname}?${params}`);
+  return route(params);
+}
+
+// Show what a URL names (after navigate, or Back/Forward): a diff, or a graph in a view.
+async function route(url) {
+  if (url.get("diff")) return openDiff(url.get("diff"));
+  const slug = url.get("slug") || state.slug || (graphs[0] && graphs[0].slug);
+  const wanted = url.get("view") === "heads" && info.heads ? "heads" : "graph";
+  if (slug && (slug !== state.slug || !state.graph)) {
+    if (wanted === "graph") showView("graph");
+    await loadGraph(slug, url);
+  } else if (state.graph && url.get("clickedId") && state.graph.byId.has(url.get("clickedId"))) {
+    state.clickedId = url.get("clickedId");
+    emit("select");
+  }
+  showView(wanted);
 }
 
 function setPruning(t) {
@@ -57,12 +90,36 @@ function setPruning(t) {
   emit("prune", { dirty: true });
 }
 
-async function loadGraph(slug, url) {
+// Open a graph: its saved view, then the URL's keys, then (unless `session` is false) the
+// unsaved edits this tab made to it, which win.
+async function loadGraph(slug, url, { session = true } = {}) {
   const t0 = performance.now();
-  const data = await getJSON(`data/${encodeURIComponent(slug)}.json`);
+  state.loading = true; // no URL writes for the graph being left while this one loads
+  let data;
+  try {
+    data = await getJSON(`data/${encodeURIComponent(slug)}.json`);
+  } catch (e) {
+    if (e.status === 404) return showMissing(slug);
+    throw e;
+  } finally {
+    state.loading = false;
+  }
+  $("graph-missing").hidden = true;
+  state.missing = "";
   state.slug = slug;
   state.graph = parseGraph(data);
+  state.hoveredId = "";
+  state.hoverFrozen = false;
   applyQParams(state.graph.qParams, url);
+  state.base = state.graph.qParams;
+  state.version = versionOf(state.graph.qParams);
+  const kept = session ? unsavedFor(slug) : null;
+  if (kept) {
+    applyQParams(kept.qParams, null);
+    if (url && url.get("clickedId") && state.graph.byId.has(url.get("clickedId"))) state.clickedId = url.get("clickedId");
+    state.base = kept.base || state.base;
+    state.version = kept.version ?? state.version;
+  }
   timings.parse = performance.now() - t0;
   $("graph-select").value = slug;
   const prune = $("prune");
@@ -73,9 +130,41 @@ async function loadGraph(slug, url) {
   view.zoom = { k: 1, x: 0, y: 0 };
   emit("graph");
   loadFaithfulness(slug, { setPruning });
-  state.dirty = false;
+  state.dirty = Boolean(kept);
   updateSaveState();
+  if (kept) setStatus("unsaved changes (kept from earlier in this tab)");
   if (state.graph.duplicates) setStatus(`${state.graph.duplicates} duplicate node ids ignored (old circuit-tracer file)`);
+}
+
+function versionOf(q) {
+  const v = q && q.version;
+  return Number.isInteger(v) && v >= 0 ? v : 0;
+}
+
+// A slug that names no graph: say so, and list the graphs there are.
+function showMissing(slug) {
+  state.graph = null;
+  state.slug = "";
+  state.missing = slug;
+  state.clickedId = "";
+  document.title = "circuitlab · no such graph";
+  $("graph-select").value = "";
+  $("counts").textContent = "";
+  const links = graphs.map((g) => {
+    const a = el("a", { href: `?slug=${encodeURIComponent(g.slug)}`, "data-slug": g.slug }, graphName(g));
+    a.addEventListener("click", (e) => { e.preventDefault(); openGraph(g.slug, null); });
+    return el("li", {}, a);
+  });
+  $("graph-missing").replaceChildren(
+    el("p", {}, "There is no graph ", el("strong", {}, slug), " in this lab's folder."),
+    links.length ? el("p", {}, "Open one of these:") : el("p", { class: "muted" }, "It has no graphs yet: trace a prompt or write graph files."),
+    el("ul", {}, ...links),
+  );
+  $("graph-missing").hidden = false;
+  renderInspector($("inspector"));
+  renderSubgraph($("subgraph"), $("supernodes"));
+  renderFeatureCard($("feature"), info.features);
+  writeUrl();
 }
 
 // The graph and heads views share the page; the graph pane redraws itself when shown again
@@ -92,6 +181,14 @@ function showView(which) {
   writeUrl();
 }
 
+// Graph <-> heads from the tabs or H: a history entry each, so Back returns to the other view.
+function switchView(which) {
+  if (which === state.view) return;
+  writeUrl();
+  history.pushState(null, "", location.href);
+  showView(which);
+}
+
 function setStatus(text) {
   $("save-state").textContent = text;
 }
@@ -101,20 +198,62 @@ function updateSaveState() {
   $("save").classList.toggle("attention", state.dirty);
 }
 
-async function save() {
-  if (!state.slug) return;
-  const r = await fetch(`save_graph/${encodeURIComponent(state.slug)}`, {
+function postSave(slug, q, version) {
+  return fetch(`save_graph/${encodeURIComponent(slug)}`, {
     method: "POST",
     headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ qParams: qParams() }),
+    body: JSON.stringify({ qParams: q, version }),
   });
-  if (r.ok) {
-    state.dirty = false;
-    updateSaveState();
-    setStatus("saved");
-  } else {
-    setStatus(`save failed: ${(await r.json().catch(() => ({}))).detail || r.status}`);
+}
+
+// Save sends the version of the file the edits were made on. When someone saved in between
+// (409), their view and ours are merged (mergeQParams: our changes win where both changed the
+// same thing), the page shows the merge, and the save is sent again on their version.
+async function save() {
+  if (!state.slug) return;
+  const slug = state.slug;
+  let q = qParams();
+  let merged = null;
+  for (let attempt = 0; attempt < 4; attempt++) {
+    const r = await postSave(slug, q, state.version);
+    const body = await r.json().catch(() => ({}));
+    if (r.ok) {
+      if (state.slug !== slug) return dropUnsaved(slug);
+      state.version = Number.isInteger(body.version) ? body.version : state.version + 1;
+      state.base = q;
+      dropUnsaved(slug);
+      state.dirty = false;
+      updateSaveState();
+      setStatus(merged == null ? "saved" : `saved, merged with version ${merged} saved elsewhere`);
+      return;
+    }
+    const theirs = r.status === 409 ? await currentView(slug, body) : null;
+    if (!theirs || state.slug !== slug) {
+      setStatus(`save failed: ${body.detail || r.status}`);
+      return;
+    }
+    q = mergeQParams(state.base, theirs.qParams, q);
+    delete q.version;
+    merged = theirs.version;
+    state.base = theirs.qParams;
+    state.version = theirs.version;
+    applyQParams(q, null);
+    state.dirty = true;
+    emit("pins");
   }
+  setStatus("save failed: the file keeps changing; try again");
+}
+
+// The file's view and version after a 409: from the answer, else read again (a 409 for a file
+// that is not a graph, or whose version is still ours, is no conflict to merge).
+async function currentView(slug, body) {
+  if (body && body.qParams && typeof body.qParams === "object" && Number.isInteger(body.version)) {
+    return { qParams: body.qParams, version: body.version };
+  }
+  const data = await getJSON(`data/${encodeURIComponent(slug)}.json`).catch(() => null);
+  const q = data && data.qParams && typeof data.qParams === "object" ? data.qParams : null;
+  if (!q || versionOf(q) === state.version) return null;
+  return { qParams: q, version: versionOf(q) };
 }
 
 function updateCounts() {
@@ -126,19 +265,49 @@ function updateCounts() {
 
 function render(what) {
   if (!state.graph) return;
+  if (what === "select" && state.hoverFrozen) releaseHover(); // a click in the card moves on
   if (what === "graph" || what === "prune") {
     view.redraw();
   } else if (what === "select" || what === "pins" || what === "labels") {
     view.refreshHighlights(what);
   }
-  if (what !== "hover" && what !== "layout") {
+  if (what === "hover") {
+    scheduleCard();
+  } else if (what !== "layout") {
     renderInspector($("inspector"));
-    renderSubgraph($("subgraph"), $("supernodes"));
+    // a selection only re-marks the subgraph's boxes: rebuilding them would swallow the
+    // second click of a double-click (which edits a supernode's label)
+    if (what === "select") markSubgraphSelection($("subgraph"));
+    else renderSubgraph($("subgraph"), $("supernodes"));
   }
   if (what === "graph" || what === "select") renderFeatureCard($("feature"), info.features);
   if (what === "prune" && validation.faith) renderFaithfulness();
+  if (state.dirty && what !== "hover") keepUnsaved(state.slug, qParams(), state.version, state.base);
   updateCounts();
   updateSaveState();
+}
+
+// The hover card: the inspector and feature panes show the hovered node while the pointer
+// rests on it (50 ms), and the clicked one again when it leaves; Shift freezes the card.
+let cardTimer = 0;
+function scheduleCard() {
+  clearTimeout(cardTimer);
+  cardTimer = setTimeout(renderCard, 50);
+}
+
+function renderCard() {
+  clearTimeout(cardTimer);
+  const active = document.activeElement;
+  if (active && active.tagName === "INPUT" && $("inspector").contains(active)) return; // typing a label
+  renderInspector($("inspector"));
+  renderFeatureCard($("feature"), info.features);
+}
+
+function releaseHover() {
+  state.hoverFrozen = false;
+  state.hoveredId = "";
+  view.drawOverlay();
+  renderCard();
 }
 
 function keys() {
@@ -154,13 +323,18 @@ function keys() {
       e.preventDefault();
       return;
     }
-    if (e.key === "Escape") {
+    const card = state.hoveredId && state.hoveredId !== state.clickedId; // a hover card is up
+    if (e.key === "Shift" && card && !state.hoverFrozen) {
+      state.hoverFrozen = true;
+      renderCard();
+    } else if (e.key === "Escape") {
       $("help").hidden = true;
-      if (state.clickedId) { state.clickedId = ""; emit("select"); }
+      if (card && state.hoverFrozen) releaseHover();
+      else if (state.clickedId) { state.clickedId = ""; emit("select"); }
     } else if (e.key === "g" || e.key === "G") {
       grouping.held = true;
       document.body.classList.add("grouping");
-    } else if (e.key === "p" && state.clickedId) {
+    } else if ((e.key === "p" || e.key === "P") && state.clickedId) {
       togglePin(state.clickedId);
     } else if (e.key === "[" || e.key === "]") {
       const p = $("prune");
@@ -169,7 +343,7 @@ function keys() {
       state.pruning = Number(p.value);
       emit("prune");
     } else if ((e.key === "h" || e.key === "H") && info.heads) {
-      showView(state.view === "heads" ? "graph" : "heads");
+      switchView(state.view === "heads" ? "graph" : "heads");
     } else if (e.key === "0" && state.view === "graph") {
       view.resetZoom();
     } else if (e.key === "?") {
@@ -196,8 +370,12 @@ async function main() {
   $("help-toggle").addEventListener("click", () => { $("help").hidden = !$("help").hidden; });
   $("graph-select").addEventListener("change", (e) => {
     const value = e.target.value;
-    if (value.startsWith("diff:")) return openDiff(value.slice(5));
+    if (value.startsWith("diff:")) return navigate(new URLSearchParams({ diff: value.slice(5) }));
     openGraph(value, null);
+  });
+  window.addEventListener("popstate", () => {
+    cancelUrlWrite(); // a pending write holds the entry we left
+    route(new URLSearchParams(location.search)).catch(showError);
   });
   let pruneTimer = 0;
   $("prune").addEventListener("input", (e) => {
@@ -206,15 +384,20 @@ async function main() {
     cancelAnimationFrame(pruneTimer);
     pruneTimer = requestAnimationFrame(() => emit("prune", { dirty: true }));
   });
-  window.addEventListener("beforeunload", writeUrl);
+  window.addEventListener("beforeunload", (e) => {
+    writeUrl();
+    if (state.dirty || unsavedSlugs().length) {
+      e.preventDefault(); // unsaved annotations: the browser asks before leaving
+      e.returnValue = "";
+    }
+  });
   info = await getJSON("api/info").catch(() => info);
   const url = new URLSearchParams(location.search);
-  const graphs = await loadList(url.get("slug"));
+  await loadList(url.get("slug"));
   setupTrace(info, {
     onDone: async (job) => {
       await loadList(job.slug);
-      history.replaceState(null, "", `?slug=${encodeURIComponent(job.slug)}`);
-      await loadGraph(job.slug, null);
+      await openGraph(job.slug, null);
     },
   });
   setupSteer(info);
@@ -224,18 +407,29 @@ async function main() {
     $("tab-graph").addEventListener("click", () => {
       if (!state.graph && graphs[0]) return openGraph(graphs[0].slug, null);
       if (state.slug) $("graph-select").value = state.slug;
-      showView("graph");
+      switchView("graph");
     });
-    $("tab-heads").addEventListener("click", () => showView("heads"));
-    $("graph-heads").addEventListener("click", () => { showView("heads"); analyseGraph(); });
+    $("tab-heads").addEventListener("click", () => switchView("heads"));
+    $("graph-heads").addEventListener("click", () => { switchView("heads"); analyseGraph(); });
   }
   if (url.get("view") === "heads" || (!graphs.length && info.heads && !url.get("diff"))) showView("heads");
   const slug = url.get("slug") || (graphs[0] && graphs[0].slug);
+  // A link opened afresh shows the view it carries; a reload or Back/Forward shows this tab's
+  // unsaved edits, which are newer.
+  const nav = performance.getEntriesByType("navigation")[0];
+  const shared = (!nav || nav.type === "navigate") && VIEW_KEYS.some((k) => url.has(k));
   if (url.get("diff")) await openDiff(url.get("diff"));
-  else if (slug) await loadGraph(slug, url);
+  else if (slug) await loadGraph(slug, url, { session: !shared });
   if (state.view === "heads") applyHeadsUrl(url);
-  else $("inspector").replaceChildren(el("p", { class: "muted" }, "No graphs yet: trace a prompt or write graph files."));
+  else if (!graphs.length && !state.graph && !state.missing && !url.get("diff")) {
+    $("inspector").replaceChildren(el("p", { class: "muted" }, "No graphs yet: trace a prompt or write graph files."));
+  }
   document.body.dataset.ready = "1";
+}
+
+function showError(e) {
+  console.error(e);
+  $("inspector").replaceChildren(el("p", { class: "error" }, String(e.message || e)));
 }
 
 // Hooks for tests and for measuring (read-only use).
@@ -251,7 +445,6 @@ window.__lab = {
 };
 
 main().catch((e) => {
-  console.error(e);
+  showError(e);
   document.body.dataset.ready = "error";
-  $("inspector").replaceChildren(el("p", { class: "error" }, String(e.message || e)));
 });

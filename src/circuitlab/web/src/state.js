@@ -8,6 +8,7 @@ export const state = {
   graph: null,
   clickedId: "",
   hoveredId: "",
+  hoverFrozen: false, // Shift froze the hover card (it stays when the pointer leaves the graph)
   pinned: [], // node ids, in pin order
   supernodes: [], // [label, ...memberIds]
   clerps: new Map(), // feature index (string) -> label
@@ -17,7 +18,16 @@ export const state = {
   dirty: false,
   view: "graph", // or "heads", "diff"
   diffFile: "",
+  missing: "", // a slug from the URL that names no graph
+  version: 0, // the file's annotation version the edits are made on (sent back with saves)
+  base: null, // the file's qParams at that version (what a merge compares our edits with)
+  loading: false, // a graph is being fetched: the URL still belongs to the one shown
 };
+
+// The node the inspector and feature card show: the hovered one, else the clicked one.
+export function cardId() {
+  return state.hoveredId || state.clickedId;
+}
 
 // `what` names what changed: "graph", "select", "hover", "pins", "prune", "labels", "layout".
 export function on(fn) { listeners.add(fn); }
@@ -65,7 +75,13 @@ function scheduleUrl() {
   urlTimer = setTimeout(writeUrl, 150);
 }
 
+export function cancelUrlWrite() {
+  clearTimeout(urlTimer);
+}
+
 export function writeUrl() {
+  clearTimeout(urlTimer);
+  if (state.loading) return;
   const p = new URLSearchParams();
   if (state.view === "diff") {
     p.set("diff", state.diffFile);
@@ -78,6 +94,7 @@ export function writeUrl() {
     for (const [k, v] of current) if (k.startsWith("heads") || k === "head") p.set(k, v);
   }
   if (!state.slug) {
+    if (state.missing) p.set("slug", state.missing);
     const url = `${location.pathname}${p.size ? `?${p}` : ""}`;
     if (url !== location.pathname + location.search) history.replaceState(null, "", url);
     return;
@@ -136,10 +153,35 @@ export function setClerp(featureIndex, label) {
   emit("labels", { dirty: true });
 }
 
-// Pruning: features and errors whose cumulative influence exceeds the threshold are hidden;
-// tokens, logits and pinned nodes always show.
+// Pruning keeps the nodes that hold the top `pruning` share of influence, as the exporter does
+// (graph/pruning.py): the features and errors ranked above the node whose cumulative influence
+// first reaches the threshold, and that node itself (its cumulative share is past the
+// threshold). Tokens, logits and pinned nodes always show; at or above the file's own
+// node_threshold every node of the file shows (the file holds exactly what it kept).
 export function isVisible(n) {
   if (n.kind === "token" || n.kind === "logit") return true;
-  if (n.influence == null || n.influence <= state.pruning) return true;
+  if (n.influence == null || n.influence <= pruneCut()) return true;
   return state.pinned.includes(n.id);
+}
+
+const EPS = 1e-6; // cumulative scores are float32 in files; the exporter summed in float64
+let cutCache = { graph: null, pruning: NaN, cut: Infinity };
+
+function pruneCut() {
+  const g = state.graph;
+  if (cutCache.graph !== g || cutCache.pruning !== state.pruning) {
+    cutCache = { graph: g, pruning: state.pruning, cut: computeCut(g, state.pruning) };
+  }
+  return cutCache.cut;
+}
+
+// The largest cumulative influence still shown: the first one at or past the threshold.
+function computeCut(g, pruning) {
+  const fileThreshold = g ? Number(g.meta.node_threshold) : NaN;
+  if (!g || (Number.isFinite(fileThreshold) && pruning >= fileThreshold - EPS)) return Infinity;
+  let cut = Infinity;
+  for (const n of g.nodes) {
+    if (n.influence != null && n.influence >= pruning + EPS && n.influence < cut) cut = n.influence;
+  }
+  return cut;
 }

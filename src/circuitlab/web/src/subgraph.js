@@ -160,6 +160,11 @@ export function renderSubgraph(svgEl, listEl) {
   renderList(listEl);
 }
 
+// A new clicked node only re-marks the boxes (the drawing stays, so a double-click lands).
+export function markSubgraphSelection(svgEl) {
+  select(svgEl).selectAll("g.sg-node").attr("class", (u) => nodeClass(u));
+}
+
 function nodeClass(u) {
   const classes = ["sg-node"];
   if (u.super) classes.push("super");
