@@ -209,6 +209,9 @@ def test_serving_beyond_loopback_without_a_token_is_refused(
     assert "without a token" in err and "127.0.0.1" in err
     with pytest.raises(ValueError, match="without a token"):
         start_server(tmp_path, host="0.0.0.0", token="")
+    for bad in ("short", "has space;and=more"):  # too short; not safe in a cookie or URL
+        assert main(["serve", "--graph_file_dir", str(tmp_path), "--token", bad]) == 2
+        assert "at least 8 characters" in capsys.readouterr().err
     # without --token one is made and printed in the URL to open
     import circuitlab.server.running as running
 

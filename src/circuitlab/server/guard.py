@@ -34,6 +34,7 @@ from circuitlab.server.files import HTTPProblem
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 TOKEN_ENV = "CIRCUITLAB_TOKEN"
 _DEFAULT_PORT = {"http": 80, "https": 443}
+_TOKEN_CHARS = re.compile(r"[A-Za-z0-9._~-]{8,}")
 
 
 def is_loopback(host: str) -> bool:
@@ -57,6 +58,16 @@ def new_token() -> str:
     return secrets.token_urlsafe(32)
 
 
+def check_token(token: str) -> str:
+    """``token`` if it can be one: 8 or more of ``A-Z a-z 0-9 . _ ~ -`` (safe unquoted in URLs
+    and cookies alike); else ``ValueError``."""
+    if not _TOKEN_CHARS.fullmatch(token):
+        raise ValueError(
+            "a token needs at least 8 characters, each a letter, digit or one of . _ ~ -"
+        )
+    return token
+
+
 @dataclass(frozen=True)
 class Guard:
     """The checks one app applies: allowed ``Host`` names and an optional token."""
@@ -67,8 +78,8 @@ class Guard:
     def __post_init__(self) -> None:
         if self.hosts is None and not self.token:
             raise ValueError("allowing any Host name (allowed_hosts=None) needs a token")
-        if self.token is not None and len(self.token) < 8:
-            raise ValueError("the lab's token must be at least 8 characters")
+        if self.token is not None:
+            check_token(self.token)
 
     @classmethod
     def make(cls, hosts: Iterable[str] | None, token: str | None) -> Guard:

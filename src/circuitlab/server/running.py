@@ -22,6 +22,7 @@ from circuitlab.server.app import create_app
 from circuitlab.server.guard import (
     LOOPBACK_HOSTS,
     TOKEN_ENV,
+    check_token,
     is_loopback,
     is_wildcard,
     new_token,
@@ -108,8 +109,8 @@ def lab_token(host: str, token: str | None = None) -> str | None:
         token = os.environ.get(TOKEN_ENV) or None
     if token is None and not is_loopback(host):
         token = new_token()
-    if token and len(token) < 8:
-        raise ValueError("a token needs at least 8 characters")
+    if token:
+        check_token(token)
     if token == "" and not is_loopback(host):
         raise ValueError(
             f"a lab on {host} without a token would let anyone who can reach this machine read "
