@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from ..graph.graph import Graph
 from ..replacement import Prompt, ReplacementModel
 from ..transcoders.base import SparseActivations
+from ..transcoders.identity import transcoder_fingerprint
 from .backward import FrozenBackward
 from .edge_store import EdgeRows
 from .memory_check import check_before_forward, check_before_sweep
@@ -303,4 +304,5 @@ def _package(
         model_name=model.name,
         transcoder_name=model.transcoders.name,
         settings=settings,
+        transcoder_fingerprint=transcoder_fingerprint(model.transcoders),
     )

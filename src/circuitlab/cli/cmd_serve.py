@@ -17,6 +17,7 @@ and --allow-host. See docs/security.md."""
 EXAMPLES = """examples:
   circuitlab serve --graph_file_dir ./graphs
   circuitlab serve --graph_file_dir ./graphs --features_dir ./my-transcoders --port 8041
+  circuitlab serve --graph_file_dir ./graphs --features_dir ./organism --features_dir ./smollm2
   circuitlab serve --graph_file_dir ./graphs --model ./my-model --transcoders ./my-transcoders
   circuitlab serve --graph_file_dir ./graphs --model smollm2      # heads view only
   circuitlab serve --graph_file_dir ./graphs --host 0.0.0.0 --allow-host lab.example.org
@@ -25,7 +26,12 @@ EXAMPLES = """examples:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--graph_file_dir", required=True, help="folder of graph JSON files")
-    p.add_argument("--features_dir", help="dashboard store (holds index.json.gz or features/)")
+    p.add_argument(
+        "--features_dir",
+        action="append",
+        help="dashboard store (holds index.json.gz or features/), or a folder of stores; "
+        "repeatable: each graph gets the store of its own transcoder set",
+    )
     p.add_argument("--port", type=int, default=8041)
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     p.add_argument(

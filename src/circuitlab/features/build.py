@@ -10,7 +10,9 @@
    atomically to ``out_dir/.features-build/state.pt``; a rerun with the same settings
    continues from it.
 2. **Write** one record per feature (see ``layer_records``) into a temporary directory next to
-   ``out_dir/features`` and rename it into place; then the checkpoint is deleted.
+   ``out_dir/features`` and rename it into place; then the checkpoint is deleted. ``build.json``
+   records the transcoder set (``transcoder_set``: name, model, fingerprint), so the lab serves
+   these dashboards only to graphs of that set.
 
 BOS positions are never counted (their activations are zeroed, as in attribution).
 """
@@ -37,6 +39,7 @@ from tqdm.auto import tqdm
 from ..models.adapters import get_module
 from ..models.session import READ_POINTS, check_hook_names
 from ..replacement import ReplacementModel
+from ..transcoders.identity import transcoder_set_record
 from .corpus import batched_windows, token_windows
 from .logits import top_bottom_logits
 from .stats import LayerStats, StatsConfig
@@ -395,6 +398,7 @@ def build_dashboards(
     meta = {
         "model": model.name,
         "transcoders": tid,
+        "transcoder_set": transcoder_set_record(model.transcoders, model.name),
         "n_layers": model.n_layers,
         "d_transcoder": d_t,
         "settings": asdict(settings),

@@ -6,7 +6,10 @@ Layout of ``DIR/features/``::
                       "offsets": [o_0, o_1, ..., o_n]}   (n = features in the layer)
     layer_{l}.bin     feature f is bytes [o_f, o_{f+1}): a 4-byte little-endian length L,
                       then L bytes of zlib-compressed UTF-8 JSON (the feature's record)
-    build.json        how the store was built (model, transcoders, corpus, tokens, timings)
+    build.json        how the store was built (model, transcoders, corpus, tokens, timings) and
+                      ``transcoder_set``: {"name", "model", "fingerprint", ...} of the set the
+                      dashboards describe (``transcoders.identity``; stores built before it
+                      was recorded lack it)
 
 This is circuit-tracer's binary feature layout, so its page (and circuitlab's server) fetches
 one feature with ``Range: bytes=o_f-(o_{f+1}-1)``. Records are written in feature order, so a
@@ -23,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 INDEX_NAME = "index.json.gz"
+BUILD_NAME = "build.json"
 STORE_DIR = "features"
 
 
@@ -91,6 +95,15 @@ def _store_dir(path: str | Path) -> Path:
         f"No feature store at {path}: expected {INDEX_NAME} there or in {STORE_DIR}/; "
         "build one with `circuitlab features build`."
     )
+
+
+def read_build_info(path: str | Path) -> dict[str, Any] | None:
+    """The store's ``build.json`` (None when it has none or it is unreadable)."""
+    try:
+        info = json.loads((_store_dir(path) / BUILD_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
 
 
 def read_index(path: str | Path) -> list[dict[str, Any]]:

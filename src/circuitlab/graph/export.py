@@ -21,6 +21,7 @@ import re
 import struct
 import threading
 import time
+import warnings
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
@@ -215,6 +216,11 @@ def graph_metadata(
         "node_threshold": node_threshold,
         "schema_version": SCHEMA_VERSION,
         "model_name": g.model_name,
+        "transcoder_set": {
+            "name": g.transcoder_name,
+            "model": g.model_name,
+            "fingerprint": g.transcoder_fingerprint,
+        },
         "n_layers": g.n_layers,
         "pruning_settings": {"node_threshold": node_threshold, "edge_threshold": edge_threshold},
         "generation_settings": _json_safe(g.settings),
@@ -249,7 +255,7 @@ def feature_clerps(
     """Labels of kept feature nodes, by node index."""
     out: dict[int, str] = {}
     coords = g.selected_feature_coords.tolist()
-    store = FeatureStore.open(features_dir) if features_dir is not None else None
+    store = _labels_store(g, features_dir) if features_dir is not None else None
     for i in keep[: g.n_selected].nonzero().flatten().tolist():
         layer, _pos, feat = coords[i]
         label = (g.feature_labels or {}).get(i) or (labels or {}).get((layer, feat))
@@ -259,6 +265,26 @@ def feature_clerps(
         if label:
             out[i] = str(label)
     return out
+
+
+def _labels_store(g: Graph, features_dir: str | Path) -> FeatureStore | None:
+    """The store at ``features_dir``, unless it records another transcoder set than ``g``'s
+    (then its labels would name other features: warned and skipped)."""
+    from circuitlab.features.store import read_build_info
+
+    store = FeatureStore.open(features_dir)
+    if store is None:
+        return None
+    tset = (read_build_info(store.root) or {}).get("transcoder_set")
+    fp = tset.get("fingerprint") if isinstance(tset, dict) else None
+    if fp and g.transcoder_fingerprint and fp != g.transcoder_fingerprint:
+        warnings.warn(
+            f"the dashboards in {features_dir} describe another transcoder set ({fp}) than "
+            f"the graph's ({g.transcoder_fingerprint}); their labels are not used",
+            stacklevel=4,
+        )
+        return None
+    return store
 
 
 class FeatureStore:

@@ -51,6 +51,8 @@ class Graph:
     ``settings`` is a JSON-able record of how the graph was made (``max_n_logits``,
     ``desired_logit_prob``, ``max_feature_nodes``, ``batch_size``, ``dtype``, ...).
     ``feature_labels`` maps feature node indices (``0 .. n_sel-1``) to human labels.
+    ``transcoder_fingerprint`` identifies the transcoder set (``transcoders.identity``), so the
+    lab serves dashboards of that set only.
     """
 
     input_string: str
@@ -67,6 +69,7 @@ class Graph:
     transcoder_name: str | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     feature_labels: dict[int, str] | None = None
+    transcoder_fingerprint: str | None = None
 
     def __post_init__(self) -> None:
         self.logit_targets = [LogitTarget(str(t[0]), int(t[1])) for t in self.logit_targets]

@@ -8,7 +8,7 @@ Layout of the file:
   ``"circuitlab.graph"``, ``format_version`` and ``graph``: a JSON object with every
   non-tensor field (``input_string``, ``logit_targets`` as ``[token_str, vocab_idx]`` pairs,
   ``vocab_size``, ``n_layers``, ``model_name``, ``transcoder_name``, ``settings``,
-  ``feature_labels``).
+  ``feature_labels``, ``transcoder_fingerprint``).
 
 Writes are atomic: the file is written under a temporary name in the target directory, flushed
 to disk and renamed over the destination, so an interrupted save never leaves a half-written
@@ -95,6 +95,7 @@ def _header(graph: Graph) -> dict[str, Any]:
         "transcoder_name": graph.transcoder_name,
         "settings": graph.settings,
         "feature_labels": None if labels is None else {str(k): v for k, v in labels.items()},
+        "transcoder_fingerprint": graph.transcoder_fingerprint,
     }
 
 
@@ -109,6 +110,7 @@ def _fields_from_header(header: dict[str, Any]) -> dict[str, Any]:
         "transcoder_name": header.get("transcoder_name"),
         "settings": dict(header.get("settings") or {}),
         "feature_labels": None if labels is None else {int(k): v for k, v in labels.items()},
+        "transcoder_fingerprint": header.get("transcoder_fingerprint"),
     }
 
 

@@ -5,7 +5,9 @@ Routes (all relative, so the page also works behind a path prefix or in a notebo
 * ``GET /`` the page; ``GET /assets/{file}`` its bundle (``circuitlab/web/dist``).
 * ``GET /data/{file}.json`` (alias ``/graph_data/``): graph files, gzip when accepted;
   ``graph-metadata.json`` is built from the graph files when it is missing.
-* ``GET /features/{path}``: the dashboard store, with HTTP byte ranges.
+* ``GET /api/features/{slug}``: which dashboard store serves that graph (``dashboards.py``:
+  only a store of the graph's transcoder set); ``GET /feature_stores/{key}/{path}``: that
+  store's files, with HTTP byte ranges; ``GET /features/{path}``: the store, when there is one.
 * ``POST /save_graph/{slug}``: ``{"qParams": {...}, "version"?: n}`` (or the bare ``qParams``)
   replaces the file's ``qParams`` atomically and answers ``{"saved", "version"}`` with an
   ``ETag: "version"``. ``version`` (or ``If-Match: "n"``) is the ``qParams.version`` the page
@@ -16,7 +18,8 @@ Routes (all relative, so the page also works behind a path prefix or in a notebo
   files are, ``GET /data/{slug}.faithfulness.json``, ``/data/{a}__vs__{b}.diff.json``).
 * ``GET /api/info``; with a ``Tracer``: ``POST /api/trace``, ``GET /api/jobs``,
   ``DELETE /api/jobs/{id}``, ``WS /api/ws`` (job updates as they happen), and
-  ``POST /api/steer`` (set/scale nodes of a graph: top logits and continuations, before/after).
+  ``POST /api/steer`` (set/scale nodes of a graph: top logits and continuations, before/after,
+  in the CLI's intervention modes: ``constrained_layers``, ``freeze_attention``).
   A trace never overwrites: a ``slug`` in use (a graph file, or a queued or running job) is 409
   ``{"detail", "slug"}``; without one the job gets a fresh slug. 503 (``Retry-After``) when
   ``Tracer.max_pending`` jobs wait; 422 for a prompt longer than the model's context.
@@ -46,7 +49,8 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 
 from circuitlab.atomic import remove_stale_temporaries
-from circuitlab.graph.export import FeatureStore
+from circuitlab.graph.export import check_slug
+from circuitlab.server.dashboards import DashboardStores, FeatureDirs
 from circuitlab.server.files import (
     AnnotationStore,
     GzipCache,
@@ -71,7 +75,7 @@ _MEDIA = {".js": "text/javascript", ".css": "text/css", ".html": "text/html", ".
 
 def create_app(
     graph_file_dir: str | Path,
-    features_dir: str | Path | None = None,
+    features_dir: FeatureDirs = None,
     *,
     tracer: Tracer | None = None,
     heads: HeadsLab | None = None,
@@ -87,14 +91,8 @@ def create_app(
     graph_dir = Path(graph_file_dir)
     if not graph_dir.is_dir():
         raise NotADirectoryError(f"graph file directory {graph_dir} does not exist")
-    feature_root = None
-    if features_dir is not None:
-        feature_root = FeatureStore.find_root(features_dir)
-        if feature_root is None:
-            raise FileNotFoundError(
-                f"no index.json.gz in {features_dir} or {Path(features_dir) / 'features'}: "
-                "point --features_dir at a dashboard store (see docs/formats.md)"
-            )
+    stores = DashboardStores.open(features_dir)  # one or more; served per graph
+    feature_roots = [s.root for s in stores.stores]
     guard = Guard.make(allowed_hosts, token)
 
     @contextlib.asynccontextmanager
@@ -113,7 +111,7 @@ def create_app(
 
     @app.exception_handler(HTTPProblem)
     async def _problem(_request: Request, exc: HTTPProblem) -> Response:
-        detail = public_text(exc.detail, (graph_dir, feature_root, WEB_DIST))
+        detail = public_text(exc.detail, (graph_dir, *feature_roots, WEB_DIST))
         return JSONResponse(
             {**exc.body(), "detail": detail}, status_code=exc.status, headers=exc.headers
         )
@@ -169,11 +167,32 @@ def create_app(
     def validation_files() -> dict[str, Any]:
         return list_validation(graph_dir)
 
+    @app.get("/api/features/{slug}")
+    def graph_features(slug: str) -> dict[str, Any]:
+        try:
+            check_slug(slug)
+        except ValueError as e:
+            raise HTTPProblem(400, str(e)) from None
+        return stores.match(list_graph_meta(slug)).public()
+
+    @app.get("/feature_stores/{key}/{name:path}")
+    def feature_store_file(key: str, name: str, request: Request) -> Response:
+        store = stores.by_key.get(key)
+        if store is None:
+            raise HTTPProblem(404, f"no dashboard store {key!r}")
+        path = resolve_under(store.root, name)
+        return range_response(path, request, "application/octet-stream")
+
     @app.get("/features/{name:path}")
     def features(name: str, request: Request) -> Response:
-        if feature_root is None:
-            raise HTTPProblem(404, "this server has no --features_dir")
-        path = resolve_under(feature_root, name)
+        if len(stores) != 1:
+            raise HTTPProblem(
+                404,
+                "this server has no --features_dir"
+                if not stores
+                else "several dashboard stores: ask /api/features/{slug} which serves a graph",
+            )
+        path = resolve_under(stores.stores[0].root, name)
         return range_response(path, request, "application/octet-stream")
 
     @app.post("/save_graph/{slug}")
@@ -195,7 +214,8 @@ def create_app(
 
         return {
             "version": __version__,
-            "features": feature_root is not None,
+            "features": len(stores) > 0,
+            "feature_stores": stores.public(),
             "tracing": tracer is not None,
             "models": sorted(tracer.models) if tracer else [],
             "steering": tracer is not None and _can_steer(tracer),
@@ -253,6 +273,8 @@ def create_app(
                     value=req.value,
                     scale=req.scale,
                     max_new_tokens=req.max_new_tokens,
+                    constrained_layers=req.constrained_layers,
+                    freeze_attention=req.freeze_attention,
                 ),
             )
         except (ValueError, TypeError, IndexError) as e:

@@ -19,6 +19,7 @@ from urllib.parse import quote, urlencode
 import uvicorn
 
 from circuitlab.server.app import create_app
+from circuitlab.server.dashboards import FeatureDirs
 from circuitlab.server.guard import (
     LOOPBACK_HOSTS,
     TOKEN_ENV,
@@ -36,7 +37,7 @@ DEFAULT_HOST = "127.0.0.1"
 
 def build_app(
     graph_file_dir: str | Path,
-    features_dir: str | Path | None = None,
+    features_dir: FeatureDirs = None,
     *,
     host: str = DEFAULT_HOST,
     models: Mapping[str, Any] | None = None,
@@ -131,7 +132,7 @@ def lab_url(host: str, port: int, token: str | None = None, slug: str | None = N
 
 def serve(
     graph_file_dir: str | Path,
-    features_dir: str | Path | None = None,
+    features_dir: FeatureDirs = None,
     *,
     port: int = DEFAULT_PORT,
     host: str = DEFAULT_HOST,
@@ -200,7 +201,7 @@ def free_port(host: str = DEFAULT_HOST) -> int:
 
 def start_server(
     graph_file_dir: str | Path,
-    features_dir: str | Path | None = None,
+    features_dir: FeatureDirs = None,
     *,
     port: int | None = None,
     host: str = DEFAULT_HOST,

@@ -3,6 +3,7 @@
 from .activations import JumpReLU, ReLU, TopK, make_activation
 from .base import SparseActivations, Transcoders
 from .cross_layer import CrossLayerTranscoder
+from .identity import transcoder_fingerprint
 from .loading import load_transcoders
 from .per_layer import SingleLayerTranscoder, TranscoderSet
 from .random import random_cross_layer_transcoder, random_transcoder_set
@@ -20,4 +21,5 @@ __all__ = [
     "make_activation",
     "random_cross_layer_transcoder",
     "random_transcoder_set",
+    "transcoder_fingerprint",
 ]

@@ -1,6 +1,8 @@
-// The feature card: a feature's dashboard from the store the server exposes under features/
-// (docs/formats.md): index.json.gz -> per layer {filename, offsets}; a feature is bytes
-// [offsets[f], offsets[f+1]) of the layer's file, a 4-byte little-endian length + zlib JSON.
+// The feature card: a feature's dashboard from the store of the graph's own transcoder set.
+// api/features/{slug} names that store (or none: "No dashboard for this transcoder set"; see
+// server/dashboards.py); its files are under feature_stores/{key}/ (docs/formats.md):
+// index.json.gz -> per layer {filename, offsets}; a feature is bytes [offsets[f], offsets[f+1])
+// of the layer's file, a 4-byte little-endian length + zlib JSON.
 import { format } from "d3-format";
 import { el } from "./dom.js";
 import { KIND } from "./data.js";
@@ -8,39 +10,62 @@ import { cardId, state } from "./state.js";
 
 const num = format(".3~g");
 const pct = format(".3~%");
-let indexPromise = null;
-const cache = new Map();
+const stores = new Map(); // slug -> Promise<{store, match, note}>
+const indexes = new Map(); // store key -> Promise<index | null>
+const cache = new Map(); // "key/layer/feature" -> Promise<record | null>
 
 async function inflate(bytes, kind) {
   const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream(kind));
   return new Uint8Array(await new Response(stream).arrayBuffer());
 }
 
-function loadIndex() {
-  if (!indexPromise) {
-    indexPromise = fetch("features/index.json.gz").then(async (r) => {
+// Which store serves the graph `slug`: {store: key | null, match, note}.
+export function storeFor(slug) {
+  if (!stores.has(slug)) {
+    stores.set(slug, fetch(`api/features/${encodeURIComponent(slug)}`).then(async (r) => {
+      const data = await r.json().catch(() => ({}));
+      return r.ok ? data : { store: null, match: null, note: data.detail || `dashboards: ${r.status}` };
+    }).catch((e) => ({ store: null, match: null, note: String(e.message || e) })));
+  }
+  return stores.get(slug);
+}
+
+function storeUrl(key, file) {
+  return `feature_stores/${encodeURIComponent(key)}/${file}`;
+}
+
+function loadIndex(key) {
+  if (!indexes.has(key)) {
+    indexes.set(key, fetch(storeUrl(key, "index.json.gz")).then(async (r) => {
       if (!r.ok) return null;
       const raw = new Uint8Array(await r.arrayBuffer());
       const gz = raw[0] === 0x1f && raw[1] === 0x8b; // a proxy may already have inflated it
       const idx = JSON.parse(new TextDecoder().decode(gz ? await inflate(raw, "gzip") : raw));
       const layers = idx && idx.layers ? idx.layers : idx;
       return Array.isArray(layers) ? Object.fromEntries(layers.map((v, i) => [String(i), v])) : layers;
-    }).catch(() => null);
+    }).catch(() => null));
   }
-  return indexPromise;
+  return indexes.get(key);
 }
 
-export async function loadFeature(layer, feature) {
-  const key = `${layer}/${feature}`;
+// The dashboard record of (layer, feature) in the store serving graph `slug` (default: the open
+// graph); null when that graph's transcoder set has no store or the store lacks the feature.
+export async function loadFeature(layer, feature, slug = state.slug) {
+  const { store } = await storeFor(slug);
+  return store == null ? null : loadRecord(store, layer, feature);
+}
+
+function loadRecord(store, layer, feature) {
+  const key = `${store}/${layer}/${feature}`;
   if (cache.has(key)) return cache.get(key);
   const promise = (async () => {
-    const index = await loadIndex();
+    const index = await loadIndex(store);
     const entry = index && index[String(layer)];
     if (!entry || feature < 0 || feature + 1 >= entry.offsets.length) return null;
     const start = entry.offsets[feature];
     const end = entry.offsets[feature + 1];
     if (end <= start) return null;
-    const r = await fetch(`features/${entry.filename}`, { headers: { Range: `bytes=${start}-${end - 1}` } });
+    const r = await fetch(storeUrl(store, entry.filename), { headers: { Range: `bytes=${start}-${end - 1}` } });
     if (!r.ok) return null;
     let buf = new Uint8Array(await r.arrayBuffer());
     if (r.status === 200) buf = buf.slice(start, end); // server ignored the range
@@ -52,7 +77,8 @@ export async function loadFeature(layer, feature) {
 }
 
 export function resetFeatureCache() {
-  indexPromise = null;
+  stores.clear();
+  indexes.clear();
   cache.clear();
 }
 
@@ -71,18 +97,27 @@ export async function renderFeatureCard(root, hasFeatures) {
   }
   root.replaceChildren(head, el("p", { class: "muted" }, "loading…"));
   const wanted = id;
+  const slug = state.slug;
+  let served = { store: null, note: "" };
   let rec = null;
   try {
-    rec = await loadFeature(n.layer, n.featureIdx);
+    served = await storeFor(slug);
+    if (served.store != null) rec = await loadRecord(served.store, n.layer, n.featureIdx);
   } catch (e) {
     console.warn("feature load failed", e);
   }
-  if (cardId() !== wanted) return; // the user moved on
-  if (!rec) {
-    root.replaceChildren(head, el("p", { class: "muted" }, "No dashboard for this feature."));
+  if (cardId() !== wanted || state.slug !== slug) return; // the user moved on
+  if (served.store == null) {
+    root.replaceChildren(head, el("p", { class: "muted", id: "feature-no-store" }, served.note || "No dashboard for this transcoder set."));
     return;
   }
-  root.replaceChildren(head, ...card(rec));
+  // matched by name only, or a store (or graph) of unknown transcoder set: say so on the card
+  const note = served.note ? el("p", { class: "card-note", id: "feature-store-note" }, served.note) : null;
+  if (!rec) {
+    root.replaceChildren(head, ...(note ? [note] : []), el("p", { class: "muted" }, "No dashboard for this feature."));
+    return;
+  }
+  root.replaceChildren(head, ...(note ? [note] : []), ...card(rec));
 }
 
 function card(rec) {

@@ -1,5 +1,7 @@
 // Steering from the page: set or scale the pinned feature/error nodes (supernodes included) and
-// show the next-token distribution and a greedy continuation beside the original ones.
+// show the next-token distribution and a greedy continuation beside the original ones. The mode
+// is the CLI's (circuitlab intervene): iterative patching with attention frozen or live,
+// constrained layers (--constrained-layers A-B) or direct effects; every result names its mode.
 import { format } from "d3-format";
 import { el } from "./dom.js";
 import { KIND } from "./data.js";
@@ -11,6 +13,22 @@ export function setupSteer(info) {
   if (!info.steering) return;
   document.getElementById("steer").hidden = false;
   document.getElementById("steer-go").addEventListener("click", run);
+  const mode = document.getElementById("steer-mode");
+  mode.addEventListener("change", () => {
+    document.getElementById("steer-layers").hidden = mode.value !== "constrained";
+  });
+}
+
+// The request fields of the chosen mode (as --constrained-layers / --no-freeze-attention).
+function modeFields(ids) {
+  const mode = document.getElementById("steer-mode").value;
+  if (mode === "iterative-live") return { constrained_layers: null, freeze_attention: false };
+  if (mode === "direct") return { constrained_layers: "all", freeze_attention: true };
+  if (mode !== "constrained") return { constrained_layers: null, freeze_attention: true };
+  const typed = document.getElementById("steer-layers").value.trim();
+  if (typed) return { constrained_layers: typed, freeze_attention: true };
+  const layers = ids.map((id) => state.graph.byId.get(id).layer); // default: the nodes' span
+  return { constrained_layers: `${Math.min(...layers)}-${Math.max(...layers)}`, freeze_attention: true };
 }
 
 function steerable() {
@@ -37,6 +55,7 @@ async function run() {
     node_ids: ids,
     [op]: amount,
     max_new_tokens: Number(document.getElementById("steer-tokens").value) || 0,
+    ...modeFields(ids),
   };
   out.replaceChildren(el("p", { class: "muted" }, `steering ${ids.length} nodes…`));
   const r = await fetch("api/steer", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
@@ -45,7 +64,11 @@ async function run() {
     out.replaceChildren(el("p", { class: "error" }, data.detail || String(r.status)));
     return;
   }
-  out.replaceChildren(el("div", { class: "steer-cols" }, column("Original", data.original), column(`${op === "scale" ? "×" : "="}${amount} on ${ids.length} nodes`, data.steered)));
+  const mode = data.mode ? data.mode.label : "iterative patching, attention frozen";
+  out.replaceChildren(
+    el("p", { class: "steer-mode", id: "steer-mode-used" }, `mode: ${mode}`),
+    el("div", { class: "steer-cols" }, column("Original", data.original), column(`${op === "scale" ? "×" : "="}${amount} on ${ids.length} nodes`, data.steered)),
+  );
 }
 
 function column(title, side) {
