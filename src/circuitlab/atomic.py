@@ -57,9 +57,20 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     For writers that take a file name (``safetensors.save_file``, ``pyarrow.parquet``)."""
     path = Path(path)
     directory = path.parent if str(path.parent) else Path(".")
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{path.name}.{os.getpid()}.", suffix=TEMP_SUFFIX, dir=directory
-    )
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot write {path}: it is a folder; give a file name")
+    if not directory.is_dir():
+        raise FileNotFoundError(
+            f"cannot write {path}: the folder {directory} does not exist; create it first"
+        )
+    try:
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{path.name}.{os.getpid()}.", suffix=TEMP_SUFFIX, dir=directory
+        )
+    except PermissionError:  # named after the target, not the temporary file
+        raise PermissionError(
+            f"cannot write {path}: the folder {directory} is not writable"
+        ) from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:

@@ -16,6 +16,7 @@ from ._attribution import (
     check_attribution_arguments,
     load_spec,
 )
+from ._output import check_output_dir, check_output_file
 
 NAME = "attribute"
 HELP = "build the attribution graph of a prompt"
@@ -79,6 +80,9 @@ def run(args: argparse.Namespace) -> int:
             "(circuit-tracer .pt graphs can be imported with circuitlab.import_circuit_tracer_pt)"
         )
     check_attribution_arguments(args)
+    check_output_file(out, "-o/--graph_output_path")
+    if files:
+        check_output_dir(args.graph_file_dir, "--graph_file_dir")
     model = load_spec(args).load()
     targets = [*args.target, *(LogitDiff(a, b) for a, b in args.logit_diff)] or None
     graph = attribute(

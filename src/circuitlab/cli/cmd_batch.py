@@ -12,6 +12,7 @@ from ._attribution import (
     check_attribution_arguments,
     load_spec,
 )
+from ._output import check_output_dir
 
 NAME = "batch"
 HELP = "trace many prompts (JSONL) into graphs plus a parquet summary; resumable; Ray optional"
@@ -70,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--num-cpus/--num-gpus/--max-in-flight apply to Ray runs: add --ray")
     if args.num_cpus <= 0 or args.num_gpus < 0:
         raise UsageError("--num-cpus must be > 0 and --num-gpus >= 0")
+    check_output_dir(args.out, "-o/--out")
     records = read_prompts(args.prompts)
     _check_pyarrow()
     ray = None

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from . import UsageError
+from ._output import check_output_dir, check_output_file
 
 NAME = "compare"
 HELP = "compare graphs: overlap, spectral distance, shared/only-A/only-B nodes; aggregate sets"
@@ -68,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"two graphs share the name {slugs}: pass distinct --slugs")
     if len(args.graphs) > 2 and args.graph_file_dir and not args.json:
         raise UsageError("an aggregate is not a lab file: write it with --json FILE")
+    check_output_file(args.json, "--json")
+    check_output_dir(args.graph_file_dir, "--graph_file_dir")
     graphs = [Graph.load(path) for path in args.graphs]
     if len(graphs) == 2:
         return _diff(args, graphs, slugs)

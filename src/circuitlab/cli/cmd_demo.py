@@ -42,6 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ._output import check_output_dir
+
+    check_output_dir(args.out, "--out")
     if args.model == "smollm2":
         if args.prompt is None:
             args.prompt = "The capital of France is"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from ._output import check_output_dir
+
 NAME = "features"
 HELP = "build feature dashboards (top examples, logits, histograms) from a text corpus"
 DESCRIPTION = """\
@@ -92,6 +94,7 @@ def _build(args: argparse.Namespace) -> int:
     ):
         if value < low:
             raise UsageError(f"{flag} must be at least {low}; got {value}")
+    check_output_dir(args.out, "-o/--out")
     dtype = getattr(torch, args.dtype)
     texts = open_corpus(args.corpus)
     transcoders = load_transcoders(args.transcoders, dtype=dtype, lazy_decoder=False)

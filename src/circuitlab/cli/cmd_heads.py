@@ -8,6 +8,8 @@ import sys
 import time
 from typing import Any
 
+from ._output import check_output_file
+
 NAME = "heads"
 HELP = "head classes, direct logit attribution, logit lens and patching sweeps"
 DESCRIPTION = """Analyses the attention heads of a model on a prompt: the class of each head
@@ -85,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         stream_patching,
     )
 
+    check_output_file(args.json, "--json")
     lab = LabModel.load(args.model, dtype=getattr(torch, args.dtype))
     prompt, corrupted, answer, wrong = args.prompt, args.corrupted, args.answer, args.wrong
     if args.preset:

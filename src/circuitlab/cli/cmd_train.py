@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from ._output import check_output_dir
+
 NAME = "train"
 HELP = "train per-layer (plt) or cross-layer (clt) transcoders on a text corpus"
 DESCRIPTION = """\
@@ -77,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--buffer-tokens must be at least --batch-size")
     if args.activation == "topk" and args.k > args.d_transcoder:
         raise UsageError(f"--k {args.k} exceeds --d-transcoder {args.d_transcoder}")
+    check_output_dir(args.out, "-o/--out")
     model_ref = resolve_model_ref(args.model)
     local = Path(model_ref)
     model_name = str(local.resolve()) if local.exists() else model_ref

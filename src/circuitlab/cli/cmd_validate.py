@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from . import UsageError
+from ._output import check_output_dir, check_output_file
 
 NAME = "validate"
 HELP = "faithfulness of a graph: necessity/sufficiency curves over pruning thresholds"
@@ -94,6 +95,13 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--save-means {args.save_means}: use a .safetensors file name")
     if args.mean_ablation:
         _means_source(args.mean_ablation)
+    for flag, path in (
+        ("--json", args.json),
+        ("--plot", args.plot),
+        ("--save-means", args.save_means),
+    ):
+        check_output_file(path, flag)
+    check_output_dir(args.graph_file_dir, "--graph_file_dir")
     slug = check_slug(args.slug or graph_path.stem) if args.graph_file_dir else graph_path.stem
     graph = Graph.load(graph_path)
     pinned = list(args.pinned) or _saved_pins(args, slug)
