@@ -27,13 +27,14 @@ def test_full_swap_recovers_exactly_one(family):
     lab = tiny_lab(family, n_layers=3)
     res = patch_sweep(lab, PROMPT, CORRUPTED, TARGET, kind="resid", per_position=False)
     assert res.clean_metric != res.corrupted_metric
-    assert res.recovery.tolist() == [1.0, 1.0, 1.0]
+    # One to rounding: batch rows agree to the last bit only on some CPUs (BatchOut.of_metrics).
+    assert torch.allclose(res.recovery, torch.ones(3, dtype=torch.float64), atol=1e-12, rtol=0)
     # Patching where the prompts agree (before the corrupted token) changes nothing: exactly 0.
     per_pos = patch_sweep(lab, PROMPT, CORRUPTED, TARGET, kind="resid")
     first = CORRUPTED.index(6)
     assert torch.equal(per_pos.recovery[:, :first], torch.zeros(3, first, dtype=torch.float64))
     # The embeddings differ only at that token: swapping it there is the whole swap.
-    assert per_pos.recovery[0, first] == 1.0
+    assert per_pos.recovery[0, first] == pytest.approx(1.0, abs=1e-12)
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama", "qwen2", "gemma2"])

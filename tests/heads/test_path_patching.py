@@ -55,7 +55,10 @@ def test_clean_equals_corrupted_gives_exactly_zero(family):
         res = path_patch(lab, PROMPT, PROMPT, TARGET, receivers=receivers, inputs=inputs)
         assert res.clean_metric == res.corrupted_metric
         assert torch.equal(res.recovery, torch.zeros(3, lab.n_heads, dtype=torch.float64))
-        assert (res.metric == res.corrupted_metric).all()
+        # Batch rows agree to rounding, not bit for bit (see BatchOut.of_metrics).
+        assert torch.allclose(
+            res.metric, torch.full_like(res.metric, res.corrupted_metric), atol=1e-12, rtol=0
+        )
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama", "qwen3", "gemma2", "gemma3"])
@@ -151,10 +154,12 @@ def test_without_queries_only_the_value_path_carries_anything(family):
         return path_patch(lab, PROMPT, CORRUPTED, TARGET, receivers=heads, inputs=inputs).recovery
 
     zero = torch.zeros(3, lab.n_heads, dtype=torch.float64)
-    assert torch.equal(run("q"), zero) and torch.equal(run("qk"), zero)
+    # Zero to rounding: batch rows agree to the last bit only on some CPUs.
+    assert torch.allclose(run("q"), zero, atol=1e-12, rtol=0)
+    assert torch.allclose(run("qk"), zero, atol=1e-12, rtol=0)
     v = run("v")
     assert v[:2].abs().max() > 1e-3
-    assert torch.equal(v, run("qkv"))
+    assert torch.allclose(v, run("qkv"), atol=1e-12, rtol=0)
 
 
 def test_batches_do_not_change_the_result():

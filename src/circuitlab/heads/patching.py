@@ -108,6 +108,17 @@ class BatchOut:
     clean: float
     corrupted: float
 
+    @classmethod
+    def of_metrics(cls, m: torch.Tensor, pair: PatchPair) -> BatchOut:
+        """From the metric of every batch row ``m [2 + n]``: clean, corrupted, then patched.
+
+        Identical prompts have identical endpoints by definition. Rows of one batch can differ
+        in the last bit (MKL's GEMM on AVX-512 rounds a row by its place in the batch), which
+        would turn a zero span into a recovery of noise / 1e-16."""
+        clean = float(m[0])
+        corrupted = clean if torch.equal(pair.clean, pair.corrupted) else float(m[1])
+        return cls(rows=m[2:].cpu(), clean=clean, corrupted=corrupted)
+
     def recovery(self) -> torch.Tensor:
         span = self.clean - self.corrupted
         if span == 0:
@@ -187,7 +198,7 @@ def run_batch(lab: LabModel, pair: PatchPair, sites: Sequence[Site]) -> BatchOut
         )
     u, c = unembed_direction(lab, pair.target)
     m = (finals[0] @ u.to(finals[0].dtype)).double() + c
-    return BatchOut(rows=m[2:].cpu(), clean=float(m[0]), corrupted=float(m[1]))
+    return BatchOut.of_metrics(m, pair)
 
 
 @dataclass

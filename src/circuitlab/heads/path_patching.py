@@ -224,7 +224,7 @@ def run_path_batch(
         final = forward(None, replace)
     u, c = unembed_direction(lab, pair.target)
     m = (final @ u.to(final.dtype)).double() + c
-    return BatchOut(rows=m[2:].cpu(), clean=float(m[0]), corrupted=float(m[1]))
+    return BatchOut.of_metrics(m, pair)
 
 
 @dataclass
