@@ -63,3 +63,21 @@ def test_estimate_memory_warns_when_the_peak_exceeds_available_memory(
     assert main([*argv, "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["fits"] is False and report["available_bytes"] == 2**20
+
+
+def test_estimate_memory_without_a_tokenizer_asks_for_n_tokens(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A folder saved without tokenizer files loads transformers' one-token placeholder; the
+    prompt's length must not be counted with it."""
+    from circuitlab.models.tiny import tiny_model
+    from circuitlab.transcoders import random_transcoder_set
+
+    tiny_model("gpt2", n_layers=2, d_model=16).save_pretrained(tmp_path / "model")
+    tc = random_transcoder_set(2, 16, 32, activation="jump_relu")
+    tc.model_name = str(tmp_path / "model")
+    tc.save(str(tmp_path / "tc"))
+    argv = ["estimate-memory", "-t", str(tmp_path / "tc"), "-p", "the capital of Texas is"]
+    assert main(argv) == 2
+    assert "no tokenizer files" in capsys.readouterr().err
+    assert main([*argv[:3], "--n-tokens", "8"]) == 0

@@ -119,16 +119,19 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
 
 def _count_tokens(model_ref: str, prompt: str, vocab_size: int) -> int:
     """Tokens of ``prompt`` as ``attribute`` sees them (the BOS added when the tokenizer has one)."""
+    from ..models.loading import find_tokenizer
     from ..models.tokens import tokenize
     from . import UsageError
 
     try:
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(model_ref)
+        tok = find_tokenizer(model_ref)
     except (OSError, ValueError) as e:
         raise UsageError(
             f"could not load the tokenizer of {model_ref} to count -p ({type(e).__name__}); "
             "pass --n-tokens instead"
         ) from None
+    if tok is None:
+        raise UsageError(
+            f"{model_ref} has no tokenizer files, so -p cannot be counted; pass --n-tokens instead"
+        )
     return int(tokenize(prompt, tok, vocab_size).numel())
