@@ -400,32 +400,14 @@ class Tracer:
         )
 
 
-def context_length(model: Any) -> int | None:
-    """The most positions ``model`` (a ``ReplacementModel`` or HF model) takes, if known."""
-    known = getattr(model, "context_length", None)
-    if isinstance(known, int):
-        return known
-    config = getattr(getattr(model, "model", model), "config", None)
-    config = getattr(config, "text_config", None) or config
-    for name in ("max_position_embeddings", "n_positions", "n_ctx"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return None
-
-
 def check_prompt(model: Any, prompt: str) -> None:
     """``PromptRefused`` when ``model`` cannot read ``prompt``: more tokens than its context
-    holds (both lengths named), or no tokenizer for a text prompt."""
+    holds (both lengths named, by ``models.tokens.check_context_length``, which
+    ``ensure_tokenized`` runs), or no tokenizer for a text prompt."""
     tokenize = getattr(model, "ensure_tokenized", None)
     if tokenize is None:
         return
     try:
-        n = len(tokenize(prompt))  # newer models refuse a too-long prompt here themselves
+        tokenize(prompt)
     except ValueError as e:
         raise PromptRefused(str(e)) from None
-    limit = context_length(model)
-    if limit is not None and n > limit:
-        raise PromptRefused(
-            f"the prompt has {n} tokens but the model's context holds {limit}; shorten it"
-        )
