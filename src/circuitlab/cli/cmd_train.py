@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from ._output import check_output_dir
@@ -52,6 +53,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--context", type=int, default=64, help="window length, BOS included")
     p.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints")
     p.add_argument("--dead-window", type=int, default=50_000, help="tokens without firing = dead")
+    p.add_argument(
+        "--eval-every",
+        type=int,
+        default=0,
+        help="steps between held-out evaluations (FVU, L0, dead); 0: none. Holds out the "
+        "corpus's last documents (--eval-tokens tokens) from training",
+    )
+    p.add_argument("--eval-tokens", type=int, default=2048, help="held-out tokens (--eval-every)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--restart", action="store_true", help="discard a checkpoint and start over")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -72,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
         ("--context", args.context, 2),
         ("--checkpoint-every", args.checkpoint_every, 1),
         ("--k", args.k, 1),
+        ("--eval-every", args.eval_every, 0),
+        ("--eval-tokens", args.eval_tokens, 1),
     ):
         if value < low:
             raise UsageError(f"{flag} must be at least {low}; got {value}")
@@ -81,8 +92,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--k {args.k} exceeds --d-transcoder {args.d_transcoder}")
     check_output_dir(args.out, "-o/--out")
     model_ref = resolve_model_ref(args.model)
-    local = Path(model_ref)
-    model_name = str(local.resolve()) if local.exists() else model_ref
+    model_name = _portable_model_name(args.model, Path(args.out) / "transcoders")
     cfg = TrainConfig(
         kind=args.kind,
         activation=args.activation,
@@ -98,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
         buffer_tokens=args.buffer_tokens,
         dead_window=args.dead_window,
         checkpoint_every=args.checkpoint_every,
+        eval_every=args.eval_every,
+        eval_tokens=args.eval_tokens,
         seed=args.seed,
         corpus=args.corpus,
     )
@@ -120,7 +132,31 @@ def run(args: argparse.Namespace) -> int:
             zip(final["fvu"], final["l0"], final["dead"], strict=True)
         ):
             print(f"{layer:>5}  {fvu:.4f}  {l0:6.1f}  {dead}")
+    held = metrics.get("final_held_out")
+    if held:
+        print(f"held-out ({args.eval_tokens} tokens from the corpus's last documents):")
+        print("layer  fvu     l0      dead")
+        for layer, (fvu, l0, dead) in enumerate(
+            zip(held["fvu"], held["l0"], held["dead"], strict=True)
+        ):
+            print(f"{layer:>5}  {fvu:.4f}  {l0:6.1f}  {dead}")
     if metrics["corpus_exhausted"]:
         print("note: the corpus ran out before --tokens were reached")
     print(f"saved {out / 'transcoders'} and {out / 'metrics.json'}")
     return 0
+
+
+def _portable_model_name(model: str, transcoder_dir: Path) -> str:
+    """``model_name`` for config.yaml: a hub id or packaged name as given; a local folder or
+    file as a path relative to the transcoders' folder (``../../model``), which loaders resolve
+    against config.yaml, so the run keeps working when it is moved together with the model
+    (an absolute path only where no relative one exists, e.g. another Windows drive)."""
+    local = Path(model).expanduser()
+    if not local.exists():
+        return model
+    target = local.resolve()
+    try:
+        rel = os.path.relpath(target, transcoder_dir.expanduser().resolve())
+    except ValueError:
+        return str(target)
+    return rel if rel.startswith(".") else f"./{rel}"

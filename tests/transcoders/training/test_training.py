@@ -11,7 +11,9 @@ import torch
 
 from circuitlab.cli import main
 from circuitlab.models.tiny import tiny_model
+from circuitlab.replacement import ReplacementModel
 from circuitlab.transcoders import CrossLayerTranscoder, TranscoderSet, load_transcoders
+from circuitlab.transcoders.evaluation import evaluate_transcoders, held_out_split
 from circuitlab.transcoders.training import TrainableTranscoders, TrainConfig, train_transcoders
 from circuitlab.transcoders.training import trainer as trainer_mod
 from circuitlab.transcoders.training.activations import mlp_io
@@ -152,10 +154,56 @@ def test_cli_trains_and_reports(tmp_path: Path, capsys: pytest.CaptureFixture[st
     args = ["train", "-m", str(tmp_path / "model"), "--corpus", str(corpus), "-o"]
     args += [str(tmp_path / "out"), "--activation", "topk", "--k", "4", "--d-transcoder", "16"]
     args += ["--tokens", "512", "--batch-size", "64", "--buffer-tokens", "256", "--context", "16"]
-    assert main([*args, "--quiet"]) == 0
+    assert main([*args, "--eval-every", "4", "--eval-tokens", "60", "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "layer  fvu" in out and "saved" in out
+    assert "layer  fvu" in out and "saved" in out and "held-out (60 tokens" in out
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert [e["step"] for e in metrics["held_out"]] == [4, 8]
+    # model_name is relative to the transcoders' folder (no training machine's absolute path)
+    config = (tmp_path / "out" / "transcoders" / "config.yaml").read_text()
+    assert "model_name: ../../model" in config and str(tmp_path) not in config
     tc = load_transcoders(str(tmp_path / "out" / "transcoders"))
     assert getattr(tc, "model_name", None) == str((tmp_path / "model").resolve())
     assert main([*args[:-2], "--k", "99", "--quiet"]) == 2
     assert "--k 99" in capsys.readouterr().err
+
+
+def test_eval_every_records_held_out_metrics(tmp_path: Path) -> None:
+    texts = _texts()
+    kw = dict(activation="relu", eval_every=10, eval_tokens=150)
+    tc, m = _train(tmp_path, **kw)
+    steps = [e["step"] for e in m["held_out"]]
+    assert steps == [10, 20, 30, 31] and m["final_held_out"] == m["held_out"][-1]
+    for e in m["held_out"]:
+        assert len(e["fvu"]) == 2 and len(e["dead"]) == 2 and len(e["dead_fraction"]) == 2
+        assert all(0 <= f <= 1 for f in e["dead_fraction"])
+    assert sum(m["held_out"][-1]["fvu"]) < sum(m["held_out"][0]["fvu"])
+    # the same figures as eval-transcoders computes on the saved transcoders, same windows
+    _, windows = held_out_split(texts, tiny_tokenizer(), 16, 150)
+    assert isinstance(tc, TranscoderSet)
+    hf = tiny_model("llama", dtype=torch.float32)
+    rm = ReplacementModel.from_pretrained(hf, tc, tokenizer=tiny_tokenizer())
+    ev = evaluate_transcoders(rm, [windows], losses=False)
+    final = m["final_held_out"]
+    assert ev.fvu == pytest.approx(final["fvu"], rel=1e-4)
+    assert ev.l0 == pytest.approx(final["l0"], rel=1e-6) and ev.dead == final["dead"]
+
+
+def test_eval_every_holds_out_the_last_documents(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[list[str]] = []
+    real = trainer_mod.ActivationBuffer
+
+    def spy(model, adapter, tokenizer, texts, **kw):  # type: ignore[no-untyped-def]
+        texts = list(texts)
+        seen.append(texts)
+        return real(model, adapter, tokenizer, texts, **kw)
+
+    monkeypatch.setattr(trainer_mod, "ActivationBuffer", spy)
+    texts = _texts()
+    hf = tiny_model("llama", dtype=torch.float32)
+    cfg = TrainConfig(**{**FAST, "n_tokens": 128, "eval_every": 1, "eval_tokens": 150})  # type: ignore[arg-type]
+    train_transcoders(hf, texts, tmp_path, cfg, tokenizer=tiny_tokenizer(), verbose=False)
+    n_train = len(seen[0])
+    assert 0 < n_train < len(texts) and seen[0] == texts[:n_train]

@@ -16,6 +16,14 @@ unexplained, ``Σ||ŷ-y||² / Σ||y-ȳ||²`` over each batch), L0 (active featur
 dead features (no activation in the last ``dead_window`` training tokens, or never, if fewer
 have been seen). They go to the progress bar and to ``OUT/metrics.json``.
 
+Held-out evaluation (``eval_every > 0``): before training, ``evaluation.held_out_split`` takes
+``eval_tokens`` tokens of windows from the corpus's *last* documents and removes those documents
+from training; every ``eval_every`` steps and at the end, the current transcoders are measured
+on them (``evaluation.ReconstructionStats``: FVU, normalised MSE, L0, dead = never active on
+the held-out tokens, and its fraction), written to the log and to ``metrics.json``
+(``held_out``, ``final_held_out``). These are the figures ``circuitlab eval-transcoders``
+reports without losses, on the same documents by default.
+
 Checkpoints (``OUT/checkpoint.pt``, written to a temp file and renamed) are taken when a buffer
 is drained and at least ``checkpoint_every`` steps have passed since the last one; they hold
 the weights, Adam's state, the step and token counters, the corpus position and the buffer
@@ -38,7 +46,8 @@ from tqdm.auto import tqdm
 
 from ...models.loading import load_model, model_spec
 from ..base import Transcoders
-from .activations import ActivationBuffer
+from ..evaluation import ReconstructionStats, held_out_split
+from .activations import ActivationBuffer, mlp_io
 from .model import TrainableTranscoders
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -72,6 +81,8 @@ class TrainConfig:
     dead_window: int = 50_000
     log_every: int = 20
     checkpoint_every: int = 200
+    eval_every: int = 0  # steps between held-out evaluations; 0: none (no held-out split)
+    eval_tokens: int = 2048  # held-out tokens (BOS excluded), with eval_every > 0
     seed: int = 0
     corpus: str = "corpus"
 
@@ -89,8 +100,10 @@ class TrainConfig:
 
     def fingerprint(self) -> str:
         d = asdict(self)
-        for key in ("log_every", "checkpoint_every"):
+        for key in ("log_every", "checkpoint_every", "eval_every", "eval_tokens"):
             d.pop(key)
+        if self.eval_every > 0:  # the held-out documents are not trained on
+            d["held_out_tokens"] = self.eval_tokens
         return json.dumps(d, sort_keys=True)
 
 
@@ -104,6 +117,7 @@ class Progress:
     fills: int = 0
     seconds: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
+    evals: list[dict[str, Any]] = field(default_factory=list)
 
 
 def schedule(step: int, total: int) -> tuple[float, float]:
@@ -194,6 +208,14 @@ def train_transcoders(
     if tok is None:
         raise ValueError("Training on text needs the model's tokenizer; pass tokenizer=.")
     spec = model_spec(hf)
+    held_out = None
+    if cfg.eval_every > 0:
+        texts, held_out = held_out_split(texts, tok, cfg.context, cfg.eval_tokens)
+        if not texts:
+            raise ValueError(
+                f"The corpus is too small to hold out {cfg.eval_tokens} tokens and train on the "
+                "rest: lower --eval-tokens or use a larger corpus."
+            )
     tc = TrainableTranscoders(
         spec.n_layers,
         spec.d_model,
@@ -250,6 +272,8 @@ def train_transcoders(
             bar.update(1)
             if prog.step % cfg.log_every == 0 or prog.step == total:
                 _log(prog, metrics, cfg, bar, time.perf_counter() - start, out)
+            if held_out is not None and prog.step % cfg.eval_every == 0:
+                _evaluate(tc, hf, adapter, held_out, cfg, prog, bar if verbose else None, out)
         prog.windows, prog.fills = buf.windows_done, buf.fills_done
         prog.seconds = time.perf_counter() - start
         if prog.step - last_ckpt >= cfg.checkpoint_every and prog.step < total:
@@ -259,6 +283,12 @@ def train_transcoders(
     prog.seconds = time.perf_counter() - start
     if metrics.n:
         _log(prog, metrics, cfg, bar, prog.seconds, out)
+    if (
+        held_out is not None
+        and prog.step > 0
+        and (not prog.evals or prog.evals[-1]["step"] != prog.step)
+    ):
+        _evaluate(tc, hf, adapter, held_out, cfg, prog, bar if verbose else None, out)
     result = tc.to_transcoders(
         input_hook=cfg.in_hook,
         output_hook=cfg.output_hook,
@@ -297,6 +327,52 @@ def _step(
     metrics.add(recon.detach(), y, acts.detach(), prog.tokens)
 
 
+@torch.no_grad()
+def held_out_metrics(
+    tc: TrainableTranscoders,
+    model: torch.nn.Module,
+    adapter: Any,
+    windows: torch.Tensor,
+    cfg: TrainConfig,
+) -> dict[str, list[float]]:
+    """FVU, NMSE, L0, dead and dead fraction per layer of ``tc`` on ``windows [n, context]``.
+
+    Computed on normalised activations: every figure is invariant to the per-layer scales.
+    """
+    stats = ReconstructionStats(tc.n_layers, tc.d_transcoder)
+    for chunk in windows.split(cfg.model_batch):
+        x, y = mlp_io(model, adapter, chunk, cfg.in_hook, cfg.output_hook)
+        x = x[:, :, 1:].flatten(1, 2).float() / tc.in_scale[:, None, None]  # drop BOS
+        y = y[:, :, 1:].flatten(1, 2).float() / tc.out_scale[:, None, None]
+        acts = tc.encode(x)
+        recon = tc.decode(acts, x)
+        for layer in range(tc.n_layers):
+            stats.add(layer, y[layer], recon[layer], acts[layer])
+    return stats.summary()
+
+
+def _evaluate(
+    tc: TrainableTranscoders,
+    model: torch.nn.Module,
+    adapter: Any,
+    windows: torch.Tensor,
+    cfg: TrainConfig,
+    prog: Progress,
+    bar: Any,
+    out: Path,
+) -> None:
+    s = held_out_metrics(tc, model, adapter, windows, cfg)
+    prog.evals.append({"step": prog.step, "tokens": prog.tokens, **s})
+    if bar is not None:
+        n = len(s["fvu"])
+        bar.write(
+            f"step {prog.step}: held-out fvu mean {sum(s['fvu']) / n:.4f} max "
+            f"{max(s['fvu']):.4f}, l0 {sum(s['l0']) / n:.1f}, dead {sum(s['dead'])} "
+            f"({100 * sum(s['dead_fraction']) / n:.1f}%)"
+        )
+    _write_metrics(out, cfg, prog, False, partial=True)
+
+
 def _log(
     prog: Progress, metrics: _Metrics, cfg: TrainConfig, bar: Any, seconds: float, out: Path
 ) -> None:
@@ -327,6 +403,8 @@ def _write_metrics(
             "seconds": round(prog.seconds, 2),
             "final": final,
             "history": prog.history,
+            "final_held_out": prog.evals[-1] if prog.evals else None,
+            "held_out": prog.evals,
         },
         out / METRICS_NAME,
     )
