@@ -32,6 +32,7 @@ def main() -> None:
     p.add_argument("--update-interval", type=int, default=4)
     p.add_argument("--dtype", default="float32")
     p.add_argument("--offload", default=None)
+    p.add_argument("--edge-dtype", default=None)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", required=True)
     a = p.parse_args()
@@ -61,6 +62,7 @@ def main() -> None:
         batch_size=a.batch_size,
         update_interval=a.update_interval,
         offload=a.offload,
+        **({"edge_dtype": a.edge_dtype} if a.edge_dtype else {}),
     )
     seconds = time.perf_counter() - t0
     cpu = time.process_time() - cpu0

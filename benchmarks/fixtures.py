@@ -28,7 +28,7 @@ class Fixture:
         """``n_tokens`` ids starting with the BOS (real text where the model has it)."""
         from transformers import AutoTokenizer
 
-        if self.name == "tiny_llama":
+        if self.name.startswith("tiny_llama"):
             import random
 
             rng = random.Random(n_tokens)
@@ -42,8 +42,13 @@ class Fixture:
         return [self.bos] + ids[: n_tokens - 1]
 
 
-def tiny_llama() -> Fixture:
-    root = cache_dir() / "bench" / "tiny-llama"
+def tiny_llama(n_layers: int = 4, d_model: int = 64, d_transcoder: int = 512) -> Fixture:
+    sizes = (n_layers, d_model, d_transcoder)
+    root = (
+        cache_dir()
+        / "bench"
+        / ("tiny-llama" if sizes == (4, 64, 512) else "tiny-llama-{}-{}-{}-top32".format(*sizes))
+    )
     model_dir, tc_dir = root / "model", root / "transcoders"
     if not (tc_dir / "config.yaml").is_file():
         from tokenizers import Tokenizer, models, pre_tokenizers
@@ -52,7 +57,7 @@ def tiny_llama() -> Fixture:
         from circuitlab.models.tiny import tiny_model
         from circuitlab.transcoders import random_transcoder_set
 
-        model = tiny_model("llama", n_layers=4, d_model=64)
+        model = tiny_model("llama", n_layers=n_layers, d_model=d_model)
         model.save_pretrained(model_dir)
         vocab = {"<bos>": 0, "<eos>": 1, "<pad>": 2, **{f"w{i}": i for i in range(3, 64)}}
         tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
@@ -64,10 +69,23 @@ def tiny_llama() -> Fixture:
             pad_token="<pad>",
             unk_token="<pad>",
         ).save_pretrained(model_dir)
-        tc = random_transcoder_set(4, 64, 512, activation="jump_relu", input_hook="mlp.hook_in")
+        # The default set keeps jump_relu; the wider one uses top-32 so that every position has
+        # 32 active features per layer (15,200 features on 96 tokens), as in issue 16's figures.
+        act = (
+            {"activation": "jump_relu"}
+            if sizes == (4, 64, 512)
+            else {"activation": "topk", "k": 32}
+        )
+        tc = random_transcoder_set(n_layers, d_model, d_transcoder, input_hook="mlp.hook_in", **act)
         tc.model_name = str(model_dir)
         tc.save(str(tc_dir))
-    return Fixture("tiny_llama", model_dir, tc_dir.resolve(), bos=0)
+    name = "tiny_llama" if sizes == (4, 64, 512) else "tiny_llama_5l"
+    return Fixture(name, model_dir, tc_dir.resolve(), bos=0)
+
+
+def tiny_llama_5l() -> Fixture:
+    """The uncapped-graph fixture of issue 16: 5 layers, d_model 80, 640-feature top-32 PLTs."""
+    return tiny_llama(5, 80, 640)
 
 
 def smollm2(d_transcoder: int = 4096, l0: int = 16, n_tokens: int = 8192) -> Fixture:
@@ -78,4 +96,4 @@ def smollm2(d_transcoder: int = 4096, l0: int = 16, n_tokens: int = 8192) -> Fix
     return Fixture("smollm2", model_dir, tc_dir.resolve(), bos=1)
 
 
-FIXTURES = {"tiny_llama": tiny_llama, "smollm2": smollm2}
+FIXTURES = {"tiny_llama": tiny_llama, "tiny_llama_5l": tiny_llama_5l, "smollm2": smollm2}

@@ -179,3 +179,51 @@ def square_scores(graph: Graph) -> tuple[float, float]:
     non_error = 1 - a_hat[:, err].sum(dim=1)
     out = inf + w
     return float(replacement), float((non_error * out).sum() / out.sum())
+
+
+# ---- the dense implementations the block store replaced (rows [n_rows, N]) -----------------
+def dense_prune(
+    graph: Graph, node_threshold: float = 0.8, edge_threshold: float = 0.98
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``prune_graph`` as it was on dense rows: ``(node_mask[N], edge_mask[n_rows, N])``."""
+    from circuitlab.graph import compute_influence, edge_influence, find_threshold, normalize_rows
+
+    edges, row_nodes = graph.edges.to(graph.logit_weights().dtype), graph.row_nodes
+    weights = graph.logit_weights()
+    node_inf = compute_influence(normalize_rows(edges), row_nodes, weights)
+    node_mask = node_inf >= find_threshold(node_inf, node_threshold)
+    node_mask[graph.token_offset :] = True
+    scores = edges * node_mask[None, :]
+    scores[~node_mask[row_nodes]] = 0
+    normalize_rows(scores, inplace=True)
+    edge_influence(scores, row_nodes, weights, inplace=True)
+    edge_mask = (scores >= find_threshold(scores, edge_threshold)) & (scores > 0)
+    n_sel, sources_end = graph.n_selected, graph.token_offset
+    while True:
+        before = node_mask.clone()
+        edge_mask &= node_mask[row_nodes][:, None]
+        edge_mask &= node_mask[None, :]
+        node_mask[:sources_end] &= edge_mask[:, :sources_end].any(0)
+        node_mask[:n_sel] &= edge_mask[:n_sel].any(1)
+        if torch.equal(node_mask, before):
+            return node_mask, edge_mask
+
+
+def dense_scores(graph: Graph, node_mask: torch.Tensor | None = None) -> tuple[float, float]:
+    """``compute_(sub)graph_scores`` as they were on dense rows."""
+    from circuitlab.graph import compute_influence, normalize_rows
+
+    weights, row_nodes = graph.logit_weights(), graph.row_nodes
+    is_error = torch.zeros(graph.n_nodes, dtype=torch.bool)
+    is_error[graph.error_offset : graph.token_offset] = True
+    normalized = normalize_rows(graph.edges.to(weights.dtype))
+    if node_mask is not None:
+        is_error[: graph.n_selected] = ~node_mask[: graph.n_selected]
+        normalized[is_error[row_nodes]] = 0
+    influence = compute_influence(normalized, row_nodes, weights)
+    tokens = influence[graph.token_offset : graph.logit_offset].sum()
+    replacement = tokens / (tokens + influence[is_error].sum())
+    non_error = torch.ones_like(influence)
+    non_error[row_nodes] = 1 - normalized @ is_error.to(normalized.dtype)
+    out = influence + weights
+    return float(replacement), float((non_error * out).sum() / out.sum())

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 import torch
 from tqdm.auto import tqdm
 
+from ..graph.edges import EDGE_DTYPES
 from ..graph.graph import Graph
 from ..replacement import Prompt, ReplacementModel
 from ..transcoders.base import SparseActivations
@@ -75,6 +76,7 @@ def attribute(
     verbose: bool = False,
     progress: Progress | None = None,
     check_memory: bool = True,
+    edge_dtype: str | torch.dtype | None = None,
 ) -> Graph:
     """The attribution graph of ``prompt`` in ``model``'s local replacement model.
 
@@ -85,6 +87,9 @@ def attribute(
     ``offload`` ("cpu" or "disk") moves the MLPs and transcoders off the model's device (or
     to a temporary file) while the sweep runs, for models that barely fit; they are restored
     afterwards, also on error.
+    ``edge_dtype`` stores the edges as ``"float32"`` (the default; ``float64`` for float64
+    models), ``"bfloat16"`` or ``"float16"`` (half the memory and file size; influence and
+    pruning still compute in float32).
     ``progress(phase, done, total)`` is called as each phase starts (``done=0``) and after
     each batch of logit and feature rows; an exception it raises (e.g. a cancellation) stops
     the attribution there.
@@ -99,6 +104,7 @@ def attribute(
         raise ValueError(f"offload must be None, 'cpu' or 'disk'; got {offload!r}.")
     timer = _Timer(verbose, progress)
     dtype = model.dtype
+    store_dtype = _edge_dtype(edge_dtype, dtype)
     tc = model.transcoders
     plan = None
     if check_memory:
@@ -156,9 +162,7 @@ def attribute(
     if plan is not None:
         check_before_sweep(plan, model.device, n_active, n_logits)
     n_rows_max = min(max_feature_nodes if max_feature_nodes is not None else n_active, n_active)
-    layer_counts = torch.bincount(features.indices[:, 0].cpu(), minlength=n_layers)
-    feature_start = [0, *torch.cumsum(layer_counts, 0).tolist()]
-    store = EdgeRows(feature_start, (n_layers + 1) * n_pos, dtype)
+    store = EdgeRows(features.indices[:, :2], n_layers, n_pos, n_logits, store_dtype)
     bar = tqdm(total=n_logits + n_rows_max, desc="attribution", unit="row", disable=not verbose)
 
     # The sweep needs neither the MLPs nor the transcoders any more.
@@ -168,9 +172,9 @@ def attribute(
             for start in range(0, n_logits, batch_size):
                 sl = slice(start, min(start + batch_size, n_logits))
                 k = sl.stop - sl.start
-                layers = torch.full((k,), n_layers)
-                rows = backward.rows(sources, layers, torch.full((k,), n_pos - 1), targets.vecs[sl])
-                store.add(rows, layers, torch.arange(sl.start, sl.stop) + n_cols)
+                layers, positions = torch.full((k,), n_layers), torch.full((k,), n_pos - 1)
+                rows = backward.rows(sources, layers, positions, targets.vecs[sl])
+                store.add(rows, layers, positions, torch.arange(sl.start, sl.stop) + n_cols)
                 bar.update(k)
                 if progress is not None:
                     progress("logit rows", sl.stop, n_logits)
@@ -206,12 +210,25 @@ def attribute(
                 max_feature_nodes=max_feature_nodes,
                 batch_size=batch_size,
                 dtype=str(dtype).removeprefix("torch."),
+                edge_dtype=str(store_dtype).removeprefix("torch."),
             ),
         )
     if verbose:
         print(timer.report())
     graph.settings["timings"] = timer.times
     return graph
+
+
+def _edge_dtype(edge_dtype: str | torch.dtype | None, model_dtype: torch.dtype) -> torch.dtype:
+    """The dtype edges are stored in (``attribute``'s ``edge_dtype``)."""
+    if edge_dtype is None:
+        return torch.float64 if model_dtype == torch.float64 else torch.float32
+    dtype = getattr(torch, edge_dtype, None) if isinstance(edge_dtype, str) else edge_dtype
+    if dtype not in EDGE_DTYPES:
+        raise ValueError(
+            f"edge_dtype must be 'float32', 'bfloat16', 'float16' or 'float64'; got {edge_dtype!r}"
+        )
+    return dtype
 
 
 def _encoder_rows(
@@ -252,8 +269,8 @@ def _feature_rows(
         if n_rows_max == n_active:
             pending = torch.arange(n_active)
         else:
-            weights = torch.zeros(n_cols + len(targets), dtype=store.dtype)
-            weights[n_cols:] = targets.weights.to(store.dtype)
+            weights = torch.zeros(n_cols + len(targets), dtype=torch.float32)
+            weights[n_cols:] = targets.weights.float()
             influence = store.influence(weights)
             rank = torch.argsort(influence[:n_active], descending=True, stable=True)
             room = min(update_interval * batch_size, n_rows_max - done)
@@ -261,9 +278,9 @@ def _feature_rows(
         # Sorting a chunk by position lets each batch stop at its furthest position.
         pending = pending[torch.argsort(indices[pending, 1], stable=True)]
         for chunk in pending.split(batch_size):
-            layers = indices[chunk, 0]
-            rows = backward.rows(sources, layers, indices[chunk, 1], encoders(chunk))
-            store.add(rows, layers, chunk)
+            layers, positions = indices[chunk, 0], indices[chunk, 1]
+            rows = backward.rows(sources, layers, positions, encoders(chunk))
+            store.add(rows, layers, positions, chunk)
             visited[chunk] = True
             done += len(chunk)
             bar.update(len(chunk))
@@ -283,11 +300,7 @@ def _package(
     settings: dict,
 ) -> Graph:
     selected = visited.nonzero(as_tuple=True)[0]
-    rows = store.dense(selected, n_logits)
-    row_nodes = torch.cat([b.nodes for b in store.blocks])[
-        torch.argsort(torch.cat([b.rows for b in store.blocks]))
-    ]
-    rows = rows[torch.argsort(row_nodes)]  # features by index, then logits (ids above n_cols)
+    edge_blocks = store.graph_blocks(selected, n_logits)
     tok = model.tokenizer
     text = str(tok.decode(ids.tolist())) if tok is not None else " ".join(map(str, ids.tolist()))
     return Graph(
@@ -299,7 +312,7 @@ def _package(
         active_features=features.indices.cpu(),
         activation_values=features.values.cpu(),
         selected_features=selected,
-        edges=rows,
+        edge_blocks=edge_blocks,
         n_layers=model.n_layers,
         model_name=model.name,
         transcoder_name=model.transcoders.name,

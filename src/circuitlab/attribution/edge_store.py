@@ -1,93 +1,120 @@
-"""Edge rows while they are being computed: compact, and ready for influence ranking.
+"""Edge rows while they are being computed: already in the graph's block layout.
 
-A target read at layer ``l`` (a feature) can only receive edges from features at layers
-``< l``, which are the first ``feature_start[l]`` columns in circuit-tracer's node order, and
-from errors and tokens. So each row is kept as a *prefix* of the feature columns plus the
-error/token *tail*; logit rows keep every feature column. Rows are stored as magnitudes
-(float) plus packed sign bits: influence ranking needs ``|A|`` many times, the final graph
-needs the signed values once, and neither needs a second full-size copy.
+The engine's node space is ``[active features | errors, layer-major | tokens | logits]``. A
+target read at layer ``l`` and position ``q`` can only receive from features and errors of
+layers ``< l`` at positions ``<= q`` and from tokens at positions ``<= q`` (see
+``graph.edges``). Features are ordered by (layer, pos, idx), so for each source layer the
+allowed features are a prefix of that layer's features. ``EdgeRows.add`` groups each batch's
+rows by (read layer, position chunk) and keeps only those sources, in the edge dtype; the
+running ``row_sums`` (``Σ|A|`` per target) make influence ranking one pass over the blocks.
+``graph_blocks`` then merges the blocks of each group and renumbers the nodes for the graph.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import numpy as np
 import torch
 
-
-@dataclass
-class _Block:
-    rows: torch.Tensor  # [k] row indices (order of computation)
-    nodes: torch.Tensor  # [k] node ids of these rows
-    width: int  # feature columns kept
-    mag: torch.Tensor  # [k, width + n_tail]
-    sign: np.ndarray  # packed bits of (value < 0), shape [k, ceil((width + n_tail) / 8)]
-    row_sum: torch.Tensor  # [k] sum of magnitudes
+from ..graph.edges import POSITION_CHUNKS, EdgeBlock, EdgeBlocks, chunk_end, position_chunk
 
 
 class EdgeRows:
-    """Rows ``[n_rows, n_features + n_tail]`` of direct effects, stored compactly.
+    """Rows of direct effects into features and logits, stored as ``EdgeBlocks``.
 
-    ``feature_start[l]`` is the index of the first feature at layer ``l`` (``feature_start[
-    n_layers] = n_features``); a row of a target read at layer ``l`` keeps feature columns
-    ``[0, feature_start[l])``; the ``n_tail`` error and token columns are always kept.
+    ``features[n_active, 2]``: (layer, pos) of every active feature, in lexicographic order;
+    errors and tokens follow them, then ``n_logits`` logits (rows only).
     """
 
-    def __init__(self, feature_start: list[int], n_tail: int, dtype: torch.dtype):
-        self.feature_start = feature_start
-        self.n_features = feature_start[-1]
-        self.n_tail = n_tail
-        self.dtype = dtype
-        self.blocks: list[_Block] = []
-        self.n_rows = 0
+    def __init__(
+        self,
+        features: torch.Tensor,
+        n_layers: int,
+        n_pos: int,
+        n_logits: int,
+        dtype: torch.dtype,
+    ):
+        self.features = features.cpu()
+        self.n_active = len(features)
+        self.n_layers, self.n_pos = n_layers, n_pos
+        self.n_cols = self.n_active + (n_layers + 1) * n_pos  # sources
+        self.store = EdgeBlocks([], self.n_cols + n_logits, dtype)
+        self.row_sums = torch.zeros(self.store.n_nodes, dtype=torch.float32)
+        self._keys: list[tuple[int, int]] = []
+        self._sources: dict[tuple[int, int], torch.Tensor] = {}
+        counts = torch.bincount(self.features[:, 0], minlength=n_layers)
+        self._layer_start = [0, *torch.cumsum(counts, 0).tolist()]
 
-    def add(self, values: torch.Tensor, layers: torch.Tensor, nodes: torch.Tensor) -> None:
-        """Appends rows ``values [k, n_features + n_tail]`` of targets read at ``layers [k]``
-        (``n_layers`` for logits) with node ids ``nodes [k]``."""
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.store.dtype
+
+    def sources(self, layer: int, chunk: int) -> torch.Tensor:
+        """Node indices a target read at ``layer`` in position chunk ``chunk`` can receive from."""
+        key = (layer, chunk)
+        if key not in self._sources:
+            q, n_pos, parts = chunk_end(chunk, self.n_pos), self.n_pos, []
+            for a in range(min(layer, self.n_layers)):
+                start, stop = self._layer_start[a], self._layer_start[a + 1]
+                pos = self.features[start:stop, 1]
+                parts.append(torch.arange(start, start + int((pos <= q).sum())))
+            errors = self.n_active + torch.arange(min(layer, self.n_layers))[:, None] * n_pos
+            parts.append((errors + torch.arange(q + 1)).flatten())
+            parts.append(self.n_active + self.n_layers * n_pos + torch.arange(q + 1))
+            self._sources[key] = torch.cat(parts)
+        return self._sources[key]
+
+    def add(
+        self,
+        values: torch.Tensor,
+        layers: torch.Tensor,
+        positions: torch.Tensor,
+        nodes: torch.Tensor,
+    ) -> None:
+        """Adds rows ``values[k, n_cols]`` of targets read at ``(layers[k], positions[k])``
+        (layer ``n_layers`` for logits), node ids ``nodes[k]``."""
         values, layers, nodes = values.cpu(), layers.cpu(), nodes.cpu()
-        for layer in torch.unique(layers).tolist():
-            sel = (layers == layer).nonzero(as_tuple=True)[0]
-            width = self.feature_start[min(layer, len(self.feature_start) - 1)]
-            part = torch.cat([values[sel, :width], values[sel, self.n_features :]], dim=1)
-            mag = part.abs().to(self.dtype)
-            sign = np.packbits((part < 0).numpy(), axis=1)
-            self.blocks.append(_Block(sel + self.n_rows, nodes[sel], width, mag, sign, mag.sum(1)))
-        self.n_rows += values.shape[0]
+        chunks = position_chunk(positions.cpu(), self.n_pos)
+        keys = layers * POSITION_CHUNKS + chunks
+        for key in torch.unique(keys).tolist():
+            layer, chunk = divmod(int(key), POSITION_CHUNKS)
+            sel = (keys == key).nonzero(as_tuple=True)[0]
+            sources = self.sources(layer, chunk)
+            block = values[sel[:, None], sources[None, :]].to(self.dtype)
+            self.store.blocks.append(EdgeBlock(nodes[sel], sources, block, layer))
+            self._keys.append((layer, chunk))
+            self.row_sums[nodes[sel]] = block.abs().float().sum(1)
 
-    def influence(self, weights: torch.Tensor, max_iter: int = 1000) -> torch.Tensor:
-        """Influence ``[n_features + n_tail + n_logits]`` of every node on the weighted targets,
-        from the rows so far (as ``graph.influence.compute_influence`` on row-normalised |A|)."""
-        n_main = self.n_features + self.n_tail
-        prod = weights.to(self.dtype)
-        total = torch.zeros_like(prod)
-        scaled = [1.0 / b.row_sum.clamp(min=1e-10) for b in self.blocks]
-        for _ in range(max_iter + 1):
-            nxt = torch.zeros_like(prod)
-            for b, inv in zip(self.blocks, scaled, strict=True):
-                p = prod[b.nodes] * inv
-                if not p.any():
-                    continue
-                contrib = p @ b.mag
-                nxt[: b.width] += contrib[: b.width]
-                nxt[self.n_features : n_main] += contrib[b.width :]
-            if not nxt.any():
-                return total
-            total += nxt
-            prod = nxt
-        raise RuntimeError("influence did not converge: the edge rows contain a cycle")
+    def influence(self, weights: torch.Tensor) -> torch.Tensor:
+        """Influence ``[n_cols + n_logits]`` of every node on the weighted targets, from the rows
+        so far (as ``graph.influence.compute_influence`` on row-normalised |A|), in float32."""
+        return self.store.influence(weights.float(), self.row_sums)
 
-    def dense(self, feature_cols: torch.Tensor, n_logit_cols: int) -> torch.Tensor:
-        """Signed rows in computation order, columns ``[feature_cols | tail | n_logit_cols zeros]``."""
-        k = feature_cols.shape[0]
-        out = torch.zeros(self.n_rows, k + self.n_tail + n_logit_cols, dtype=self.dtype)
-        for b in self.blocks:
-            n = b.mag.shape[1]
-            neg = torch.from_numpy(np.unpackbits(b.sign, axis=1, count=n).astype(bool))
-            signed = torch.where(neg, -b.mag, b.mag)
-            keep = feature_cols < b.width
-            block = torch.zeros(len(b.rows), k, dtype=self.dtype)
-            block[:, keep] = signed[:, feature_cols[keep]]
-            out[b.rows, :k] = block
-            out[b.rows, k : k + self.n_tail] = signed[:, b.width :]
-        return out
+    def graph_blocks(self, selected: torch.Tensor, n_logits: int) -> EdgeBlocks:
+        """The blocks in the graph's node space ``[selected features | errors | tokens |
+        logits]``, one block per (layer, position chunk); empties this store as it goes, so
+        the rows are never held twice."""
+        n_sel = len(selected)
+        new_id = torch.full((self.n_active,), -1, dtype=torch.long)
+        new_id[selected] = torch.arange(n_sel)
+
+        def renumber(nodes: torch.Tensor) -> torch.Tensor:
+            feature = nodes < self.n_active
+            shifted = nodes - self.n_active + n_sel
+            return torch.where(feature, new_id[nodes.clamp(max=max(self.n_active - 1, 0))], shifted)
+
+        groups: dict[tuple[int, int], list[EdgeBlock]] = {}
+        for key, block in zip(self._keys, self.store.blocks, strict=True):
+            groups.setdefault(key, []).append(block)
+        self.store.blocks, self._keys = [], []
+        out = []
+        for key in sorted(groups):
+            parts = groups.pop(key)
+            targets = renumber(torch.cat([b.targets for b in parts]))
+            sources = renumber(parts[0].sources)
+            values = torch.cat([b.values for b in parts]) if len(parts) > 1 else parts[0].values
+            del parts
+            keep = sources >= 0
+            if not bool(keep.all()):
+                values, sources = values[:, keep], sources[keep]
+            out.append(EdgeBlock(targets, sources, values, key[0]))
+        n_nodes = n_sel + (self.n_layers + 1) * self.n_pos + n_logits
+        return EdgeBlocks(out, n_nodes, self.dtype)

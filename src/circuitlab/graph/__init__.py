@@ -1,6 +1,7 @@
 """Attribution graphs: the ``Graph`` object, safe storage, influence, pruning and scores."""
 
 from circuitlab.graph.ct_import import import_circuit_tracer_pt
+from circuitlab.graph.edges import EdgeBlock, EdgeBlocks
 from circuitlab.graph.graph import Graph, NodeKind
 from circuitlab.graph.influence import compute_influence, edge_influence, normalize_rows
 from circuitlab.graph.pruning import PruneResult, cumulative_scores, find_threshold, prune_graph
@@ -9,6 +10,8 @@ from circuitlab.graph.storage import load_graph, save_graph
 from circuitlab.graph.targets import LogitTarget
 
 __all__ = [
+    "EdgeBlock",
+    "EdgeBlocks",
     "Graph",
     "GraphScores",
     "LogitTarget",

@@ -111,16 +111,14 @@ def graph_json(
     pruned = prune_graph(graph, node_threshold=node_threshold, edge_threshold=edge_threshold)
     g = graph.to("cpu")
     node_mask = pruned.node_mask.cpu()
-    edge_mask = pruned.edge_mask.cpu() & node_mask[None, :]
-    row_nodes = g.row_nodes
-    edge_mask &= node_mask[row_nodes][:, None]
-    rows, cols = edge_mask.nonzero(as_tuple=True)
-    weights = g.edges[rows, cols].float().tolist()
-    sources, targets = cols.tolist(), row_nodes[rows].tolist()
+    kept = pruned.within(pruned.node_mask)
+    edge_targets, edge_sources = kept.edge_targets.cpu(), kept.edge_sources.cpu()
+    weights = g.edge_blocks.values_at(edge_targets, edge_sources).float().tolist()
+    sources, targets = edge_sources.tolist(), edge_targets.tolist()
 
     in_links = torch.zeros(g.n_nodes, dtype=torch.bool)
-    in_links[cols] = True
-    in_links[row_nodes[rows]] = True
+    in_links[edge_sources] = True
+    in_links[edge_targets] = True
     keep = in_links & node_mask
     keep[g.token_offset :] = True  # tokens and logits always stay
 

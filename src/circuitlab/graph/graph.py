@@ -10,11 +10,12 @@ Node order (the circuit-tracer layout)::
 with ``N = n_sel + n_layers*n_pos + n_pos + n_logits``.
 
 Error and token nodes have no inputs, so their rows of the square adjacency matrix are zero.
-The graph keeps only the rows that can be non-zero: ``edges[r, s]`` is the direct effect of
-source node ``s`` on the target of row ``r``, where rows are the selected features in order and
-then the logits in order (``row_nodes`` maps rows to node indices). That is ``(n_sel + n_logits)
-x N`` floats instead of ``N x N``; the square matrix is available on demand as
-``adjacency_matrix``.
+The graph keeps its edges in ``edge_blocks`` (``graph.edges.EdgeBlocks``): blocks of rows that
+skip every entry that must be zero (a target reads only from earlier layers and positions), the
+signed values stored once in ``edge_dtype``. Everything in circuitlab (influence, pruning,
+scores, export, validation) reads the blocks. For circuit-tracer users ``edges`` (the
+``[n_sel + n_logits, N]`` rows, ``row_nodes`` mapping rows to node indices) and
+``adjacency_matrix`` (``[N, N]``) are still there, built densely on request.
 """
 
 from __future__ import annotations
@@ -26,12 +27,13 @@ from typing import Any, Literal
 
 import torch
 
+from circuitlab.graph.edges import EDGE_DTYPES, EdgeBlocks
 from circuitlab.graph.targets import LogitTarget
 
 NodeKind = Literal["feature", "error", "token", "logit"]
 
 
-@dataclass
+@dataclass(init=False)
 class Graph:
     """An attribution graph over transcoder features.
 
@@ -45,8 +47,10 @@ class Graph:
     * ``activation_values[n_active]``: their activations.
     * ``selected_features[n_sel]`` (long): ascending indices into ``active_features``; the
       features that are nodes of the graph.
-    * ``edges[n_sel + n_logits, N]`` (float32 or float64): direct effects, rows = selected
-      features then logits, columns = all nodes.
+    * ``edge_blocks``: the direct effects ``A[target, source]`` (``EdgeBlocks``), targets the
+      selected features and the logits. Give either ``edge_blocks`` or a dense
+      ``edges[n_sel + n_logits, N]`` (rows = selected features then logits, columns = all
+      nodes), which is split into blocks.
 
     ``settings`` is a JSON-able record of how the graph was made (``max_n_logits``,
     ``desired_logit_prob``, ``max_feature_nodes``, ``batch_size``, ``dtype``, ...).
@@ -63,7 +67,7 @@ class Graph:
     active_features: torch.Tensor
     activation_values: torch.Tensor
     selected_features: torch.Tensor
-    edges: torch.Tensor
+    edge_blocks: EdgeBlocks
     n_layers: int
     model_name: str
     transcoder_name: str | None = None
@@ -71,11 +75,52 @@ class Graph:
     feature_labels: dict[int, str] | None = None
     transcoder_fingerprint: str | None = None
 
-    def __post_init__(self) -> None:
-        self.logit_targets = [LogitTarget(str(t[0]), int(t[1])) for t in self.logit_targets]
-        if self.feature_labels is not None:
-            self.feature_labels = {int(k): str(v) for k, v in self.feature_labels.items()}
-        _check_graph(self)
+    def __init__(
+        self,
+        input_string: str,
+        input_tokens: torch.Tensor,
+        logit_targets: list[LogitTarget],
+        logit_probabilities: torch.Tensor,
+        vocab_size: int,
+        active_features: torch.Tensor,
+        activation_values: torch.Tensor,
+        selected_features: torch.Tensor,
+        edges: torch.Tensor | None = None,
+        n_layers: int = 0,
+        model_name: str = "",
+        transcoder_name: str | None = None,
+        settings: dict[str, Any] | None = None,
+        feature_labels: dict[int, str] | None = None,
+        transcoder_fingerprint: str | None = None,
+        *,
+        edge_blocks: EdgeBlocks | None = None,
+    ):
+        self.input_string = input_string
+        self.input_tokens = input_tokens
+        self.logit_targets = [LogitTarget(str(t[0]), int(t[1])) for t in logit_targets]
+        self.logit_probabilities = logit_probabilities
+        self.vocab_size = vocab_size
+        self.active_features = active_features
+        self.activation_values = activation_values
+        self.selected_features = selected_features
+        self.n_layers = n_layers
+        self.model_name = model_name
+        self.transcoder_name = transcoder_name
+        self.settings = {} if settings is None else settings
+        labels = feature_labels
+        self.feature_labels = (
+            None if labels is None else {int(k): str(v) for k, v in labels.items()}
+        )
+        self.transcoder_fingerprint = transcoder_fingerprint
+        _check_fields(self)
+        if (edges is None) == (edge_blocks is None):
+            raise ValueError("invalid Graph: give exactly one of edges (dense) or edge_blocks")
+        if edges is not None:
+            _check_dense_edges(self, edges)
+            edge_blocks = _blocks_of_dense(self, edges)
+        assert edge_blocks is not None
+        self.edge_blocks = edge_blocks
+        _check_edges(self)
 
     # ---- sizes ------------------------------------------------------------------------------
     @property
@@ -110,7 +155,7 @@ class Graph:
 
     @property
     def n_rows(self) -> int:
-        """Rows of ``edges``: ``n_sel + n_logits``."""
+        """Nodes with inputs (rows of ``edges``): ``n_sel + n_logits``."""
         return self.n_selected + self.n_logits
 
     # ---- node indices -----------------------------------------------------------------------
@@ -170,8 +215,9 @@ class Graph:
     @property
     def row_nodes(self) -> torch.Tensor:
         """``row_nodes[n_rows]`` (long): the node index of each row of ``edges``."""
-        features = torch.arange(self.n_selected, device=self.edges.device)
-        logits = torch.arange(self.logit_offset, self.n_nodes, device=self.edges.device)
+        device = self.selected_features.device
+        features = torch.arange(self.n_selected, device=device)
+        logits = torch.arange(self.logit_offset, self.n_nodes, device=device)
         return torch.cat([features, logits])
 
     @property
@@ -186,31 +232,45 @@ class Graph:
 
     def logit_weights(self) -> torch.Tensor:
         """``w[N]``: zeros with the logit probabilities in the logit slots (influence seed)."""
-        w = torch.zeros(self.n_nodes, dtype=self.edges.dtype, device=self.edges.device)
+        blocks = self.edge_blocks
+        w = torch.zeros(self.n_nodes, dtype=blocks.compute_dtype, device=blocks.device)
         w[self.logit_offset :] = self.logit_probabilities.to(w)
         return w
 
     @property
-    def adjacency_matrix(self) -> torch.Tensor:
-        """The square ``[N, N]`` matrix ``A[target, source]`` circuit-tracer stores.
+    def edge_dtype(self) -> torch.dtype:
+        """The dtype the edge values are stored in."""
+        return self.edge_blocks.dtype
 
-        Costly: it allocates ``N * N`` floats, almost all of them zero rows for errors and
-        tokens. Everything in circuitlab works on ``edges``; use this only for interop.
+    @property
+    def edges(self) -> torch.Tensor:
+        """Dense ``[n_sel + n_logits, N]`` rows of direct effects (row ``r`` is node
+        ``row_nodes[r]``), in ``edge_dtype``: built on request, for circuit-tracer users.
+
+        Costly on large graphs (``n_rows * N`` values, most of them structural zeros);
+        circuitlab itself reads ``edge_blocks``.
         """
-        square = torch.zeros(
-            self.n_nodes, self.n_nodes, dtype=self.edges.dtype, device=self.edges.device
-        )
-        square[self.row_nodes] = self.edges
-        return square
+        return self.edge_blocks.dense(self.row_nodes)
+
+    @property
+    def adjacency_matrix(self) -> torch.Tensor:
+        """The square ``[N, N]`` matrix ``A[target, source]`` circuit-tracer stores, built on
+        request.
+
+        Costly: it allocates ``N * N`` values, almost all of them zero rows for errors and
+        tokens. circuitlab itself reads ``edge_blocks``; use this only for interop.
+        """
+        return self.edge_blocks.dense(torch.arange(self.n_nodes))
 
     # ---- devices and files ------------------------------------------------------------------
     def to(self, device: torch.device | str) -> Graph:
         """A copy with every tensor on ``device`` (the original is left as it is)."""
-        moved = {
+        moved: dict[str, Any] = {
             f.name: value.to(device)
             for f in dataclasses.fields(self)
             if isinstance(value := getattr(self, f.name), torch.Tensor)
         }
+        moved["edge_blocks"] = self.edge_blocks.to(device)
         return dataclasses.replace(self, **moved)
 
     def save(self, path: str | Path) -> None:
@@ -238,12 +298,14 @@ def _check_range(what: str, value: int, size: int) -> None:
         raise IndexError(f"{what} index {value} is out of range [0, {size})")
 
 
-def _check_graph(g: Graph) -> None:
-    """Raise ``ValueError`` naming the first inconsistent field."""
+def _need(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(f"invalid Graph: {message}")
 
-    def need(ok: bool, message: str) -> None:
-        if not ok:
-            raise ValueError(f"invalid Graph: {message}")
+
+def _check_fields(g: Graph) -> None:
+    """Raise ``ValueError`` naming the first inconsistent field (edges apart)."""
+    need = _need
 
     need(g.input_tokens.dim() == 1, f"input_tokens must be 1-D, got {tuple(g.input_tokens.shape)}")
     need(g.n_layers >= 0, f"n_layers must be >= 0, got {g.n_layers}")
@@ -271,15 +333,44 @@ def _check_graph(g: Graph) -> None:
             "selected_features must index active_features",
         )
         need(bool((sel[1:] > sel[:-1]).all()), "selected_features must be strictly ascending")
-    need(
-        g.edges.dtype in (torch.float32, torch.float64),
-        f"edges must be float32 or float64, got {g.edges.dtype}",
-    )
-    need(
-        tuple(g.edges.shape) == (g.n_rows, g.n_nodes),
-        f"edges has shape {tuple(g.edges.shape)}, expected (n_sel + n_logits, N) = "
-        f"({g.n_rows}, {g.n_nodes})",
-    )
     if g.feature_labels is not None:
         bad = [k for k in g.feature_labels if not 0 <= k < g.n_selected]
         need(not bad, f"feature_labels keys must be feature node indices, got {bad[:5]}")
+
+
+def _check_edges(g: Graph) -> None:
+    need, blocks = _need, g.edge_blocks
+    need(blocks.n_nodes == g.n_nodes, f"edge_blocks span {blocks.n_nodes} nodes, not N={g.n_nodes}")
+    try:
+        blocks.check()
+    except ValueError as e:
+        need(False, str(e))
+    targets = blocks.targets
+    need(
+        targets.is_meta or bool(((targets < g.n_selected) | (targets >= g.logit_offset)).all()),
+        "edges may only go into feature and logit nodes",
+    )
+
+
+def _blocks_of_dense(g: Graph, edges: torch.Tensor) -> EdgeBlocks:
+    """``edges[n_rows, N]`` split into blocks by the targets' (read layer, position)."""
+    coords = g.selected_feature_coords.to(edges.device)
+    logits = torch.ones(g.n_logits, dtype=torch.long, device=edges.device)
+    return EdgeBlocks.from_dense(
+        edges,
+        g.row_nodes.to(edges.device),
+        torch.cat([coords[:, 0], logits * g.n_layers]),
+        torch.cat([coords[:, 1], logits * (g.n_pos - 1)]),
+        g.n_pos,
+        g.n_nodes,
+    )
+
+
+def _check_dense_edges(g: Graph, edges: torch.Tensor) -> None:
+    if edges.dtype not in EDGE_DTYPES:
+        raise ValueError(f"invalid Graph: edges must be one of {EDGE_DTYPES}, got {edges.dtype}")
+    if tuple(edges.shape) != (g.n_rows, g.n_nodes):
+        raise ValueError(
+            f"invalid Graph: edges has shape {tuple(edges.shape)}, expected (n_sel + n_logits, "
+            f"N) = ({g.n_rows}, {g.n_nodes})"
+        )

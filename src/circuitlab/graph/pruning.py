@@ -14,24 +14,21 @@ Same definitions as circuit-tracer's ``prune_graph``:
 influential as ``i`` (descending order), so smaller means more important; the UI JSON calls it
 ``influence``.
 
-Differences from circuit-tracer, by design: everything works on the stored rows (memory
-``n_rows x N``, never ``N x N``); ``edge_mask`` is ``[n_rows, N]`` like ``Graph.edges``; an edge
-whose score is zero is never kept; the cut-off is found without sorting all scores.
+Differences from circuit-tracer, by design: everything works block by block on the graph's
+``edge_blocks`` (never ``[n_rows, N]`` or ``N x N``), in float32 (float64 for float64 edges)
+whatever the edge dtype; the kept edges come back as (target, source) node pairs, with a dense
+``edge_mask`` built only on request; an edge whose score is zero is never kept; the cut-off is
+found without sorting all scores.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import torch
 
 from circuitlab.graph.graph import Graph
-from circuitlab.graph.influence import (
-    check_finite,
-    compute_influence,
-    edge_influence,
-    normalize_rows,
-)
 
 # Positive float32 values keep their order when their bits are read as int32; the top 16 bits
 # (exponent + 7 mantissa bits) split them into at most 2**15 buckets of ~1% relative width.
@@ -39,17 +36,49 @@ _BUCKET_SHIFT = 16
 _N_BUCKETS = 1 << 15
 
 
-class PruneResult(NamedTuple):
+@dataclass(frozen=True)
+class PruneResult:
     """What ``prune_graph`` keeps.
 
     * ``node_mask[N]`` (bool): kept nodes.
-    * ``edge_mask[n_rows, N]`` (bool): kept edges, laid out like ``Graph.edges``.
+    * ``edge_targets[n_kept]``, ``edge_sources[n_kept]`` (long): node indices of the kept
+      edges, in row-major order (by target, then source).
     * ``cumulative_scores[N]``: cumulative influence share of each node (smaller = more important).
+    * ``row_nodes[n_rows]``: the graph's ``row_nodes``, to lay out ``edge_mask``.
     """
 
     node_mask: torch.Tensor
-    edge_mask: torch.Tensor
+    edge_targets: torch.Tensor
+    edge_sources: torch.Tensor
     cumulative_scores: torch.Tensor
+    row_nodes: torch.Tensor
+
+    @property
+    def n_edges(self) -> int:
+        """Number of kept edges."""
+        return int(self.edge_targets.numel())
+
+    @property
+    def edge_mask(self) -> torch.Tensor:
+        """Dense ``[n_rows, N]`` bool mask of the kept edges, laid out like ``Graph.edges``:
+        built on request (``n_rows * N`` bytes), for circuit-tracer users and small graphs."""
+        n_nodes = self.node_mask.numel()
+        row_of = torch.full((n_nodes,), -1, dtype=torch.long, device=self.row_nodes.device)
+        row_of[self.row_nodes] = torch.arange(len(self.row_nodes), device=self.row_nodes.device)
+        mask = torch.zeros(len(self.row_nodes), n_nodes, dtype=torch.bool)
+        mask[row_of[self.edge_targets].cpu(), self.edge_sources.cpu()] = True
+        return mask.to(self.node_mask.device)
+
+    def within(self, node_mask: torch.Tensor) -> PruneResult:
+        """The kept edges whose two ends are in ``node_mask[N]``, with that node mask."""
+        keep = node_mask[self.edge_targets] & node_mask[self.edge_sources]
+        return PruneResult(
+            node_mask,
+            self.edge_targets[keep],
+            self.edge_sources[keep],
+            self.cumulative_scores,
+            self.row_nodes,
+        )
 
 
 def check_fraction(name: str, value: float) -> None:
@@ -70,17 +99,25 @@ def find_threshold(scores: torch.Tensor, threshold: float, chunk_size: int = 1 <
     share crosses ``threshold`` is found from the bucket sums, and only that bucket is sorted;
     work memory is ``chunk_size`` elements plus one bucket.
     """
-    check_fraction("threshold", threshold)
     flat = scores.detach().reshape(-1)
-    bucket_mass = torch.zeros(_N_BUCKETS, dtype=torch.float64, device=flat.device)
-    for chunk in flat.split(chunk_size):
+    return threshold_of_chunks(lambda: flat.split(chunk_size), threshold)
+
+
+def threshold_of_chunks(chunks: Callable[[], Iterable[torch.Tensor]], threshold: float) -> float:
+    """``find_threshold`` over scores given as chunks; ``chunks()`` is called twice and must
+    give the same non-negative tensors (any shapes) each time."""
+    check_fraction("threshold", threshold)
+    bucket_mass: torch.Tensor | None = None
+    for chunk in chunks():
         positive = chunk[chunk > 0]
+        if bucket_mass is None:
+            bucket_mass = torch.zeros(_N_BUCKETS, dtype=torch.float64, device=chunk.device)
         if positive.numel():
             bucket_mass += torch.bincount(
                 _bucket(positive), weights=positive.double(), minlength=_N_BUCKETS
             )
-    total = float(bucket_mass.sum())
-    if total <= 0.0:
+    total = 0.0 if bucket_mass is None else float(bucket_mass.sum())
+    if bucket_mass is None or total <= 0.0:
         return 0.0
     target = threshold * total
 
@@ -93,16 +130,12 @@ def find_threshold(scores: torch.Tensor, threshold: float, chunk_size: int = 1 <
     bucket = _N_BUCKETS - 1 - j
 
     in_bucket = torch.cat(
-        [positive[_bucket(positive) == bucket] for positive in _positive_chunks(flat, chunk_size)]
+        [p[_bucket(p) == bucket] for chunk in chunks() if (p := chunk[chunk > 0]).numel()]
     )
     in_bucket = in_bucket.double().sort(descending=True).values
     running = in_bucket.cumsum(0) + mass_above
     k = int(torch.searchsorted(running, torch.tensor([target], dtype=torch.float64)))
     return float(in_bucket[min(k, in_bucket.numel() - 1)])
-
-
-def _positive_chunks(flat: torch.Tensor, chunk_size: int) -> list[torch.Tensor]:
-    return [chunk[chunk > 0] for chunk in flat.split(chunk_size)]
 
 
 def _bucket(positive: torch.Tensor) -> torch.Tensor:
@@ -122,45 +155,70 @@ def prune_graph(
         edge_threshold: share of total edge score the kept edges must hold.
 
     Returns:
-        ``PruneResult(node_mask[N], edge_mask[n_rows, N], cumulative_scores[N])``.
+        ``PruneResult`` (node mask, kept edges as node pairs, cumulative scores).
     """
     check_fraction("node_threshold", node_threshold)
     check_fraction("edge_threshold", edge_threshold)
+    blocks = graph.edge_blocks
     weights = graph.logit_weights()
-    row_nodes = graph.row_nodes
-    _check_finite_edges(graph)
+    row_sums = blocks.abs_sums()
+    _check_finite_edges(graph, row_sums)
 
-    node_inf = compute_influence(normalize_rows(graph.edges), row_nodes, weights)
+    node_inf = blocks.influence(weights, row_sums)
     node_mask = node_inf >= find_threshold(node_inf, node_threshold)
     node_mask[graph.token_offset :] = True
 
-    # one n_rows x N work tensor: kept edges -> normalized -> edge scores
-    scores = graph.edges * node_mask[None, :]
-    scores[~node_mask[row_nodes]] = 0
-    normalize_rows(scores, inplace=True)
-    edge_influence(scores, row_nodes, weights, inplace=True)
-    edge_mask = (scores >= find_threshold(scores, edge_threshold)) & (scores > 0)
-    del scores
+    # Edge scores on the node-pruned graph: Â'[t, s] * (influence' + w)[t], one block at a time.
+    kept = node_mask.to(weights.dtype)
+    kept_sums = blocks.abs_sums(source_mask=kept)
+    edge_inf = blocks.influence(weights, kept_sums, source_mask=kept, target_mask=kept)
+    row_factor = kept * (edge_inf + weights) / kept_sums.clamp(min=1e-10)
 
-    _drop_dangling_nodes(graph, node_mask, edge_mask)
-    return PruneResult(node_mask, edge_mask, cumulative_scores(node_inf))
+    def scores() -> Iterable[torch.Tensor]:
+        return (a for _, a in blocks.normalized_blocks(row_factor, kept))
+
+    cut = threshold_of_chunks(scores, edge_threshold)
+    targets, sources = [], []
+    for b, a in blocks.normalized_blocks(row_factor, kept):
+        i, j = ((a >= cut) & (a > 0)).nonzero(as_tuple=True)
+        targets.append(b.targets[i])
+        sources.append(b.sources[j])
+    edge_targets, edge_sources = _row_major(graph, targets, sources)
+    edge_targets, edge_sources = _drop_dangling_nodes(graph, node_mask, edge_targets, edge_sources)
+    return PruneResult(
+        node_mask, edge_targets, edge_sources, cumulative_scores(node_inf), graph.row_nodes
+    )
 
 
-def _check_finite_edges(graph: Graph) -> None:
+def _row_major(
+    graph: Graph, targets: list[torch.Tensor], sources: list[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The edges concatenated and sorted by (target, source)."""
+    device = graph.edge_blocks.device
+    t = torch.cat(targets) if targets else torch.zeros(0, dtype=torch.long, device=device)
+    s = torch.cat(sources) if sources else torch.zeros(0, dtype=torch.long, device=device)
+    order = torch.argsort(t * graph.n_nodes + s)
+    return t[order], s[order]
+
+
+def _check_finite_edges(graph: Graph, row_sums: torch.Tensor) -> None:
     """NaN or infinite edges get their own error naming the nodes (not "a cycle")."""
-    try:
-        check_finite(graph.edges, graph.row_nodes)
-    except ValueError:
-        bad = (~torch.isfinite(graph.edges.sum(dim=1))).nonzero().flatten()
-        n_values = int((~torch.isfinite(graph.edges[bad])).sum())
-        names = [_node_name(graph, int(graph.row_nodes[r])) for r in bad[:8].tolist()]
-        more = f", ... ({len(bad)} rows in all)" if len(bad) > 8 else ""
-        raise ValueError(
-            f"the graph's edges hold {n_values} NaN or infinite values in {len(bad)} of "
-            f"{graph.n_rows} rows (into {', '.join(names)}{more}); pruning needs finite edges. "
-            "This is not a cycle: recompute the graph (a NaN usually comes from a NaN "
-            "activation or a float16 overflow; trace in float32 or bfloat16)"
-        ) from None
+    if bool(torch.isfinite(row_sums).all()):
+        return
+    bad_nodes = (~torch.isfinite(row_sums)).nonzero().flatten()
+    n_values = sum(
+        int((~torch.isfinite(b.values)).sum())
+        for b in graph.edge_blocks.blocks
+        if bool(torch.isin(b.targets, bad_nodes).any())
+    )
+    names = [_node_name(graph, int(n)) for n in bad_nodes[:8].tolist()]
+    more = f", ... ({len(bad_nodes)} rows in all)" if len(bad_nodes) > 8 else ""
+    raise ValueError(
+        f"the graph's edges hold {n_values} NaN or infinite values in {len(bad_nodes)} of "
+        f"{graph.n_rows} rows (into {', '.join(names)}{more}); pruning needs finite edges. "
+        "This is not a cycle: recompute the graph (a NaN usually comes from a NaN "
+        "activation or a float16 overflow; trace in float32 or bfloat16)"
+    )
 
 
 def _node_name(graph: Graph, node: int) -> str:
@@ -172,18 +230,24 @@ def _node_name(graph: Graph, node: int) -> str:
     return f"logit {target.token_str!r}"
 
 
-def _drop_dangling_nodes(graph: Graph, node_mask: torch.Tensor, edge_mask: torch.Tensor) -> None:
-    """In place, until stable: features/errors need an outgoing edge, features an incoming one."""
-    row_nodes = graph.row_nodes
+def _drop_dangling_nodes(
+    graph: Graph, node_mask: torch.Tensor, targets: torch.Tensor, sources: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Until stable (``node_mask`` in place): features/errors need an outgoing edge, features an
+    incoming one; edges of dropped nodes go. Returns the edges left."""
     n_sel, sources_end = graph.n_selected, graph.token_offset
     while True:
         before = node_mask.clone()
-        edge_mask &= node_mask[row_nodes][:, None]
-        edge_mask &= node_mask[None, :]
-        node_mask[:sources_end] &= edge_mask[:, :sources_end].any(0)
-        node_mask[:n_sel] &= edge_mask[:n_sel].any(1)
+        keep = node_mask[targets] & node_mask[sources]
+        targets, sources = targets[keep], sources[keep]
+        has_out = torch.zeros_like(node_mask)
+        has_out[sources] = True
+        has_in = torch.zeros_like(node_mask)
+        has_in[targets] = True
+        node_mask[:sources_end] &= has_out[:sources_end]
+        node_mask[:n_sel] &= has_in[:n_sel]
         if torch.equal(node_mask, before):
-            return
+            return targets, sources
 
 
 def cumulative_scores(influence: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,6 @@ from typing import NamedTuple
 import torch
 
 from circuitlab.graph.graph import Graph
-from circuitlab.graph.influence import compute_influence, normalize_rows
 
 
 class GraphScores(NamedTuple):
@@ -36,9 +35,9 @@ class GraphScores(NamedTuple):
 
 def compute_graph_scores(graph: Graph) -> GraphScores:
     """Replacement and completeness of the whole graph (see module docs)."""
-    is_error = torch.zeros(graph.n_nodes, dtype=torch.bool, device=graph.edges.device)
+    is_error = torch.zeros(graph.n_nodes, dtype=torch.bool, device=graph.edge_blocks.device)
     is_error[graph.error_offset : graph.token_offset] = True
-    return _scores(graph, normalize_rows(graph.edges), is_error)
+    return _scores(graph, is_error)
 
 
 def compute_subgraph_scores(graph: Graph, node_mask: torch.Tensor) -> GraphScores:
@@ -52,27 +51,28 @@ def compute_subgraph_scores(graph: Graph, node_mask: torch.Tensor) -> GraphScore
             f"node_mask must be a bool tensor of shape ({graph.n_nodes},), got "
             f"{node_mask.dtype} {tuple(node_mask.shape)}"
         )
-    node_mask = node_mask.to(graph.edges.device)
-    is_error = torch.zeros(graph.n_nodes, dtype=torch.bool, device=graph.edges.device)
+    node_mask = node_mask.to(graph.edge_blocks.device)
+    is_error = torch.zeros(graph.n_nodes, dtype=torch.bool, device=graph.edge_blocks.device)
     is_error[graph.error_offset : graph.token_offset] = True
     is_error[: graph.n_selected] = ~node_mask[: graph.n_selected]
-    normalized = normalize_rows(graph.edges)
-    normalized[is_error[graph.row_nodes]] = 0  # excluded features lose their inputs
-    return _scores(graph, normalized, is_error)
+    return _scores(graph, is_error)
 
 
-def _scores(graph: Graph, normalized: torch.Tensor, is_error: torch.Tensor) -> GraphScores:
-    """Scores given ``Â_rows[n_rows, N]`` and which nodes count as errors (``is_error[N]``)."""
+def _scores(graph: Graph, is_error: torch.Tensor) -> GraphScores:
+    """Scores given which nodes count as errors (``is_error[N]``): ``Â`` is normalised over the
+    full graph, and feature nodes counted as errors lose their inputs."""
+    blocks = graph.edge_blocks
     weights = graph.logit_weights()
-    row_nodes = graph.row_nodes
-    influence = compute_influence(normalized, row_nodes, weights)
+    row_sums = blocks.abs_sums()
+    has_inputs = ~is_error
+    influence = blocks.influence(weights, row_sums, target_mask=has_inputs)
 
     token_influence = influence[graph.token_offset : graph.logit_offset].sum()
     error_influence = influence[is_error].sum()
     replacement = token_influence / (token_influence + error_influence)
 
-    non_error_share = torch.ones_like(influence)
-    non_error_share[row_nodes] = 1 - normalized @ is_error.to(normalized.dtype)
+    error_share = blocks.abs_sums(source_mask=is_error) / row_sums.clamp(min=1e-10)
+    non_error_share = 1 - error_share * has_inputs
     output_influence = influence + weights
     completeness = (non_error_share * output_influence).sum() / output_influence.sum()
     return GraphScores(float(replacement), float(completeness))

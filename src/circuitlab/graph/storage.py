@@ -3,7 +3,11 @@
 Layout of the file:
 
 * tensors ``input_tokens``, ``logit_probabilities``, ``active_features``, ``activation_values``,
-  ``selected_features``, ``edges`` (only the ``n_sel + n_logits`` rows that can be non-zero);
+  ``selected_features``;
+* the edges in the graph's block layout (``graph.edges``): for block ``i``,
+  ``edges.{i}.targets`` and ``edges.{i}.sources`` (int32 node indices) and ``edges.{i}.values``
+  (``[k, w]`` in the edge dtype: float32, bfloat16, float16 or float64); the blocks' read
+  layers are in the header (``edge_blocks``: ``{"layers": [...]}``);
 * the safetensors metadata header (string to string) holds ``format`` =
   ``"circuitlab.graph"``, ``format_version`` and ``graph``: a JSON object with every
   non-tensor field (``input_string``, ``logit_targets`` as ``[token_str, vocab_idx]`` pairs,
@@ -13,6 +17,9 @@ Layout of the file:
 Writes are atomic: the file is written under a temporary name in the target directory, flushed
 to disk and renamed over the destination, so an interrupted save never leaves a half-written
 graph and never destroys the previous file.
+
+Versions: 2 (this one) stores edge blocks; 1 stored one dense ``edges[n_sel + n_logits, N]``
+tensor, and such files still load (the rows are split into blocks on load).
 """
 
 from __future__ import annotations
@@ -26,18 +33,18 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from circuitlab.atomic import atomic_path
+from circuitlab.graph.edges import EDGE_DTYPES, EdgeBlock, EdgeBlocks
 from circuitlab.graph.graph import Graph
 from circuitlab.graph.targets import LogitTarget
 
 FORMAT_NAME = "circuitlab.graph"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 TENSOR_FIELDS = (
     "input_tokens",
     "logit_probabilities",
     "active_features",
     "activation_values",
     "selected_features",
-    "edges",
 )
 
 
@@ -45,10 +52,19 @@ def save_graph(graph: Graph, path: str | Path) -> None:
     """Write ``graph`` to ``path`` (a ``.safetensors`` file), atomically."""
     path = Path(path)
     tensors = {name: getattr(graph, name).detach().cpu().contiguous() for name in TENSOR_FIELDS}
+    for i, b in enumerate(graph.edge_blocks.blocks):
+        tensors[f"edges.{i}.targets"] = b.targets.detach().cpu().to(torch.int32).contiguous()
+        tensors[f"edges.{i}.sources"] = b.sources.detach().cpu().to(torch.int32).contiguous()
+        tensors[f"edges.{i}.values"] = b.values.detach().cpu().contiguous()
+    header = _header(graph)
+    header["edge_blocks"] = {
+        "layers": [b.layer for b in graph.edge_blocks.blocks],
+        "dtype": str(graph.edge_dtype).removeprefix("torch."),
+    }
     metadata = {
         "format": FORMAT_NAME,
         "format_version": str(FORMAT_VERSION),
-        "graph": json.dumps(_header(graph)),
+        "graph": json.dumps(header),
     }
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
@@ -74,14 +90,35 @@ def load_graph(path: str | Path, device: torch.device | str = "cpu") -> Graph:
         with safe_open(str(path), framework="pt", device=str(device)) as f:
             metadata = f.metadata() or {}
             _check_format(path, metadata)
-            missing = [name for name in TENSOR_FIELDS if name not in f.keys()]
+            header = json.loads(metadata["graph"])
+            version = int(metadata["format_version"])
+            names = [*TENSOR_FIELDS, "edges"] if version == 1 else TENSOR_FIELDS
+            missing = [name for name in names if name not in f.keys()]
             if missing:
                 raise ValueError(f"{path} is not a complete circuitlab graph: missing {missing}")
-            tensors = {name: f.get_tensor(name) for name in TENSOR_FIELDS}
-        header = json.loads(metadata["graph"])
-        return Graph(**tensors, **_fields_from_header(header))
+            tensors = {name: f.get_tensor(name) for name in names}
+            edges: dict[str, Any] = {}
+            if version >= 2:
+                edges["edge_blocks"] = _read_blocks(f, header, tensors, device)
+        return Graph(**tensors, **edges, **_fields_from_header(header))
     except (SafetensorError, json.JSONDecodeError, KeyError, TypeError) as e:
         raise ValueError(f"{path} is not a readable circuitlab graph file ({e})") from e
+
+
+def _read_blocks(f: Any, header: dict[str, Any], tensors: dict, device: Any) -> EdgeBlocks:
+    """The edge blocks of a version-2 file (see the module docs)."""
+    info = header["edge_blocks"]
+    blocks = []
+    for i, layer in enumerate(info["layers"]):
+        targets = f.get_tensor(f"edges.{i}.targets").long()
+        sources = f.get_tensor(f"edges.{i}.sources").long()
+        blocks.append(EdgeBlock(targets, sources, f.get_tensor(f"edges.{i}.values"), int(layer)))
+    n_sel, n_pos = len(tensors["selected_features"]), len(tensors["input_tokens"])
+    n_nodes = n_sel + (int(header["n_layers"]) + 1) * n_pos + len(header["logit_targets"])
+    dtype = getattr(torch, info["dtype"])
+    if not isinstance(dtype, torch.dtype) or dtype not in EDGE_DTYPES:
+        raise ValueError(f"unknown edge dtype {info['dtype']!r}")
+    return EdgeBlocks(blocks, n_nodes, dtype)
 
 
 def _header(graph: Graph) -> dict[str, Any]:

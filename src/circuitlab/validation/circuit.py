@@ -24,7 +24,6 @@ import torch
 
 from circuitlab.graph.export import node_ids
 from circuitlab.graph.graph import Graph
-from circuitlab.graph.influence import compute_influence, edge_influence, normalize_rows
 from circuitlab.graph.pruning import PruneResult, check_fraction, prune_graph
 
 EdgeKey = tuple[str, str]
@@ -35,8 +34,8 @@ class Circuit:
     """One pruned graph, keyed and weighted (see the module docs).
 
     * ``ids[N]``: the lab's node id of every node of the graph.
-    * ``node_mask[N]`` / ``edge_mask[n_rows, N]``: the kept nodes and edges (kept edges join kept
-      nodes).
+    * ``node_mask[N]``: the kept nodes; ``edge_targets[n_edges]`` / ``edge_sources[n_edges]``:
+      the kept edges as node pairs (kept edges join kept nodes).
     * ``node_weight`` / ``node_members``: feature key -> share of influence / node ids.
     * ``edge_weight`` / ``edge_members``: (source key, target key) -> share of edge score /
       ``(source id, target id)`` pairs.
@@ -46,7 +45,8 @@ class Circuit:
 
     ids: list[str]
     node_mask: torch.Tensor
-    edge_mask: torch.Tensor
+    edge_targets: torch.Tensor
+    edge_sources: torch.Tensor
     node_weight: dict[str, float]
     node_members: dict[str, list[str]]
     edge_weight: dict[EdgeKey, float]
@@ -57,15 +57,13 @@ class Circuit:
     @property
     def n_edges(self) -> int:
         """Number of kept edges."""
-        return int(self.edge_mask.sum())
+        return int(self.edge_targets.numel())
 
 
 def prune_kept(graph: Graph, node_threshold: float, edge_threshold: float) -> PruneResult:
     """``prune_graph`` with edges restricted to kept nodes at both ends (the graph file's view)."""
     pruned = prune_graph(graph, node_threshold=node_threshold, edge_threshold=edge_threshold)
-    node_mask = pruned.node_mask
-    edge_mask = pruned.edge_mask & node_mask[None, :] & node_mask[graph.row_nodes][:, None]
-    return PruneResult(node_mask, edge_mask, pruned.cumulative_scores)
+    return pruned.within(pruned.node_mask)
 
 
 def node_keys(
@@ -106,9 +104,9 @@ def circuit_of(
     check_fraction("edge_threshold", edge_threshold)
     g = graph.to("cpu")
     pruned = prune_kept(g, node_threshold, edge_threshold)
-    node_mask, edge_mask = pruned.node_mask, pruned.edge_mask
-    weights, row_nodes = g.logit_weights(), g.row_nodes
-    influence = compute_influence(normalize_rows(g.edges), row_nodes, weights)
+    node_mask = pruned.node_mask
+    blocks = g.edge_blocks
+    influence = blocks.influence(g.logit_weights(), blocks.abs_sums())
 
     ids = node_ids(g)
     keys = node_keys(g, position_aware=position_aware, feature_map=feature_map)
@@ -123,43 +121,42 @@ def circuit_of(
         node_weight[key] = node_weight.get(key, 0.0) + share
         node_members.setdefault(key, []).append(ids[i])
 
-    edge_weight, edge_members = _keyed_edges(g, node_mask, edge_mask, keys, ids)
+    edge_weight, edge_members = _keyed_edges(g, pruned, keys, ids)
     kept = node_mask.nonzero().flatten()
-    adjacency = kept_adjacency(g, kept, edge_mask)
+    adjacency = kept_adjacency(g, kept, pruned)
     return Circuit(
-        ids, node_mask, edge_mask, node_weight, node_members, edge_weight, edge_members, kept,
-        adjacency,
+        ids, node_mask, pruned.edge_targets, pruned.edge_sources, node_weight, node_members,
+        edge_weight, edge_members, kept, adjacency,
     )  # fmt: skip
 
 
-def kept_adjacency(g: Graph, kept: torch.Tensor, edge_mask: torch.Tensor) -> torch.Tensor:
-    """``|A|[n_kept, n_kept]`` (float64) over the kept nodes ``kept[n_kept]`` and kept edges
-    ``edge_mask[n_rows, N]``; memory ``n_kept²``, never ``N²``."""
+def kept_adjacency(g: Graph, kept: torch.Tensor, pruned: PruneResult) -> torch.Tensor:
+    """``|A|[n_kept, n_kept]`` (float64) over the kept nodes ``kept[n_kept]`` and the kept edges
+    of ``pruned`` (both ends kept); memory ``n_kept²``, never ``N²``."""
     position = torch.full((g.n_nodes,), -1, dtype=torch.long)
     position[kept] = torch.arange(kept.numel())
-    rows = (position[g.row_nodes] >= 0).nonzero().flatten()
+    edges = pruned.within(position >= 0)
     adjacency = torch.zeros(kept.numel(), kept.numel(), dtype=torch.float64)
-    values = (g.edges[rows][:, kept].abs() * edge_mask[rows][:, kept]).double()
-    adjacency[position[g.row_nodes[rows]]] = values
+    values = g.edge_blocks.values_at(edges.edge_targets, edges.edge_sources).abs().double()
+    adjacency[position[edges.edge_targets], position[edges.edge_sources]] = values
     return adjacency
 
 
 def _keyed_edges(
     g: Graph,
-    node_mask: torch.Tensor,
-    edge_mask: torch.Tensor,
+    pruned: PruneResult,
     keys: list[str | None],
     ids: list[str],
 ) -> tuple[dict[EdgeKey, float], dict[EdgeKey, list[tuple[str, str]]]]:
     """Edge shares and members by (source key, target key); edges touching errors are left out."""
-    row_nodes, weights = g.row_nodes, g.logit_weights()
-    scores = g.edges.double() * node_mask[None, :]
-    scores[~node_mask[row_nodes]] = 0
-    normalize_rows(scores, inplace=True)
-    edge_influence(scores, row_nodes, weights.double(), inplace=True)
-    rows, cols = edge_mask.nonzero(as_tuple=True)
-    targets = row_nodes[rows].tolist()
-    values = scores[rows, cols].tolist()
+    blocks, weights = g.edge_blocks, g.logit_weights().double()
+    kept = pruned.node_mask.double()
+    kept_sums = blocks.abs_sums(source_mask=kept, dtype=torch.float64)
+    edge_inf = blocks.influence(weights, kept_sums, source_mask=kept, target_mask=kept)
+    row_factor = kept * (edge_inf + weights) / kept_sums.clamp(min=1e-10)
+    cols, rows = pruned.edge_sources, pruned.edge_targets
+    scores = blocks.values_at(rows, cols).double().abs() * row_factor[rows]
+    targets, values = rows.tolist(), scores.tolist()
     keyed = [
         (keys[s], keys[t], s, t, v)
         for s, t, v in zip(cols.tolist(), targets, values, strict=True)

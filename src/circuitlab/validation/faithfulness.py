@@ -204,7 +204,7 @@ def faithfulness(
     points = []
     for t in sorted(thresholds):
         pruned = prune_kept(graph, t, edge_threshold)
-        points.append(run.point(pruned.node_mask, t, int(pruned.edge_mask.sum())))
+        points.append(run.point(pruned.node_mask, t, pruned.n_edges))
     pinned_point = None
     if pinned is not None:
         pinned_point = run.point(pinned_mask(graph, pinned), None, None, list(pinned))
