@@ -30,7 +30,7 @@ from circuitlab.transcoders.evaluation import (
 )
 
 # the root tests/conftest.py (on sys.path), not tests/transcoders/conftest.py
-from conftest import WORDS, build, save_to_disk, tiny_tokenizer  # pyright: ignore[reportAttributeAccessIssue]
+from conftest import FAMILIES, WORDS, build, save_to_disk, tiny_tokenizer  # pyright: ignore[reportAttributeAccessIssue]
 
 Recon = Callable[[int, dict[int, torch.Tensor], torch.Tensor], torch.Tensor]
 
@@ -289,3 +289,23 @@ def test_cli_refuses_a_png_without_matplotlib(
     args = ["eval-transcoders", "-t", str(tmp_path / "missing"), "--corpus", "x.txt"]
     assert main([*args, "--plot", str(tmp_path / "e.png")]) == 2
     assert "circuitlab[plots]" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_agrees_with_the_library_reconstruction(family: str) -> None:
+    """FVU from ``Transcoders.forward`` on captured reads/writes; clean loss from a plain
+    forward; replacing nothing would be the clean loss (each family's hook points)."""
+    rm = build(family, "plt_skip")
+    ids = _ids(2, batch=1, pos=8)
+    ev = evaluate_transcoders(rm, [ids])
+    _, cap = rm.capture(ids[0])
+    reads, writes = cap.stacked_reads(), cap.stacked_writes()
+    recon = rm.transcoders(reads)
+    for layer in range(rm.n_layers):
+        y, y_hat = writes[layer, 1:], recon[layer, 1:]
+        fvu = float(((y - y_hat) ** 2).sum() / ((y - y.mean(0)) ** 2).sum())
+        assert ev.fvu[layer] == pytest.approx(fvu, rel=1e-9)
+    with torch.no_grad():
+        logits = rm.model(input_ids=ids).logits  # type: ignore[operator]
+    assert ev.loss_clean == pytest.approx(_ce(logits, ids), rel=1e-9)
+    assert ev.loss_all_zero != pytest.approx(ev.loss_clean)
