@@ -99,3 +99,16 @@ def test_saved_graph_paths_are_accepted(tmp_path: Path) -> None:
 def test_bad_slugs_are_refused(tmp_path: Path, slug: str) -> None:
     with pytest.raises(ValueError, match="slug"):
         create_graph_files(small_graph(), slug, tmp_path)
+
+
+def test_prompt_tokens_of_a_model_folder_without_a_tokenizer_show_ids(tmp_path: Path) -> None:
+    """transformers 5 gives a one-token placeholder for such a folder, which decodes every id
+    but 0 as ''; the page must show the ids instead of blank tokens."""
+    import dataclasses
+
+    from circuitlab.graph.export import decode_tokens
+    from circuitlab.models.tiny import tiny_model
+
+    tiny_model("gpt2", n_layers=2, d_model=16).save_pretrained(tmp_path / "model")
+    g = dataclasses.replace(small_graph(), model_name=str(tmp_path / "model"))
+    assert decode_tokens(g) == ["<0>", "<3>", "<4>"]

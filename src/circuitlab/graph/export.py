@@ -233,10 +233,10 @@ def decode_tokens(g: Graph, tokenizer: Any = None) -> list[str]:
     """The prompt's tokens as strings (``<id>`` when no tokenizer can be found)."""
     ids = g.input_tokens.tolist()
     if tokenizer is None and g.model_name:
-        try:
-            from transformers import AutoTokenizer
+        try:  # a folder without tokenizer files (or a placeholder tokenizer) gives None
+            from circuitlab.models.loading import find_tokenizer
 
-            tokenizer = AutoTokenizer.from_pretrained(g.model_name, local_files_only=True)
+            tokenizer = find_tokenizer(g.model_name, local_files_only=True)
         except Exception:  # any failure means "no tokenizer"; fall back to ids
             tokenizer = None
     if tokenizer is None:
