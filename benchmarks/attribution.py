@@ -46,7 +46,9 @@ def run_ours(fx: Fixture, ids: list[int], out: Path, **settings: object) -> dict
         str(out),
     ]
     for k, v in settings.items():
-        if v is not None:
+        if v is True:
+            cmd.append(f"--{k.replace('_', '-')}")
+        elif v is not None:
             cmd += [f"--{k.replace('_', '-')}", str(v)]
     subprocess.run(cmd, check=True)
     return json.loads(Path(str(out) + ".json").read_text())

@@ -33,6 +33,7 @@ def main() -> None:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--offload", default=None)
     p.add_argument("--edge-dtype", default=None)
+    p.add_argument("--post", action="store_true", help="also time prune + scores + page JSON")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", required=True)
     a = p.parse_args()
@@ -80,7 +81,25 @@ def main() -> None:
         "n_selected": graph.n_selected,
         "n_nodes": graph.n_nodes,
     }
+    if a.post:
+        meta.update(_post(graph))
     Path(a.out + ".json").write_text(json.dumps(meta, indent=2))
+
+
+def _post(graph) -> dict:
+    """Time and peak-RSS increase of what the lab does with a fresh graph: prune, scores, page."""
+    from circuitlab.graph import compute_graph_scores, prune_graph
+    from circuitlab.graph.export import graph_json
+
+    rss_before = current_rss_bytes()
+    hwm_reset = reset_peak_rss()
+    t0 = time.perf_counter()
+    prune_graph(graph)
+    compute_graph_scores(graph)
+    graph_json(graph, "bench")
+    seconds = time.perf_counter() - t0
+    peak = hwm_bytes() if hwm_reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"post_seconds": seconds, "post_peak_increment": max(peak - rss_before, 0)}
 
 
 if __name__ == "__main__":

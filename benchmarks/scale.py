@@ -29,19 +29,32 @@ def main() -> None:
     p.add_argument("--lengths", default="32,96,256")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--edge-dtype", default=None, help="float32 (default), bfloat16 or float16")
+    p.add_argument("--post", action="store_true", help="also time prune + scores + page JSON")
     a = p.parse_args()
     fx = FIXTURES[a.fixture]()
-    head = ("tokens", "active", "nodes", "time s", "cpu s", "peak MB", "file MB")
-    print("{:>6} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8}".format(*head))
+    head = (
+        "tokens",
+        "active",
+        "nodes",
+        "time s",
+        "cpu s",
+        "peak MB",
+        "file MB",
+        "post s",
+        "post MB",
+    )
+    print("{:>6} {:>7} {:>7} {:>7} {:>7} {:>8} {:>8} {:>7} {:>8}".format(*head))
     with tempfile.TemporaryDirectory() as tmp:
         for n in map(int, a.lengths.split(",")):
             out = Path(tmp) / f"g{n}.safetensors"
-            settings = dict(batch_size=a.batch_size, edge_dtype=a.edge_dtype)
+            settings = dict(batch_size=a.batch_size, edge_dtype=a.edge_dtype, post=a.post or None)
             r = run_ours(fx, fx.prompt(n), out, **settings)
             print(
                 f"{n:>6} {r['n_active']:>7} {r['n_nodes']:>7} {r['attribute_seconds']:>7.2f} "
                 f"{r['attribute_cpu_seconds']:>7.1f} "
-                f"{r['attribute_peak_increment'] / 1e6:>8.0f} {out.stat().st_size / 1e6:>8.1f}",
+                f"{r['attribute_peak_increment'] / 1e6:>8.0f} {out.stat().st_size / 1e6:>8.1f} "
+                f"{r.get('post_seconds', float('nan')):>7.2f} "
+                f"{r.get('post_peak_increment', float('nan')) / 1e6:>8.0f}",
                 flush=True,
             )
 

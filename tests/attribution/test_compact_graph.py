@@ -96,3 +96,10 @@ def test_edge_dtype_is_checked() -> None:
     rm = build("llama", "plt", n_layers=2)
     with pytest.raises(ValueError, match="edge_dtype"):
         attribute(rm, PROMPT[:4], edge_dtype="int8")
+
+
+def test_saved_graph_keeps_the_blocks(graph: Graph, tmp_path) -> None:
+    graph.save(tmp_path / "g.safetensors")
+    loaded = Graph.load(tmp_path / "g.safetensors")
+    assert loaded.edge_blocks.equal(graph.edge_blocks)
+    assert loaded.edge_blocks.nbytes <= graph.edge_blocks.nbytes  # shared sources stay shared

@@ -119,3 +119,10 @@ def test_estimate_is_within_tolerance_of_a_measured_peak(tiny_dirs: tuple[Path, 
     tc, _ = transcoder_shapes(tc_dir)
     predicted = estimate_memory(model_shapes(model_dir), tc, len(ids)).peak
     assert 1 / TOLERANCE <= measured / predicted <= TOLERANCE, (measured, predicted)
+
+
+def test_the_block_layout_constant_matches_the_graph() -> None:
+    from circuitlab.attribution import memory
+    from circuitlab.graph import edges
+
+    assert memory.POSITION_CHUNKS == edges.POSITION_CHUNKS

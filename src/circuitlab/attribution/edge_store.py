@@ -90,8 +90,8 @@ class EdgeRows:
 
     def graph_blocks(self, selected: torch.Tensor, n_logits: int) -> EdgeBlocks:
         """The blocks in the graph's node space ``[selected features | errors | tokens |
-        logits]``, one block per (layer, position chunk); empties this store as it goes, so
-        the rows are never held twice."""
+        logits]``, ordered by (layer, position chunk); empties this store as it goes, so the
+        rows are never held twice (with every feature selected they are not even copied)."""
         n_sel = len(selected)
         new_id = torch.full((self.n_active,), -1, dtype=torch.long)
         new_id[selected] = torch.arange(n_sel)
@@ -101,20 +101,20 @@ class EdgeRows:
             shifted = nodes - self.n_active + n_sel
             return torch.where(feature, new_id[nodes.clamp(max=max(self.n_active - 1, 0))], shifted)
 
-        groups: dict[tuple[int, int], list[EdgeBlock]] = {}
-        for key, block in zip(self._keys, self.store.blocks, strict=True):
-            groups.setdefault(key, []).append(block)
+        order = sorted(range(len(self._keys)), key=lambda i: self._keys[i])  # stable
+        blocks, keys = self.store.blocks, self._keys
         self.store.blocks, self._keys = [], []
+        sources: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor | None]] = {}
         out = []
-        for key in sorted(groups):
-            parts = groups.pop(key)
-            targets = renumber(torch.cat([b.targets for b in parts]))
-            sources = renumber(parts[0].sources)
-            values = torch.cat([b.values for b in parts]) if len(parts) > 1 else parts[0].values
-            del parts
-            keep = sources >= 0
-            if not bool(keep.all()):
-                values, sources = values[:, keep], sources[keep]
-            out.append(EdgeBlock(targets, sources, values, key[0]))
+        for i in order:
+            b, key = blocks[i], keys[i]
+            if key not in sources:
+                renumbered = renumber(b.sources)
+                keep = renumbered >= 0
+                sources[key] = (renumbered[keep], None if bool(keep.all()) else keep)
+            cols, keep = sources[key]
+            values = b.values if keep is None else b.values[:, keep]
+            out.append(EdgeBlock(renumber(b.targets), cols, values, key[0]))
+            blocks[i] = None  # type: ignore[call-overload]  # freed as we go
         n_nodes = n_sel + (self.n_layers + 1) * self.n_pos + n_logits
         return EdgeBlocks(out, n_nodes, self.dtype)

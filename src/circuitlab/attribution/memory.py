@@ -12,14 +12,16 @@ what is alive in each:
   outputs and errors ``[layers, pos, d]``, logits);
 * **sweep**: + sources (activation-scaled decoder rows packed per position, encoder rows of
   one batch, or of every active feature with ``offload``) + the
-  edge rows (``n_logits + min(max_feature_nodes, n_active)`` rows; a feature row keeps the
-  feature columns below its layer, on average half, plus errors and tokens; magnitudes in the
-  dtype plus one sign bit) + one batch's temporaries (``[batch, n_cols]`` rows, gradients
+  edge rows (``n_logits + min(max_feature_nodes, n_active)`` rows in the graph's block layout,
+  ``graph.edges``: a feature row keeps the features and errors of earlier layers and the
+  tokens, at positions up to its position chunk's end, on average a bit over half of them;
+  signed values in ``edge_dtype``) + one batch's temporaries (``[batch, n_cols]`` rows, gradients
   ``[batch, pos, d]``) + influence vectors; ``offload="disk"`` frees the MLP weights and the
   resident transcoders here (``"cpu"`` frees nothing on a CPU-only machine);
-* **graph**: the sweep's state + the packaged rows ``[rows, selected + errors + tokens +
-  logits]`` (built, then reordered: two copies);
-* **scores**: weights + the graph + row-normalised copies for influence, pruning and scores.
+* **graph**: the sweep's state (the blocks are renumbered in place; under a feature cap the
+  unselected columns are dropped block by block);
+* **scores**: weights + the graph's blocks + one block's float32 work copies and node vectors
+  (influence, pruning and scores go block by block).
 
 The peak is the largest phase. The number of active features is unknown before the forward
 pass: it is ``l0`` features per layer and non-BOS position (``k`` for TopK transcoders; else
@@ -43,6 +45,9 @@ RUNTIME_BYTES = 350 * 2**20
 DEFAULT_L0 = 64
 #: The documented accuracy: measured peaks lie within this factor of the estimate.
 TOLERANCE = 2.0
+
+#: ``graph.edges.POSITION_CHUNKS`` (not imported: this module does not need torch).
+POSITION_CHUNKS = 16
 
 _DTYPE_BYTES = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2}
 _ST_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "I64": 8, "I32": 4, "U8": 1, "I8": 1}
@@ -133,11 +138,13 @@ def estimate_memory(
     lazy_decoder: bool = True,
     l0: float | None = None,
     n_active: int | None = None,
+    edge_dtype: str | None = None,
 ) -> MemoryEstimate:
     """Predicted memory of ``attribute`` on an ``n_tokens`` prompt (BOS included).
 
     ``n_active`` (the number of active features, once a forward pass has counted them)
-    replaces the guess from ``l0``.
+    replaces the guess from ``l0``. ``edge_dtype`` as in ``attribute`` (default float32, or
+    float64 for float64 models).
     """
     if dtype not in _DTYPE_BYTES:
         raise ValueError(f"dtype must be one of {', '.join(_DTYPE_BYTES)}; got {dtype!r}")
@@ -146,6 +153,10 @@ def estimate_memory(
     if offload not in (None, "cpu", "disk"):
         raise ValueError(f"offload must be None, 'cpu' or 'disk'; got {offload!r}")
     b = _DTYPE_BYTES[dtype]
+    edge_dtype = edge_dtype or ("float64" if dtype == "float64" else "float32")
+    if edge_dtype not in _DTYPE_BYTES:
+        raise ValueError(f"edge_dtype must be one of {', '.join(_DTYPE_BYTES)}; got {edge_dtype!r}")
+    eb = _DTYPE_BYTES[edge_dtype]
     L, d, n = model.n_layers, model.d_model, n_tokens
     H, V, F, T = model.n_heads, model.vocab_size, model.d_mlp, transcoders.d_transcoder
     if l0 is None:
@@ -159,7 +170,6 @@ def estimate_memory(
     batch = max(1, min(batch_size, max(rows, n_logits)))
     n_out = (L + 1) / 2 if transcoders.kind == "clt" else 1  # decoder rows per feature
     dec_all = T * d * (L * (L + 1) // 2 if transcoders.kind == "clt" else L)
-    sign_bits = 1 / 8
 
     parts: dict[str, int] = {}
     parts["runtime"] = RUNTIME_BYTES
@@ -182,13 +192,18 @@ def estimate_memory(
     # encoder rows are gathered per batch, or all at once before an offload.
     enc_rows = n_active if offload is not None else batch
     parts["sources (decoder + encoder rows)"] = int((n_active * 1.5 * n_out + enc_rows) * d * b)
-    feature_row = n_active * (L - 1) / (2 * L) + tail
-    parts["edge rows"] = int((n_logits * n_cols + rows * feature_row) * (b + sign_bits))
+    # Sources of a feature row: earlier layers' features and errors, and tokens, at positions up
+    # to its position chunk's end (graph.edges.POSITION_CHUNKS chunks): on average ~half.
+    pos_share = 0.5 + 0.5 / min(n, POSITION_CHUNKS)
+    feature_row = (n_active * (L - 1) / (2 * L) + (L - 1) / 2 * n + n) * pos_share
+    edge_rows = (n_logits * n_cols + rows * feature_row) * eb
+    parts["edge rows"] = int(edge_rows)
     parts["sweep batch"] = int(batch * (n_cols * (3 * b + 1) + 8 * n * d * b))
     parts["influence"] = int(6 * (n_cols + n_logits) * b)
     graph_cols = rows + tail + n_logits
-    parts["graph rows"] = int(2 * (rows + n_logits) * graph_cols * b)
-    parts["scores / pruning"] = int(3 * (rows + n_logits) * graph_cols * b)
+    one_block = edge_rows / eb * 4 / (L * POSITION_CHUNKS)  # float32 copy of a typical block
+    parts["graph rows"] = int(one_block * eb / 4) if rows < n_active else 0
+    parts["scores / pruning"] = int(2 * one_block + 12 * graph_cols * 8)
     mlp_weights = L * (3 if model.gated_mlp else 2) * d * F * b
     tc_resident = sum(v for k, v in parts.items() if k.startswith("transcoder"))
     parts["offload saving (sweep)"] = -(mlp_weights + tc_resident) if offload == "disk" else 0
@@ -214,7 +229,6 @@ def phases_of(parts: dict[str, int]) -> dict[str, int]:
     base = get("runtime", 0) + get("model weights", 0) + tc_resident
     capture = get("capture (patterns, reads, writes)", 0)
     sweep_state = capture + get("sources (decoder + encoder rows)", 0) + get("edge rows", 0)
-    graph_rows = get("graph rows", 0)
     return {
         "load": base,
         "forward": base + get("forward activations", 0) + capture,
@@ -223,8 +237,8 @@ def phases_of(parts: dict[str, int]) -> dict[str, int]:
         + get("sweep batch", 0)
         + get("influence", 0)
         + get("offload saving (sweep)", 0),
-        "graph": base + sweep_state + graph_rows,
-        "scores": base + graph_rows // 2 + get("scores / pruning", 0),
+        "graph": base + sweep_state + get("graph rows", 0),
+        "scores": base + get("edge rows", 0) + get("scores / pruning", 0),
     }
 
 

@@ -39,7 +39,8 @@ class EdgeBlock:
 
     * ``targets[k]`` (long): node index of each row, every one read at ``layer``
       (``n_layers`` for logits).
-    * ``sources[w]`` (long): ascending node index of each column.
+    * ``sources[w]`` (long): ascending node index of each column; blocks of one (layer,
+      position chunk) may share this tensor.
     * ``values[k, w]``: signed direct effects, in the store's dtype.
     """
 
@@ -78,12 +79,9 @@ class EdgeBlocks:
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by values, targets and sources."""
-        return sum(
-            t.numel() * t.element_size()
-            for b in self.blocks
-            for t in (b.values, b.targets, b.sources)
-        )
+        """Bytes held by values, targets and sources (sources shared by blocks count once)."""
+        tensors = {id(t): t for b in self.blocks for t in (b.values, b.targets, b.sources)}
+        return sum(t.numel() * t.element_size() for t in tensors.values())
 
     @property
     def n_stored(self) -> int:

@@ -5,9 +5,10 @@ Layout of the file:
 * tensors ``input_tokens``, ``logit_probabilities``, ``active_features``, ``activation_values``,
   ``selected_features``;
 * the edges in the graph's block layout (``graph.edges``): for block ``i``,
-  ``edges.{i}.targets`` and ``edges.{i}.sources`` (int32 node indices) and ``edges.{i}.values``
-  (``[k, w]`` in the edge dtype: float32, bfloat16, float16 or float64); the blocks' read
-  layers are in the header (``edge_blocks``: ``{"layers": [...]}``);
+  ``edges.{i}.targets`` (int32 node indices) and ``edges.{i}.values`` (``[k, w]`` in the edge
+  dtype: float32, bfloat16, float16 or float64); source lists ``edges.sources.{j}`` (int32),
+  shared by the blocks of one (layer, position chunk); the header's ``edge_blocks`` holds
+  ``{"layers": [...], "sources": [j of each block], "dtype": ...}``;
 * the safetensors metadata header (string to string) holds ``format`` =
   ``"circuitlab.graph"``, ``format_version`` and ``graph``: a JSON object with every
   non-tensor field (``input_string``, ``logit_targets`` as ``[token_str, vocab_idx]`` pairs,
@@ -52,13 +53,17 @@ def save_graph(graph: Graph, path: str | Path) -> None:
     """Write ``graph`` to ``path`` (a ``.safetensors`` file), atomically."""
     path = Path(path)
     tensors = {name: getattr(graph, name).detach().cpu().contiguous() for name in TENSOR_FIELDS}
+    shared: dict[int, int] = {}  # id(sources) -> index of its tensor in the file
     for i, b in enumerate(graph.edge_blocks.blocks):
         tensors[f"edges.{i}.targets"] = b.targets.detach().cpu().to(torch.int32).contiguous()
-        tensors[f"edges.{i}.sources"] = b.sources.detach().cpu().to(torch.int32).contiguous()
         tensors[f"edges.{i}.values"] = b.values.detach().cpu().contiguous()
+        if id(b.sources) not in shared:
+            j = shared[id(b.sources)] = len(shared)
+            tensors[f"edges.sources.{j}"] = b.sources.detach().cpu().to(torch.int32).contiguous()
     header = _header(graph)
     header["edge_blocks"] = {
         "layers": [b.layer for b in graph.edge_blocks.blocks],
+        "sources": [shared[id(b.sources)] for b in graph.edge_blocks.blocks],
         "dtype": str(graph.edge_dtype).removeprefix("torch."),
     }
     metadata = {
@@ -99,20 +104,22 @@ def load_graph(path: str | Path, device: torch.device | str = "cpu") -> Graph:
             tensors = {name: f.get_tensor(name) for name in names}
             edges: dict[str, Any] = {}
             if version >= 2:
-                edges["edge_blocks"] = _read_blocks(f, header, tensors, device)
+                edges["edge_blocks"] = _read_blocks(f, header, tensors)
         return Graph(**tensors, **edges, **_fields_from_header(header))
     except (SafetensorError, json.JSONDecodeError, KeyError, TypeError) as e:
         raise ValueError(f"{path} is not a readable circuitlab graph file ({e})") from e
 
 
-def _read_blocks(f: Any, header: dict[str, Any], tensors: dict, device: Any) -> EdgeBlocks:
+def _read_blocks(f: Any, header: dict[str, Any], tensors: dict) -> EdgeBlocks:
     """The edge blocks of a version-2 file (see the module docs)."""
     info = header["edge_blocks"]
-    blocks = []
-    for i, layer in enumerate(info["layers"]):
+    blocks, sources = [], {}
+    for i, (layer, j) in enumerate(zip(info["layers"], info["sources"], strict=True)):
+        if j not in sources:
+            sources[j] = f.get_tensor(f"edges.sources.{j}").long()
         targets = f.get_tensor(f"edges.{i}.targets").long()
-        sources = f.get_tensor(f"edges.{i}.sources").long()
-        blocks.append(EdgeBlock(targets, sources, f.get_tensor(f"edges.{i}.values"), int(layer)))
+        values = f.get_tensor(f"edges.{i}.values")
+        blocks.append(EdgeBlock(targets, sources[j], values, int(layer)))
     n_sel, n_pos = len(tensors["selected_features"]), len(tensors["input_tokens"])
     n_nodes = n_sel + (int(header["n_layers"]) + 1) * n_pos + len(header["logit_targets"])
     dtype = getattr(torch, info["dtype"])
