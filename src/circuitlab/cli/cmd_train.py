@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 from ._output import check_output_dir
@@ -15,23 +16,32 @@ DESCRIPTION = """\
 Streams a corpus through the model (a shuffling buffer of activations, never a full dump),
 trains transcoders for every layer jointly and writes OUT/transcoders (circuit-tracer's
 layout: use it with `circuitlab attribute -t OUT/transcoders`), OUT/metrics.json (per-layer
-FVU, L0, dead features over training) and, while running, OUT/checkpoint.pt: rerun the same
-command to resume an interrupted run. See docs/training.md."""
+FVU, L0, dead features over training) and OUT/checkpoint.pt (every --checkpoint-every steps,
+on SIGTERM/Ctrl-C, and at the end): rerun the same command to resume an interrupted run, add
+--extend with a larger --tokens to train a finished one further, or write any checkpoint as
+transcoders with --export CKPT -o DIR. See docs/training.md."""
 EXAMPLES = """examples:
   circuitlab train --model smollm2 --corpus wikipedia --out ./smollm2-plt \\
       --kind plt --activation jump_relu --d-transcoder 2048 --tokens 200000
   circuitlab train -m ./model --corpus notes.txt --out ./clt --kind clt --activation topk --k 16
+  circuitlab train --export ./clt/checkpoint.pt -o ./clt-so-far
 """
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..transcoders.training.model import ACTIVATIONS, KINDS
 
-    p.add_argument("-m", "--model", required=True, help="hub id, local dir, .gguf or 'smollm2'")
+    p.add_argument("-m", "--model", help="hub id, local dir, .gguf or 'smollm2' (required)")
     p.add_argument(
-        "--corpus", required=True, help="wikipedia[:LANG], FILE.txt, FILE.jsonl or FILE.jsonl:FIELD"
+        "--corpus", help="wikipedia[:LANG], FILE.txt, FILE.jsonl or FILE.jsonl:FIELD (required)"
     )
     p.add_argument("-o", "--out", required=True, help="output dir")
+    p.add_argument(
+        "--export",
+        metavar="CKPT",
+        help="write the transcoders of a checkpoint (a run's checkpoint.pt or folder) to -o in "
+        "circuit-tracer's layout, and train nothing",
+    )
     p.add_argument("--kind", choices=KINDS, default="plt")
     p.add_argument("--activation", choices=ACTIVATIONS, default="jump_relu")
     p.add_argument("--k", type=int, default=32, help="active features per token (topk)")
@@ -63,6 +73,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-tokens", type=int, default=2048, help="held-out tokens (--eval-every)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--restart", action="store_true", help="discard a checkpoint and start over")
+    p.add_argument(
+        "--extend",
+        action="store_true",
+        help="resume a checkpoint of another --tokens: train a finished run on to --tokens",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
@@ -70,8 +85,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..features.corpus import open_corpus
     from ..models.hub import resolve_model_ref
-    from ..transcoders.training import TrainConfig, train_transcoders
+    from ..transcoders.training import TrainConfig, TrainingInterrupted, train_transcoders
     from . import UsageError
+
+    if args.export:
+        return _export(args)
+    for flag, value in (("-m/--model", args.model), ("--corpus", args.corpus)):
+        if not value:
+            raise UsageError(f"{flag} is required (except with --export)")
 
     for flag, value, low in (
         ("--d-transcoder", args.d_transcoder, 1),
@@ -113,15 +134,20 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         corpus=args.corpus,
     )
-    train_transcoders(
-        model_ref,
-        open_corpus(args.corpus),
-        args.out,
-        cfg,
-        model_name=model_name,
-        restart=args.restart,
-        verbose=not args.quiet,
-    )
+    try:
+        train_transcoders(
+            model_ref,
+            open_corpus(args.corpus),
+            args.out,
+            cfg,
+            model_name=model_name,
+            restart=args.restart,
+            extend=args.extend,
+            verbose=not args.quiet,
+        )
+    except TrainingInterrupted as e:
+        print(f"circuitlab train: {e}", file=sys.stderr)
+        return 128 + e.signum  # the shell's code for a process ended by that signal
     out = Path(args.out)
     metrics = json.loads((out / "metrics.json").read_text())
     final = metrics["final"]
@@ -143,6 +169,15 @@ def run(args: argparse.Namespace) -> int:
     if metrics["corpus_exhausted"]:
         print("note: the corpus ran out before --tokens were reached")
     print(f"saved {out / 'transcoders'} and {out / 'metrics.json'}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from ..transcoders.training import export_checkpoint
+
+    check_output_dir(args.out, "-o/--out")
+    tc = export_checkpoint(args.export, args.out)
+    print(f"saved {args.out} ({type(tc).__name__}, model_name {getattr(tc, 'model_name', None)})")
     return 0
 
 

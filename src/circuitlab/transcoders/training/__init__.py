@@ -8,12 +8,14 @@ the straight-through JumpReLU pieces and ``ActivationBuffer`` the shuffling acti
 from .activations import ActivationBuffer, mlp_io
 from .jumprelu import jump_relu, rectangle, step
 from .model import TrainableTranscoders
-from .trainer import TrainConfig, train_transcoders
+from .trainer import TrainConfig, TrainingInterrupted, export_checkpoint, train_transcoders
 
 __all__ = [
     "ActivationBuffer",
     "TrainConfig",
     "TrainableTranscoders",
+    "TrainingInterrupted",
+    "export_checkpoint",
     "jump_relu",
     "mlp_io",
     "rectangle",

@@ -24,20 +24,29 @@ the held-out tokens, and its fraction), written to the log and to ``metrics.json
 (``held_out``, ``final_held_out``). These are the figures ``circuitlab eval-transcoders``
 reports without losses, on the same documents by default.
 
-Checkpoints (``OUT/checkpoint.pt``, written to a temp file and renamed) are taken when a buffer
-is drained and at least ``checkpoint_every`` steps have passed since the last one; they hold
-the weights, Adam's state, the step and token counters, the corpus position and the buffer
-count, so a resumed run continues exactly as the uninterrupted one would have.
+Checkpoints (``OUT/checkpoint.pt``, written to a temp file and renamed) are taken every
+``checkpoint_every`` steps and when the process gets SIGTERM or SIGINT (the step under way
+finishes, the checkpoint is written, ``TrainingInterrupted`` is raised; a second signal stops at
+once). They hold the weights, Adam's state, the counters, the metric accumulators, the corpus
+position where the current buffer began and how many minibatches of it were used: a resumed
+run refills that buffer (the same windows, the same shuffle), skips the used minibatches and
+continues exactly as the uninterrupted run would have, ``metrics.json`` included. The final
+state stays in ``checkpoint.pt`` so that ``extend=True`` can train a finished run to a larger
+``n_tokens`` (the schedule becomes that of the new total from the step reached), and
+``export_checkpoint`` writes any checkpoint as circuit-tracer's layout.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 import time
 import uuid
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -99,22 +108,38 @@ class TrainConfig:
         return max(self.n_tokens // self.batch_size, 1)
 
     def fingerprint(self) -> str:
+        """The settings a checkpoint must share with the run resuming it (``n_tokens`` aside:
+        a different one is an extension, ``train_transcoders(extend=True)``)."""
         d = asdict(self)
-        for key in ("log_every", "checkpoint_every", "eval_every", "eval_tokens"):
+        for key in ("log_every", "checkpoint_every", "eval_every", "eval_tokens", "n_tokens"):
             d.pop(key)
         if self.eval_every > 0:  # the held-out documents are not trained on
             d["held_out_tokens"] = self.eval_tokens
         return json.dumps(d, sort_keys=True)
 
 
+class TrainingInterrupted(Exception):
+    """A run stopped by SIGTERM/SIGINT after writing its checkpoint; rerun to resume."""
+
+    def __init__(self, signum: int, step: int, total: int, checkpoint: Path):
+        self.signum, self.step, self.total, self.checkpoint = signum, step, total, checkpoint
+        name = signal.Signals(signum).name
+        super().__init__(
+            f"{name}: stopped at step {step} of {total}; checkpoint saved in {checkpoint}. "
+            "Rerun the same command to resume."
+        )
+
+
 @dataclass
 class Progress:
-    """Counters and metric accumulators of a run."""
+    """Counters of a run; ``windows``/``fills`` are the corpus position and buffer count where
+    the current buffer began, ``offset`` the minibatches already taken from it."""
 
     step: int = 0
     tokens: int = 0
     windows: int = 0
     fills: int = 0
+    offset: int = 0
     seconds: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
     evals: list[dict[str, Any]] = field(default_factory=list)
@@ -153,6 +178,12 @@ class _Metrics:
     def dead(self, tokens: int, window: int) -> torch.Tensor:
         """Dead features per layer ``[L]``: none fired in the last ``window`` tokens."""
         return (self.last_fire < max(tokens - window, 0)).sum(1)
+
+    def state(self) -> dict[str, Any]:
+        return {"err": self.err, "var": self.var, "l0": self.l0, "n": self.n}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.err, self.var, self.l0, self.n = state["err"], state["var"], state["l0"], state["n"]
 
     def summary(self, tokens: int, window: int) -> dict[str, list[float]]:
         n = max(self.n, 1)
@@ -193,13 +224,16 @@ def train_transcoders(
     tokenizer: Any = None,
     model_name: str | None = None,
     restart: bool = False,
+    extend: bool = False,
     verbose: bool = True,
 ) -> Transcoders:
     """Trains transcoders for ``model_ref`` on ``texts``; writes ``out_dir`` (module docstring).
 
     ``out_dir/transcoders`` gets circuit-tracer's layout, ``out_dir/metrics.json`` the metrics.
     An existing ``out_dir/checkpoint.pt`` of the same configuration is resumed unless
-    ``restart``.
+    ``restart``; one with another ``n_tokens`` only with ``extend`` (train a finished or
+    interrupted run to the new total). SIGTERM/SIGINT write a checkpoint and raise
+    ``TrainingInterrupted``.
     """
     cfg = config or TrainConfig()
     out = Path(out_dir)
@@ -216,25 +250,13 @@ def train_transcoders(
                 f"The corpus is too small to hold out {cfg.eval_tokens} tokens and train on the "
                 "rest: lower --eval-tokens or use a larger corpus."
             )
-    tc = TrainableTranscoders(
-        spec.n_layers,
-        spec.d_model,
-        cfg.d_transcoder,
-        kind=cfg.kind,
-        activation=cfg.activation,
-        k=cfg.k,
-        skip=cfg.skip,
-        bandwidth=cfg.bandwidth,
-        init_threshold=cfg.init_threshold,
-        tanh_scale=cfg.tanh_scale,
-        seed=cfg.seed,
-    )
+    tc = new_trainable(cfg, spec.n_layers, spec.d_model)
     opt = torch.optim.Adam(tc.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
     prog = Progress()
     metrics = _Metrics(spec.n_layers, cfg.d_transcoder)
     ckpt = out / CHECKPOINT_NAME
     if ckpt.is_file() and not restart:
-        _resume(ckpt, cfg, tc, opt, prog, metrics)
+        _resume(ckpt, cfg, tc, opt, prog, metrics, extend=extend)
     buf = ActivationBuffer(
         hf,
         adapter,
@@ -252,33 +274,43 @@ def train_transcoders(
     total = cfg.total_steps
     bar = tqdm(total=total, initial=prog.step, desc="training transcoders", disable=not verbose)
     start = time.perf_counter() - prog.seconds
-    last_ckpt = prog.step
     exhausted = False
-    while prog.step < total and not exhausted:
-        data = buf.fill()
-        if data is None:
-            exhausted = True
-            break
-        x, y = data
-        if prog.step == 0 and prog.fills == 0:
-            _init_from_buffer(tc, x, y)
-        x.div_(tc.in_scale[:, None, None])  # in place: the buffer is the big allocation
-        y.div_(tc.out_scale[:, None, None])
-        for s in range(0, x.shape[1] - cfg.batch_size + 1, cfg.batch_size):
-            if prog.step >= total:
-                break
-            xb, yb = x[:, s : s + cfg.batch_size], y[:, s : s + cfg.batch_size]
-            _step(tc, opt, cfg, prog, metrics, xb, yb, total)
-            bar.update(1)
-            if prog.step % cfg.log_every == 0 or prog.step == total:
-                _log(prog, metrics, cfg, bar, time.perf_counter() - start, out)
-            if held_out is not None and prog.step % cfg.eval_every == 0:
-                _evaluate(tc, hf, adapter, held_out, cfg, prog, bar if verbose else None, out)
-        prog.windows, prog.fills = buf.windows_done, buf.fills_done
+
+    def checkpoint() -> None:
         prog.seconds = time.perf_counter() - start
-        if prog.step - last_ckpt >= cfg.checkpoint_every and prog.step < total:
-            _checkpoint(ckpt, cfg, tc, opt, prog, metrics)
-            last_ckpt = prog.step
+        _checkpoint(ckpt, cfg, tc, opt, prog, metrics, model_name)
+
+    with _stop_signals() as stop:
+        while prog.step < total and not exhausted:
+            data = buf.fill()  # the buffer that began at (prog.windows, prog.fills)
+            if data is None:
+                exhausted = True
+                break
+            x, y = data
+            if prog.step == 0 and prog.fills == 0:
+                _init_from_buffer(tc, x, y)
+            x.div_(tc.in_scale[:, None, None])  # in place: the buffer is the big allocation
+            y.div_(tc.out_scale[:, None, None])
+            n_batches = x.shape[1] // cfg.batch_size
+            while prog.offset < n_batches and prog.step < total and not stop:
+                s = prog.offset * cfg.batch_size
+                xb, yb = x[:, s : s + cfg.batch_size], y[:, s : s + cfg.batch_size]
+                _step(tc, opt, cfg, prog, metrics, xb, yb, total)
+                prog.offset += 1
+                bar.update(1)
+                if prog.step % cfg.log_every == 0 or prog.step == total:
+                    _log(prog, metrics, cfg, bar, time.perf_counter() - start, out)
+                if held_out is not None and prog.step % cfg.eval_every == 0:
+                    _evaluate(tc, hf, adapter, held_out, cfg, prog, bar if verbose else None, out)
+                if prog.step % cfg.checkpoint_every == 0 and prog.step < total:
+                    checkpoint()
+            if prog.offset >= n_batches:  # drained: the next buffer begins here
+                prog.windows, prog.fills, prog.offset = buf.windows_done, buf.fills_done, 0
+            if stop:
+                checkpoint()
+                bar.close()
+                _write_metrics(out, cfg, prog, False, partial=True)
+                raise TrainingInterrupted(stop[0], prog.step, total, ckpt)
     bar.close()
     prog.seconds = time.perf_counter() - start
     if metrics.n:
@@ -293,12 +325,55 @@ def train_transcoders(
         input_hook=cfg.in_hook,
         output_hook=cfg.output_hook,
         model_name=model_name,
-        name=f"circuitlab-{cfg.kind}-{cfg.activation}-{cfg.d_transcoder}",
+        name=transcoders_name(cfg),
     )
     result.save(str(out / TRANSCODERS_DIR), overwrite=True)
     _write_metrics(out, cfg, prog, exhausted)
-    ckpt.unlink(missing_ok=True)
+    _checkpoint(ckpt, cfg, tc, opt, prog, metrics, model_name)  # kept: extend, export
     return result
+
+
+def new_trainable(cfg: TrainConfig, n_layers: int, d_model: int) -> TrainableTranscoders:
+    """The freshly initialised trainable transcoders of ``cfg``."""
+    return TrainableTranscoders(
+        n_layers,
+        d_model,
+        cfg.d_transcoder,
+        kind=cfg.kind,
+        activation=cfg.activation,
+        k=cfg.k,
+        skip=cfg.skip,
+        bandwidth=cfg.bandwidth,
+        init_threshold=cfg.init_threshold,
+        tanh_scale=cfg.tanh_scale,
+        seed=cfg.seed,
+    )
+
+
+def transcoders_name(cfg: TrainConfig) -> str:
+    return f"circuitlab-{cfg.kind}-{cfg.activation}-{cfg.d_transcoder}"
+
+
+@contextmanager
+def _stop_signals() -> Iterator[list[int]]:
+    """Yields a list that gets the number of the first SIGTERM/SIGINT received (a second one
+    raises ``KeyboardInterrupt`` at once). Outside the main thread nothing is installed."""
+    stop: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if stop:
+            raise KeyboardInterrupt
+        stop.append(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _step(
@@ -417,14 +492,18 @@ def _checkpoint(
     opt: torch.optim.Optimizer,
     prog: Progress,
     metrics: _Metrics,
+    model_name: str | None = None,
 ) -> None:
     _save_atomic(
         {
             "config": cfg.fingerprint(),
+            "train_config": json.dumps(asdict(cfg)),
+            "model_name": model_name or "",
             "model": tc.state_dict(),
             "optimizer": opt.state_dict(),
             "progress": json.dumps(asdict(prog)),
             "last_fire": metrics.last_fire,
+            "metrics": metrics.state(),
         },
         path,
     )
@@ -437,15 +516,78 @@ def _resume(
     opt: torch.optim.Optimizer,
     prog: Progress,
     metrics: _Metrics,
+    *,
+    extend: bool = False,
 ) -> None:
     state = torch.load(path, weights_only=True)
-    if state["config"] != cfg.fingerprint():
+    stored = json.loads(state["config"])
+    stored.pop("n_tokens", None)  # in the fingerprint of checkpoints written before extend
+    if json.dumps(stored, sort_keys=True) != cfg.fingerprint():
         raise ValueError(
             f"{path} is the checkpoint of a run with other settings; rerun with the same "
             "settings, or pass --restart to discard it."
         )
+    saved = _saved_config(state)
+    if saved.n_tokens != cfg.n_tokens and not extend:
+        raise ValueError(
+            f"{path} is the checkpoint of a run of {saved.n_tokens} tokens, not {cfg.n_tokens}: "
+            f"pass --extend to train it on to {cfg.n_tokens} tokens, --tokens {saved.n_tokens} "
+            "to resume it, or --restart to discard it."
+        )
+    done = json.loads(state["progress"])
+    if done["step"] > cfg.total_steps:
+        raise ValueError(
+            f"{path} has already trained {done['step']} steps ({done['tokens']} tokens); "
+            f"--tokens {cfg.n_tokens} is fewer: pass a larger --tokens or --restart."
+        )
     tc.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
-    for key, value in json.loads(state["progress"]).items():
+    for key, value in done.items():
         setattr(prog, key, value)
     metrics.last_fire = state["last_fire"]
+    if "metrics" in state:  # absent from checkpoints written before the accumulators were
+        metrics.load_state(state["metrics"])
+
+
+def _saved_config(state: dict[str, Any]) -> TrainConfig:
+    """The ``TrainConfig`` a checkpoint was written with (older ones: from the fingerprint,
+    the settings outside it at their defaults)."""
+    raw = json.loads(state.get("train_config") or state["config"])
+    names = {f.name for f in fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in raw.items() if k in names})
+
+
+def export_checkpoint(
+    checkpoint: str | Path, out_dir: str | Path, *, model_name: str | None = None
+) -> Transcoders:
+    """Writes the transcoders of a training checkpoint (finished or not) to ``out_dir`` in
+    circuit-tracer's layout; ``model_name`` defaults to the one the run was given."""
+    path = Path(checkpoint)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: no such checkpoint; pass a training run's folder or its checkpoint.pt"
+        )
+    state = torch.load(path, weights_only=True)
+    cfg = _saved_config(state)
+    n_layers, _, d_model = state["model"]["W_enc"].shape  # [L, F, d]
+    tc = new_trainable(cfg, n_layers, d_model)
+    tc.load_state_dict(state["model"])
+    name = model_name or state.get("model_name") or None
+    if model_name is None and name is not None and name.startswith("."):
+        # relative to the run's transcoders folder (cmd_train): make it relative to out_dir
+        target = (path.parent / TRANSCODERS_DIR / name).resolve()
+        try:
+            rel = os.path.relpath(target, Path(out_dir).expanduser().resolve())
+            name = rel if rel.startswith(".") else f"./{rel}"
+        except ValueError:  # another drive
+            name = str(target)
+    result = tc.to_transcoders(
+        input_hook=cfg.in_hook,
+        output_hook=cfg.output_hook,
+        model_name=name,
+        name=transcoders_name(cfg),
+    )
+    result.save(str(out_dir), overwrite=True)
+    return result
