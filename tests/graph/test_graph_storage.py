@@ -182,3 +182,16 @@ def test_half_precision_edges_round_trip(tmp_path: Path, dtype: torch.dtype) -> 
     assert loaded.edge_dtype == dtype and loaded.edge_blocks.equal(half.edge_blocks)
     size = (tmp_path / "half.safetensors").stat().st_size
     assert size < 0.75 * (tmp_path / "full.safetensors").stat().st_size
+
+
+def test_edges_load_as_a_private_memory_map(tmp_path: Path) -> None:
+    g = random_graph(5, n_layers=4, n_pos=6, n_features=40)
+    path = tmp_path / "g.safetensors"
+    g.save(path)
+    mapped, copied = load_graph(path), load_graph(path, mmap=False)
+    assert mapped.edge_blocks.equal(copied.edge_blocks) and mapped.edge_blocks.equal(g.edge_blocks)
+    before = path.read_bytes()
+    mapped.edge_blocks.blocks[0].values.add_(1.0)  # copy-on-write: the file is untouched
+    assert path.read_bytes() == before
+    g.save(path)  # replacing the file under a loaded graph is safe (a new inode)
+    assert load_graph(path).edge_blocks.equal(g.edge_blocks)

@@ -280,11 +280,12 @@ class Graph:
         save_graph(self, path)
 
     @classmethod
-    def load(cls, path: str | Path, device: torch.device | str = "cpu") -> Graph:
-        """Read a graph written by ``save`` (never unpickles)."""
+    def load(cls, path: str | Path, device: torch.device | str = "cpu", mmap: bool = True) -> Graph:
+        """Read a graph written by ``save`` (never unpickles); on the CPU the edge values are
+        memory-mapped unless ``mmap=False`` (see ``graph.storage.load_graph``)."""
         from circuitlab.graph.storage import load_graph
 
-        return load_graph(path, device=device)
+        return load_graph(path, device=device, mmap=mmap)
 
     def show(self, slug: str | None = None, **kwargs: Any) -> Any:
         """Render the web lab on this graph inline in Jupyter (see ``circuitlab.server.show``)."""

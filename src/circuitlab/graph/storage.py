@@ -26,6 +26,8 @@ tensor, and such files still load (the rows are split into blocks on load).
 from __future__ import annotations
 
 import json
+import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -75,8 +77,11 @@ def save_graph(graph: Graph, path: str | Path) -> None:
         save_file(tensors, str(tmp), metadata=metadata)
 
 
-def load_graph(path: str | Path, device: torch.device | str = "cpu") -> Graph:
+def load_graph(path: str | Path, device: torch.device | str = "cpu", *, mmap: bool = True) -> Graph:
     """Read a graph written by ``save_graph``.
+
+    With ``mmap`` (the default, on the CPU) the edge values of a version-2 file are views of a
+    private memory map of the file: pages are read when first used, and changes stay in memory.
 
     Raises:
         FileNotFoundError: no such file.
@@ -104,21 +109,25 @@ def load_graph(path: str | Path, device: torch.device | str = "cpu") -> Graph:
             tensors = {name: f.get_tensor(name) for name in names}
             edges: dict[str, Any] = {}
             if version >= 2:
-                edges["edge_blocks"] = _read_blocks(f, header, tensors)
+                on_cpu = torch.device(device).type == "cpu"
+                get = _mapped_tensors(path) if mmap and on_cpu else f.get_tensor
+                edges["edge_blocks"] = _read_blocks(get, header, tensors)
         return Graph(**tensors, **edges, **_fields_from_header(header))
     except (SafetensorError, json.JSONDecodeError, KeyError, TypeError) as e:
         raise ValueError(f"{path} is not a readable circuitlab graph file ({e})") from e
 
 
-def _read_blocks(f: Any, header: dict[str, Any], tensors: dict) -> EdgeBlocks:
+def _read_blocks(
+    get: Callable[[str], torch.Tensor], header: dict[str, Any], tensors: dict
+) -> EdgeBlocks:
     """The edge blocks of a version-2 file (see the module docs)."""
     info = header["edge_blocks"]
     blocks, sources = [], {}
     for i, (layer, j) in enumerate(zip(info["layers"], info["sources"], strict=True)):
         if j not in sources:
-            sources[j] = f.get_tensor(f"edges.sources.{j}").long()
-        targets = f.get_tensor(f"edges.{i}.targets").long()
-        values = f.get_tensor(f"edges.{i}.values")
+            sources[j] = get(f"edges.sources.{j}").long()
+        targets = get(f"edges.{i}.targets").long()
+        values = get(f"edges.{i}.values")
         blocks.append(EdgeBlock(targets, sources[j], values, int(layer)))
     n_sel, n_pos = len(tensors["selected_features"]), len(tensors["input_tokens"])
     n_nodes = n_sel + (int(header["n_layers"]) + 1) * n_pos + len(header["logit_targets"])
@@ -126,6 +135,38 @@ def _read_blocks(f: Any, header: dict[str, Any], tensors: dict) -> EdgeBlocks:
     if not isinstance(dtype, torch.dtype) or dtype not in EDGE_DTYPES:
         raise ValueError(f"unknown edge dtype {info['dtype']!r}")
     return EdgeBlocks(blocks, n_nodes, dtype)
+
+
+def _mapped_tensors(path: Path) -> Callable[[str], torch.Tensor]:
+    """``name -> tensor`` of a safetensors file, as views of one private (copy-on-write) memory
+    map of it; a tensor whose offset does not suit its dtype is copied out instead."""
+    with open(path, "rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        entries = json.loads(fh.read(n))
+    size = path.stat().st_size
+    whole = torch.from_file(str(path), shared=False, size=size, dtype=torch.uint8)
+    start = 8 + n
+
+    def get(name: str) -> torch.Tensor:
+        entry = entries[name]
+        begin, end = entry["data_offsets"]
+        dtype = _SAFETENSORS_DTYPES[entry["dtype"]]
+        raw = whole[start + begin : start + end]
+        if (start + begin) % dtype.itemsize:
+            raw = raw.clone()
+        return raw.view(dtype).reshape(entry["shape"])
+
+    return get
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+}
 
 
 def _header(graph: Graph) -> dict[str, Any]:
