@@ -3,6 +3,7 @@
 The public API is re-exported here; everything else is internal to its subpackage.
 """
 
+from .attention import QKAttribution, QKPair, qk_attribution, qk_sweep
 from .attribution import CustomTarget, LogitDiff, attribute
 from .graph import (
     Graph,
@@ -41,6 +42,8 @@ __all__ = [
     "GraphDiff",
     "LogitDiff",
     "LogitTarget",
+    "QKAttribution",
+    "QKPair",
     "ReplacementModel",
     "SingleLayerTranscoder",
     "TranscoderSet",
@@ -55,5 +58,7 @@ __all__ = [
     "load_transcoders",
     "plot_faithfulness",
     "prune_graph",
+    "qk_attribution",
+    "qk_sweep",
     "supported_model_types",
 ]

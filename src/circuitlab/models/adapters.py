@@ -31,6 +31,10 @@ class Adapter:
     ``[b, pos, n_heads * d_head]`` for queries, ``[b, pos, n_kv_heads * d_head]`` for keys and
     values, before any q/k norm or rotary embedding); one name means a fused projection whose
     output is queries, keys and values side by side (GPT-2's ``c_attn``).
+    ``qk_norm`` names the per-head query and key norms relative to ``attn`` (Qwen-3, Gemma-3:
+    applied to each head's vector after the projection, before the rotary embedding), and
+    ``attn_softcap_attr`` the config attribute of the attention-score soft-cap (Gemma-2:
+    ``softcap * tanh(score / softcap)`` before the softmax).
     """
 
     family: str
@@ -51,6 +55,8 @@ class Adapter:
     softcap_attr: str | None = None
     out_proj: str = "o_proj"
     qkv_proj: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")
+    qk_norm: tuple[str, str] | None = None
+    attn_softcap_attr: str | None = None
 
 
 def _weight(attn: nn.Module, name: str) -> torch.Tensor:
@@ -96,6 +102,7 @@ _GEMMA_LIKE = dict(
     post_attn_norm="post_attention_layernorm",
     post_mlp_norm="post_feedforward_layernorm",
     softcap_attr="final_logit_softcapping",
+    attn_softcap_attr="attn_logit_softcapping",
 )
 
 ADAPTERS: tuple[Adapter, ...] = (
@@ -119,9 +126,19 @@ ADAPTERS: tuple[Adapter, ...] = (
     Adapter(family="llama", model_types=("llama",), **_LLAMA_LIKE),  # type: ignore[arg-type]
     Adapter(family="mistral", model_types=("mistral",), **_LLAMA_LIKE),  # type: ignore[arg-type]
     Adapter(family="qwen2", model_types=("qwen2",), **_LLAMA_LIKE),  # type: ignore[arg-type]
-    Adapter(family="qwen3", model_types=("qwen3",), **_LLAMA_LIKE),  # type: ignore[arg-type]
+    Adapter(
+        family="qwen3",
+        model_types=("qwen3",),
+        qk_norm=("q_norm", "k_norm"),
+        **_LLAMA_LIKE,  # type: ignore[arg-type]
+    ),
     Adapter(family="gemma2", model_types=("gemma2",), **_GEMMA_LIKE),  # type: ignore[arg-type]
-    Adapter(family="gemma3", model_types=("gemma3_text",), **_GEMMA_LIKE),  # type: ignore[arg-type]
+    Adapter(
+        family="gemma3",
+        model_types=("gemma3_text",),
+        qk_norm=("q_norm", "k_norm"),
+        **_GEMMA_LIKE,  # type: ignore[arg-type]
+    ),
 )
 
 

@@ -1,0 +1,19 @@
+"""Attention explained in the local replacement model: QK attributions (why a head attends
+where it does), exact in the same frozen model as the attribution graph.
+
+``qk_attribution`` decomposes one pre-softmax score into (query-side node, key-side node)
+pairs plus bias terms; ``qk_sweep`` does every key of a query at once; ``top_attention``
+finds the strongest attention edges from a position. See ``docs/attention.md``.
+"""
+
+from .frozen import FrozenPrompt
+from .qk import QKAttribution, QKPair, qk_attribution, qk_sweep, top_attention
+
+__all__ = [
+    "FrozenPrompt",
+    "QKAttribution",
+    "QKPair",
+    "qk_attribution",
+    "qk_sweep",
+    "top_attention",
+]

@@ -1,0 +1,191 @@
+"""One prompt in the local replacement model, read at the input of an attention layer.
+
+The graph's backward sweep (``attribution.backward.FrozenBackward``) carries a gradient from a
+target's read point down to every node. Here the same transposed frozen map starts at the
+residual stream entering layer ``L``'s attention (before its pre-attention norm): the result
+is each node's contribution to a linear read-out of that residual, e.g. one component of a
+head's query or key vector. ``FrozenPrompt`` also records, per layer, what each attention
+module received (its normed input, rotary ``cos``/``sin`` and mask), so the query and key
+maps (``attention.qk_maps``) start from the model's own values.
+
+Columns (sources) are the graph engine's: ``[active features | errors, layer-major |
+tokens]``, named with the lab's node ids (``graph.export``): ``{layer}_{feature}_{pos}``,
+``{layer}_-1_{pos}``, ``E_{token_id}_{pos}``. Every active feature is a column, whether or not
+a graph selected it, so the contributions are complete.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..attribution.backward import FrozenBackward
+from ..attribution.sources import Sources, pack_decoders, reconstructions
+from ..graph.graph import Graph
+from ..models.session import Capture
+from ..models.tokens import Prompt
+from ..replacement import ReplacementModel
+from ..transcoders.base import SparseActivations
+
+
+@dataclass
+class AttentionInputs:
+    """What each attention module received in the recorded forward (batch row 0).
+
+    ``hidden[layer] [pos, d]`` its input (the pre-attention norm's output); ``rope[layer]``
+    ``(cos, sin) [pos, d_head]`` or None (GPT-2); ``mask[layer] [q, k]`` additive mask or None.
+    """
+
+    hidden: dict[int, torch.Tensor] = field(default_factory=dict)
+    rope: dict[int, tuple[torch.Tensor, torch.Tensor] | None] = field(default_factory=dict)
+    mask: dict[int, torch.Tensor | None] = field(default_factory=dict)
+
+
+@contextmanager
+def recording_attention_inputs(model: ReplacementModel) -> Iterator[AttentionInputs]:
+    """Records every attention module's inputs while the block runs (pre-hooks)."""
+    rec = AttentionInputs()
+    handles = []
+
+    def hook(layer: int):
+        def fn(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            hidden = args[0] if args else kwargs["hidden_states"]
+            rec.hidden[layer] = hidden.detach()[0]
+            pe = kwargs.get("position_embeddings")
+            rec.rope[layer] = None if pe is None else (pe[0].detach()[0], pe[1].detach()[0])
+            mask = kwargs.get("attention_mask")
+            rec.mask[layer] = mask.detach()[0, 0] if isinstance(mask, torch.Tensor) else None
+
+        return fn
+
+    try:
+        for layer in range(model.n_layers):
+            attn = model.block(layer).get_submodule(model.adapter.attn)
+            handles.append(attn.register_forward_pre_hook(hook(layer), with_kwargs=True))
+        yield rec
+    finally:
+        for h in handles:
+            h.remove()
+
+
+class FrozenPrompt:
+    """A prompt's capture, its graph sources and the transposed frozen model.
+
+    Build with ``FrozenPrompt.build(model, graph_or_prompt)``. ``contributions(layer,
+    positions, directions)`` gives ``[batch, n_cols]``: the contribution of every node to
+    ``<directions[b], resid_pre[layer, positions[b]]>``.
+    """
+
+    def __init__(
+        self,
+        model: ReplacementModel,
+        ids: torch.Tensor,
+        capture: Capture,
+        inputs: AttentionInputs,
+        features: SparseActivations,
+        sources: Sources,
+        backward: FrozenBackward,
+    ):
+        self.model, self.ids, self.capture, self.inputs = model, ids, capture, inputs
+        self.features, self.sources, self.backward = features, sources, backward
+        self.dtype = backward.dtype
+
+    @classmethod
+    @torch.no_grad()
+    def build(cls, model: ReplacementModel, graph_or_prompt: Graph | Prompt) -> FrozenPrompt:
+        """Records the prompt (a graph's own tokens for a ``Graph``) and its graph sources."""
+        graph = graph_or_prompt if isinstance(graph_or_prompt, Graph) else None
+        prompt = graph.input_tokens if graph is not None else graph_or_prompt
+        assert not isinstance(prompt, Graph)
+        with recording_attention_inputs(model) as inputs:
+            ids, cap = model.capture(prompt)
+        dtype = model.dtype
+        tc, n_layers, n_pos = model.transcoders, model.n_layers, int(ids.shape[0])
+        reads, writes = cap.stacked_reads(), cap.stacked_writes()
+        features = tc.encode_sparse(reads, model.zero_positions)
+        if graph is not None:
+            _check_graph(graph, features, ids)
+        n_cols = len(features) + (n_layers + 1) * n_pos
+        decoders = pack_decoders(tc, features, n_pos, n_cols, dtype)
+        errors = writes - reconstructions(tc, decoders, reads)
+        errors[:, model.zero_positions] = 0
+        assert cap.embed is not None
+        sources = Sources(
+            features=features,
+            decoders=decoders,
+            errors=errors.to(dtype),
+            tokens=cap.embed[0].to(dtype),
+            n_layers=n_layers,
+            n_pos=n_pos,
+        )
+        return cls(model, ids, cap, inputs, features, sources, FrozenBackward(model, cap, dtype))
+
+    @property
+    def n_pos(self) -> int:
+        return int(self.ids.shape[0])
+
+    @property
+    def n_cols(self) -> int:
+        return self.sources.n_cols
+
+    def node_ids(self) -> list[str]:
+        """The lab's node id of every column (see the module docstring)."""
+        ids = [f"{layer}_{feat}_{pos}" for layer, pos, feat in self.features.indices.tolist()]
+        ids += [
+            f"{layer}_-1_{pos}" for layer in range(self.model.n_layers) for pos in range(self.n_pos)
+        ]
+        ids += [f"E_{tok}_{pos}" for pos, tok in enumerate(self.ids.tolist())]
+        return ids
+
+    @torch.no_grad()
+    def contributions(
+        self, layer: int, positions: torch.Tensor, directions: torch.Tensor
+    ) -> torch.Tensor:
+        """``[batch, n_cols]``: each node's part of ``<directions[b], resid_pre[layer, pos[b]]>``.
+
+        ``directions [batch, d]`` are read from the residual stream entering layer ``layer``
+        (before its pre-attention norm); ``positions [batch]``. The sweep is the graph engine's
+        (``FrozenBackward``) from that point down: the layers below ``layer`` only.
+        """
+        bw, ad, src = self.backward, self.model.adapter, self.sources
+        b, p = positions.shape[0], int(positions.max()) + 1
+        out = torch.zeros(b, src.n_cols + 1, dtype=self.dtype, device=directions.device)
+        g = torch.zeros(b, p, directions.shape[1], dtype=self.dtype, device=directions.device)
+        g[torch.arange(b), positions] = directions.to(self.dtype)
+        for lower in range(layer - 1, -1, -1):
+            lay = bw.layers[lower]
+            gw = g
+            if lay.post_mlp is not None and not bw.write_after_post_norm:
+                gw = bw._norm_t(ad.post_mlp_norm, lower, g, lay.post_mlp)
+            src.read(out, lower, gw)
+            if lay.W_skip is not None:
+                sk = gw @ lay.W_skip
+                if lay.ln2 is not None:
+                    sk *= lay.ln2[:p].to(self.dtype)
+                g += sk
+            ga = (
+                g
+                if lay.post_attn is None
+                else bw._norm_t(ad.post_attn_norm, lower, g, lay.post_attn)
+            )
+            bw._attention_t(lay, ga, g)
+        src.read_tokens(out, g)
+        return out[:, :-1]
+
+
+def _check_graph(graph: Graph, features: SparseActivations, ids: torch.Tensor) -> None:
+    """The graph must come from this model and these transcoders (same active features)."""
+    same = graph.active_features.shape == features.indices.shape and torch.equal(
+        graph.active_features.cpu(), features.indices.cpu()
+    )
+    if not same or not torch.equal(graph.input_tokens.cpu(), ids.cpu()):
+        raise ValueError(
+            "This graph's active features differ from what the model and transcoders give on "
+            "its prompt: it was made with another model or transcoder set. Load the model and "
+            f"transcoders the graph was made with (model {graph.model_name!r}, transcoders "
+            f"{graph.transcoder_name!r}), or pass the prompt instead of the graph."
+        )

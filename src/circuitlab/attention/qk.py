@@ -1,0 +1,354 @@
+"""QK attributions: why a head attends from one position to another, node pair by node pair.
+
+In the local replacement model (attention patterns and norm scales frozen, MLPs replaced by
+transcoder reconstruction + constant error) the residual stream entering layer ``L`` is
+linear in the node values plus a constant, and so are a head's query ``q`` (at the query
+position) and key ``k`` (at the key position), see ``attention.qk_maps``. Writing
+``q = sum_n c_q[n] + b_q`` and ``k = sum_m c_k[m] + b_k`` (``c`` a node's contribution, a
+``d_head`` vector; ``b`` the part no node carries: biases, position embeddings, the MLP output
+at the zeroed BOS position), the pre-softmax score is bilinear::
+
+    score = scale * q . k
+          = sum_{n,m} scale c_q[n].c_k[m]                                 (pairs)
+            + scale (sum_n c_q[n]).b_k + scale b_q.(sum_m c_k[m]) + scale b_q.b_k   (bias terms)
+
+``QKAttribution`` holds these parts; ``total`` is the score (Gemma-2's soft-cap is applied
+after it: ``logit = c tanh(total / c)`` is what the softmax takes, and the decomposition is of
+the score before the cap). Query-side contributions come from one backward sweep of
+``d_head`` rows; the key side for every key position at once from ``d_head`` rows per key,
+batched (``qk_sweep``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..graph.graph import Graph
+from ..models.tokens import Prompt
+from ..replacement import ReplacementModel
+from .frozen import FrozenPrompt
+from .qk_maps import QKSide, qk_side, score_scale, score_softcap
+
+
+@dataclass(frozen=True)
+class QKPair:
+    """One (query-side node, key-side node) term of a score."""
+
+    query_node: str
+    key_node: str
+    value: float
+
+
+@dataclass
+class QKAttribution:
+    """The score of ``head`` in ``layer`` from ``query_pos`` to ``key_pos``, decomposed.
+
+    * ``pairs``: the largest ``|value|`` pair terms, ranked (all of them for ``top_k=None``);
+    * ``query_marginals`` / ``key_marginals``: each node's total part of the score
+      (``scale c_q[n].k`` and ``scale q.c_k[m]``), ranked by magnitude;
+    * ``bias_terms``: ``query_bias*key_bias``, ``query_nodes*key_bias``,
+      ``query_bias*key_nodes``;
+    * ``total``: the pre-softmax score ``scale q.k`` (before Gemma-2's soft-cap);
+      ``logit``: what the softmax takes (after the soft-cap, if any), ``attention`` the
+      recorded attention weight.
+
+    Sum rule: ``sum(pair_matrix()) + sum(bias_terms.values()) == total``, and
+    ``sum(query_marginals) + query_bias*key_bias + query_bias*key_nodes == total``.
+    ``query_vectors [n_query_nodes, d_head]`` and ``key_vectors`` are the nodes' contributions
+    to ``q`` and ``k`` (named in ``query_nodes``/``key_nodes``), ``query_bias``/``key_bias``
+    the rest.
+    """
+
+    layer: int
+    head: int
+    query_pos: int
+    key_pos: int
+    pairs: list[QKPair]
+    query_marginals: dict[str, float]
+    key_marginals: dict[str, float]
+    bias_terms: dict[str, float]
+    total: float
+    logit: float
+    attention: float
+    scale: float
+    softcap: float | None
+    query_nodes: list[str]
+    key_nodes: list[str]
+    query_vectors: torch.Tensor
+    key_vectors: torch.Tensor
+    query_bias: torch.Tensor
+    key_bias: torch.Tensor
+
+    def pair_matrix(self) -> torch.Tensor:
+        """Every pair term ``[n_query_nodes, n_key_nodes]`` (``scale c_q[n].c_k[m]``)."""
+        return self.scale * self.query_vectors @ self.key_vectors.T
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able record (the ranked pairs, marginals, bias terms and totals)."""
+        return dict(
+            layer=self.layer,
+            head=self.head,
+            query_pos=self.query_pos,
+            key_pos=self.key_pos,
+            total=self.total,
+            logit=self.logit,
+            attention=self.attention,
+            scale=self.scale,
+            softcap=self.softcap,
+            bias_terms=self.bias_terms,
+            pairs=[[p.query_node, p.key_node, p.value] for p in self.pairs],
+            query_marginals=self.query_marginals,
+            key_marginals=self.key_marginals,
+        )
+
+
+def qk_attribution(
+    model: ReplacementModel,
+    graph_or_prompt: Graph | Prompt | FrozenPrompt,
+    layer: int,
+    head: int,
+    query_pos: int,
+    key_pos: int,
+    *,
+    top_k: int | None = 50,
+    batch_size: int = 256,
+) -> QKAttribution:
+    """The QK attribution of one score (see ``QKAttribution`` and the module docstring).
+
+    ``graph_or_prompt``: a ``Graph`` (its prompt; the model and transcoders must be the ones
+    it was made with), a prompt, or a ``FrozenPrompt`` already built (to reuse it across
+    calls). Positions may be negative (``-1``: the last token). ``top_k`` pairs are kept
+    (``None``: all of them).
+    """
+    fp = _frozen(model, graph_or_prompt)
+    layer, head, q = _check_request(fp, layer, head, query_pos)
+    k = _check_key(fp, layer, q, key_pos)
+    return qk_sweep(model, fp, layer, head, q, keys=[k], top_k=top_k, batch_size=batch_size)[0]
+
+
+def qk_sweep(
+    model: ReplacementModel,
+    graph_or_prompt: Graph | Prompt | FrozenPrompt,
+    layer: int,
+    head: int,
+    query_pos: int,
+    *,
+    keys: Sequence[int] | int | None = None,
+    top_k: int | None = 50,
+    batch_size: int = 256,
+) -> list[QKAttribution]:
+    """QK attributions of one head and query position for many key positions at once.
+
+    ``keys``: positions (a list), the ``n`` keys with the highest attention weight (an int),
+    or every key the head can attend to (None; the default). The query side is computed once
+    and the key sides of all keys share backward sweeps of ``batch_size`` rows. Results are
+    in the order of ``keys`` (ascending position for None, decreasing weight for an int).
+    """
+    fp = _frozen(model, graph_or_prompt)
+    layer, head, q = _check_request(fp, layer, head, query_pos)
+    pattern = fp.capture.patterns[layer][0, head, q]
+    allowed = [k for k in range(q + 1) if _attendable(fp, layer, q, k)]
+    if keys is None:
+        key_list = allowed
+    elif isinstance(keys, int):
+        if keys < 1:
+            raise ValueError(f"keys={keys}: give a number of top keys >= 1, a list, or None.")
+        order = torch.argsort(pattern[allowed].float(), descending=True, stable=True).tolist()
+        key_list = [allowed[i] for i in order[:keys]]
+    else:
+        key_list = [_check_key(fp, layer, q, k) for k in keys]
+    d_head = model.spec.d_head
+    query = qk_side(fp, layer, head, q, "query")
+    key_sides = [qk_side(fp, layer, head, k, "key") for k in key_list]
+    sides = [query, *key_sides]
+    positions = torch.tensor([p for p in [q, *key_list] for _ in range(d_head)])
+    directions = torch.cat([s.directions for s in sides])
+    contrib = torch.cat(
+        [
+            fp.contributions(layer, positions[i : i + batch_size], directions[i : i + batch_size])
+            for i in range(0, len(positions), batch_size)
+        ]
+    ).view(len(sides), d_head, -1)
+    names = fp.node_ids()
+    scale, cap = score_scale(fp, layer), score_softcap(fp)
+    return [
+        _assemble(
+            fp, layer, head, q, k, names, query, contrib[0], side, contrib[i + 1], scale, cap, top_k
+        )
+        for i, (k, side) in enumerate(zip(key_list, key_sides, strict=True))
+    ]
+
+
+def top_attention(
+    model: ReplacementModel,
+    graph_or_prompt: Graph | Prompt | FrozenPrompt,
+    *,
+    query_pos: int = -1,
+    n: int = 5,
+    skip_first: bool = True,
+) -> list[tuple[int, int, int, float]]:
+    """The ``n`` strongest (layer, head, key position, weight) attention edges from
+    ``query_pos``, across every layer and head; ``skip_first`` leaves out key position 0
+    (the BOS, where many heads park their attention)."""
+    fp = _frozen(model, graph_or_prompt)
+    q = _position(fp, query_pos, "query_pos")
+    rows = torch.stack(
+        [fp.capture.patterns[lay][0, :, q, : q + 1] for lay in range(model.n_layers)]
+    )
+    if skip_first and q > 0:
+        rows = rows.clone()
+        rows[..., 0] = -1
+    flat = rows.flatten().float()
+    best = torch.argsort(flat, descending=True, stable=True)[:n].tolist()
+    n_heads, n_keys = rows.shape[1], rows.shape[2]
+    return [
+        (i // (n_heads * n_keys), (i // n_keys) % n_heads, i % n_keys, float(flat[i])) for i in best
+    ]
+
+
+# ---- internals ------------------------------------------------------------------------------
+
+
+def _frozen(model: ReplacementModel, src: Graph | Prompt | FrozenPrompt) -> FrozenPrompt:
+    if isinstance(src, FrozenPrompt):
+        if src.model is not model:
+            raise ValueError("This FrozenPrompt was built with another model; build it again.")
+        return src
+    return FrozenPrompt.build(model, src)
+
+
+def _position(fp: FrozenPrompt, pos: int, what: str) -> int:
+    n = fp.n_pos
+    if not -n <= pos < n:
+        raise ValueError(
+            f"{what}={pos} is outside the prompt's {n} positions: use 0 .. {n - 1} (or -1 for "
+            "the last token)."
+        )
+    return pos % n
+
+
+def _check_request(fp: FrozenPrompt, layer: int, head: int, query_pos: int) -> tuple[int, int, int]:
+    spec = fp.model.spec
+    if not 0 <= layer < spec.n_layers:
+        raise ValueError(
+            f"layer={layer} is out of range: the model has layers 0 .. {spec.n_layers - 1}."
+        )
+    if not 0 <= head < spec.n_heads:
+        raise ValueError(
+            f"head={head} is out of range: layer {layer} has query heads 0 .. {spec.n_heads - 1}."
+        )
+    return layer, head, _position(fp, query_pos, "query_pos")
+
+
+def _attendable(fp: FrozenPrompt, layer: int, q: int, k: int) -> bool:
+    mask = fp.inputs.mask[layer]
+    if k > q or mask is None:
+        return k <= q
+    if mask.dtype == torch.bool:  # True: may attend
+        return bool(mask[q, k])
+    return bool(torch.isfinite(mask[q, k]) and mask[q, k] > -1e4)  # additive: 0 or -inf/min
+
+
+def _check_key(fp: FrozenPrompt, layer: int, q: int, key_pos: int) -> int:
+    k = _position(fp, key_pos, "key_pos")
+    if k > q:
+        raise ValueError(
+            f"key_pos={key_pos} comes after query_pos={q}: a causal head only attends to "
+            f"positions 0 .. {q}; pick a key at or before the query."
+        )
+    if not _attendable(fp, layer, q, k):
+        raise ValueError(
+            f"key_pos={k} is masked for query_pos={q} in layer {layer} (outside its sliding "
+            "window): the head cannot attend there, so its score does not reach the softmax. "
+            "Pick a nearer key."
+        )
+    return k
+
+
+def _assemble(
+    fp: FrozenPrompt,
+    layer: int,
+    head: int,
+    q: int,
+    k: int,
+    names: list[str],
+    query: QKSide,
+    c_q: torch.Tensor,
+    key: QKSide,
+    c_k: torch.Tensor,
+    scale: float,
+    cap: float | None,
+    top_k: int | None,
+) -> QKAttribution:
+    """One ``QKAttribution`` from the contributions ``c_q, c_k [d_head, n_cols]``."""
+    q_cols = c_q.abs().sum(0).nonzero(as_tuple=True)[0]
+    k_cols = c_k.abs().sum(0).nonzero(as_tuple=True)[0]
+    qv, kv = c_q[:, q_cols].T.contiguous(), c_k[:, k_cols].T.contiguous()  # [n, d_head]
+    q_bias, k_bias = query.value - qv.sum(0), key.value - kv.sum(0)
+    q_total, k_total = query.value, key.value
+    total = scale * float(q_total @ k_total)
+    q_names, k_names = [names[i] for i in q_cols.tolist()], [names[i] for i in k_cols.tolist()]
+    return QKAttribution(
+        layer=layer,
+        head=head,
+        query_pos=q,
+        key_pos=k,
+        pairs=_top_pairs(qv, kv, scale, q_names, k_names, top_k),
+        query_marginals=_ranked(q_names, scale * (qv @ k_total)),
+        key_marginals=_ranked(k_names, scale * (kv @ q_total)),
+        bias_terms={
+            "query_bias*key_bias": scale * float(q_bias @ k_bias),
+            "query_nodes*key_bias": scale * float(qv.sum(0) @ k_bias),
+            "query_bias*key_nodes": scale * float(q_bias @ kv.sum(0)),
+        },
+        total=total,
+        logit=total if cap is None else cap * math.tanh(total / cap),
+        attention=float(fp.capture.patterns[layer][0, head, q, k]),
+        scale=scale,
+        softcap=cap,
+        query_nodes=q_names,
+        key_nodes=k_names,
+        query_vectors=qv,
+        key_vectors=kv,
+        query_bias=q_bias,
+        key_bias=k_bias,
+    )
+
+
+def _ranked(names: list[str], values: torch.Tensor) -> dict[str, float]:
+    order = torch.argsort(values.abs(), descending=True, stable=True).tolist()
+    return {names[i]: float(values[i]) for i in order}
+
+
+def _top_pairs(
+    qv: torch.Tensor,
+    kv: torch.Tensor,
+    scale: float,
+    q_names: list[str],
+    k_names: list[str],
+    top_k: int | None,
+    chunk: int = 4096,
+) -> list[QKPair]:
+    """The ``top_k`` pair terms by magnitude (all for None), without the full matrix at once."""
+    n_k = kv.shape[0]
+    if qv.shape[0] == 0 or n_k == 0:
+        return []
+    limit = qv.shape[0] * n_k if top_k is None else top_k
+    best_v = torch.empty(0, dtype=qv.dtype)
+    best_i = torch.empty(0, dtype=torch.long)
+    for start in range(0, qv.shape[0], chunk):
+        block = (scale * qv[start : start + chunk] @ kv.T).flatten()
+        idx = torch.arange(block.numel()) + start * n_k
+        vals = torch.cat([best_v, block])
+        ids = torch.cat([best_i, idx])
+        keep = torch.argsort(vals.abs(), descending=True, stable=True)[:limit]
+        best_v, best_i = vals[keep], ids[keep]
+    return [
+        QKPair(q_names[i // n_k], k_names[i % n_k], float(v))
+        for i, v in zip(best_i.tolist(), best_v.tolist(), strict=True)
+    ]
