@@ -17,12 +17,14 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from .fingerprint import load_fingerprint
 from .prompts import PromptRecord
 from .store import BatchDir
 from .tracing import (
     LoadSpec,
     TraceSettings,
     cached_model,
+    content_key,
     error_text,
     record_key,
     trace_record,
@@ -73,13 +75,17 @@ def run_batch(
     """
     store = BatchDir(out)
     store.prepare()
-    keys = [record_key(r, load, settings) for r in records]
+    content = load_fingerprint(load)  # the transcoders' and model's bytes, hashed once
+    keys = [record_key(r, load, settings, content) for r in records]
     todo = [(r, k) for r, k in zip(records, keys, strict=True) if store.done_row(r.id, k) is None]
     counts = {"traced": 0, "failed": 0}
     bar = tqdm(total=len(records), initial=len(records) - len(todo), disable=not verbose)
     try:
+        ck = content_key(content)
         results = (
-            _run_local(todo, load, settings) if ray is None else _run_ray(todo, load, settings, ray)
+            _run_local(todo, load, ck, settings)
+            if ray is None
+            else _run_ray(todo, load, ck, settings, ray)
         )
         for record, graph, row in results:
             if graph is not None:
@@ -109,11 +115,11 @@ Result = tuple[PromptRecord, Any, dict[str, Any]]
 
 
 def _run_local(
-    todo: list[tuple[PromptRecord, str]], load: LoadSpec, settings: TraceSettings
+    todo: list[tuple[PromptRecord, str]], load: LoadSpec, content: str, settings: TraceSettings
 ) -> Iterator[Result]:
     if not todo:
         return
-    model, loads = cached_model(load)
+    model, loads = cached_model(load, content)
     for record, key in todo:
         graph, row = trace_record(model, record, settings, key)
         row["model_loads"] = loads
@@ -121,11 +127,11 @@ def _run_local(
 
 
 def _trace_remote(
-    load: LoadSpec, settings: TraceSettings, record: PromptRecord, key: str
+    load: LoadSpec, content: str, settings: TraceSettings, record: PromptRecord, key: str
 ) -> tuple[Any, dict[str, Any]]:
     """The body of one Ray task (runs in a worker process)."""
     try:
-        model, loads = cached_model(load)
+        model, loads = cached_model(load, content)
     except Exception as e:  # a load failure is reported per prompt, like any other error
         return None, {"id": record.id, "prompt": record.prompt, "key": key, "status": "error",
                       "error": error_text(e), "model_loads": 0}  # fmt: skip
@@ -137,6 +143,7 @@ def _trace_remote(
 def _run_ray(
     todo: list[tuple[PromptRecord, str]],
     load: LoadSpec,
+    content: str,
     settings: TraceSettings,
     opts: RayOptions,
 ) -> Iterator[Result]:
@@ -168,7 +175,8 @@ def _run_ray(
             while queue or running:
                 while queue and len(running) < window:
                     record, key = queue.pop(0)
-                    running[task.remote(load_ref, settings_ref, record, key)] = record
+                    ref = task.remote(load_ref, content, settings_ref, record, key)
+                    running[ref] = record
                 ready, _ = ray.wait(list(running), num_returns=1)
                 record = running.pop(ready[0])
                 graph, row = ray.get(ready[0])

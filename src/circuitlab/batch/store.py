@@ -8,7 +8,8 @@ Layout of ``DIR``::
     summary.parquet           one row per prompt of the input, in input order (rebuilt)
 
 A prompt is *done* when its graph file opens as a complete circuitlab graph whose stored key
-matches the prompt, target and settings of this run; anything else (no file, a damaged file,
+matches the prompt, target and settings of this run and the *content* of its transcoders and
+model (``fingerprint``: new weights at the same path are re-traced); anything else (no file, a damaged file,
 a stale key, an error record) is traced again. Every file is written under a temporary name
 and renamed, so a killed run leaves only complete files (and perhaps a ``.tmp`` that the next
 run removes). The summary is derived from those per-prompt files, never appended to, so it

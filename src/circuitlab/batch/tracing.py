@@ -16,6 +16,7 @@ import traceback
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from .fingerprint import load_fingerprint
 from .prompts import PromptRecord
 
 if TYPE_CHECKING:
@@ -66,12 +67,24 @@ class TraceSettings:
     check_memory: bool = True  # refuse a prompt that will not fit (not part of its key)
 
 
-def record_key(record: PromptRecord, load: LoadSpec, settings: TraceSettings) -> str:
-    """A digest of everything that determines a prompt's graph (a changed input is re-traced)."""
+def record_key(
+    record: PromptRecord,
+    load: LoadSpec,
+    settings: TraceSettings,
+    content: dict[str, Any] | None = None,
+) -> str:
+    """A digest of everything that determines a prompt's graph (a changed input is re-traced).
+
+    The transcoders and model enter by content, not path (``fingerprint.load_fingerprint``;
+    pass ``content`` to hash them once for many records)."""
+    if content is None:
+        content = load_fingerprint(load)
+    skip = {"device", "transcoder_set", "model"}
     blob = json.dumps(
         {
             "record": record.to_json(),
-            "load": {k: v for k, v in asdict(load).items() if k != "device"},
+            "load": {k: v for k, v in asdict(load).items() if k not in skip},
+            "content": content,
             "settings": {k: v for k, v in asdict(settings).items() if k != "check_memory"},
         },
         sort_keys=True,
@@ -79,18 +92,25 @@ def record_key(record: PromptRecord, load: LoadSpec, settings: TraceSettings) ->
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
-_MODELS: dict[LoadSpec, ReplacementModel] = {}
+_MODELS: dict[tuple[LoadSpec, str], ReplacementModel] = {}
 _LOADS = 0
 
 
-def cached_model(load: LoadSpec) -> tuple[ReplacementModel, int]:
-    """The model for ``load``, loaded at most once per process; also the process's load count."""
+def content_key(content: dict[str, Any]) -> str:
+    """``load_fingerprint``'s digests as one string (keys the per-process model cache)."""
+    return json.dumps(content, sort_keys=True)
+
+
+def cached_model(load: LoadSpec, content: str) -> tuple[ReplacementModel, int]:
+    """The model for ``load`` whose files have ``content`` (``content_key``), loaded at most
+    once per process; also the process's load count. New files at the same paths reload."""
     global _LOADS
-    if load not in _MODELS:
+    key = (load, content)
+    if key not in _MODELS:
         _MODELS.clear()  # one model per worker: a new spec replaces the old one
-        _MODELS[load] = load.load()
+        _MODELS[key] = load.load()
         _LOADS += 1
-    return _MODELS[load], _LOADS
+    return _MODELS[key], _LOADS
 
 
 def trace_record(
