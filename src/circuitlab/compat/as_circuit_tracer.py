@@ -1,0 +1,5 @@
+"""``import circuitlab.compat.as_circuit_tracer``: the same as ``circuitlab.compat.install()``."""
+
+from circuitlab.compat import install
+
+install()

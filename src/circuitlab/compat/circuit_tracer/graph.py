@@ -1,0 +1,140 @@
+"""``circuit_tracer.graph``: ``Graph``, ``prune_graph``, ``compute_graph_scores``.
+
+``Graph`` is circuitlab's graph with circuit-tracer's extras: ``cfg``, ``scan``, ``to_pt`` /
+``from_pt`` and an in-place ``to(device)``. ``prune_graph`` returns circuit-tracer's masks:
+``node_mask [N]`` and a dense ``edge_mask [N, N]`` (``N * N`` bytes; circuitlab's own
+``PruneResult`` keeps the kept edges as node pairs instead).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+from circuitlab.graph import import_circuit_tracer_pt
+from circuitlab.graph.graph import Graph as NativeGraph
+from circuitlab.graph.pruning import prune_graph as native_prune_graph
+from circuitlab.graph.scores import compute_graph_scores as native_compute_graph_scores
+from circuitlab.graph.targets import LogitTarget
+
+from ._pt_file import write_pt
+from .utils.tl_nnsight_mapping import UnifiedConfig
+
+_DTYPES = {
+    str(d).removeprefix("torch."): d
+    for d in (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+}
+
+
+class Graph(NativeGraph):
+    """circuitlab's ``Graph`` with circuit-tracer's ``cfg``, ``scan``, ``to_pt``, ``from_pt``
+    and in-place ``to``. Every native attribute and method is there too."""
+
+    @classmethod
+    def from_native(cls, graph: NativeGraph) -> Graph:
+        """The same graph (tensors shared, ``settings`` copied) as a compatibility ``Graph``."""
+        new = cls.__new__(cls)
+        new.__dict__.update(vars(graph))
+        new.settings = dict(graph.settings)
+        return new
+
+    @property
+    def cfg(self) -> UnifiedConfig:
+        """circuit-tracer's model summary: recorded at attribution (or read from an imported
+        ``.pt``); graphs made without it get the sizes the graph itself knows."""
+        raw: dict[str, Any] = dict(self.settings.get("cfg") or {})
+        if isinstance(raw.get("dtype"), str):
+            raw["dtype"] = _DTYPES.get(raw["dtype"].removeprefix("torch."))
+        raw.setdefault("n_layers", self.n_layers)
+        raw.setdefault("d_vocab", self.vocab_size)
+        raw.setdefault("model_name", self.model_name)
+        raw.setdefault("tokenizer_name", raw["model_name"])
+        for key in ("d_model", "d_head", "n_heads", "d_mlp"):
+            raw.setdefault(key, 0)
+        raw.setdefault("original_architecture", "")
+        return UnifiedConfig.from_dict(raw)
+
+    @property
+    def scan(self) -> str | list[str] | None:
+        """The transcoders' identifier (``transcoder_name``, or a list of per-layer scans)."""
+        listed = self.settings.get("scan")
+        return listed if isinstance(listed, list) else self.transcoder_name
+
+    @scan.setter
+    def scan(self, value: str | list[str] | None) -> None:
+        if isinstance(value, list):
+            self.settings["scan"] = value
+        else:
+            self.transcoder_name = value
+
+    def to(self, device: torch.device | str) -> Graph:
+        """Moves every tensor to ``device`` *in place*, as circuit-tracer does, and returns
+        this same graph (so ``graph = graph.to(d)`` works too). circuitlab's native
+        ``Graph.to`` returns a moved copy instead and leaves the original as it is."""
+        moved = NativeGraph.to(self, device)
+        self.__dict__.update({k: v for k, v in vars(moved).items() if k != "settings"})
+        return self
+
+    def to_pt(self, path: str | Path) -> None:
+        """Writes the graph as circuit-tracer's ``.pt`` dict (dense ``adjacency_matrix [N, N]``),
+        readable by circuit-tracer's ``Graph.from_pt`` and by ``Graph.from_pt`` here."""
+        cfg = self.cfg
+        targets = [LogitTarget(str(t.token_str), int(t.vocab_idx)) for t in self.logit_targets]
+        write_pt(
+            {
+                "input_string": self.input_string,
+                "adjacency_matrix": self.adjacency_matrix.float().cpu(),
+                "cfg": cfg,
+                "active_features": self.active_features.cpu(),
+                "logit_targets": targets,
+                "logit_probabilities": self.logit_probabilities.cpu(),
+                "vocab_size": int(self.vocab_size),
+                "input_tokens": self.input_tokens.cpu(),
+                "selected_features": self.selected_features.cpu(),
+                "activation_values": self.activation_values.cpu(),
+                "scan": self.scan,
+            },
+            path,
+        )
+
+    @staticmethod
+    def from_pt(path: str | Path, map_location: str | torch.device = "cpu") -> Graph:
+        """Reads a circuit-tracer ``.pt`` graph through circuitlab's restricted unpickler
+        (``import_circuit_tracer_pt``: no code in the file can run)."""
+        graph = Graph.from_native(import_circuit_tracer_pt(path))
+        cfg = graph.settings.get("cfg") or {}
+        if cfg.get("model_name") and not graph.model_name:
+            graph.model_name = str(cfg["model_name"])
+        return graph.to(map_location)
+
+
+class PruneResult(NamedTuple):
+    """circuit-tracer's pruning result: ``node_mask [N]``, ``edge_mask [N, N]`` (bool,
+    ``edge_mask[target, source]``) and ``cumulative_scores [N]``."""
+
+    node_mask: torch.Tensor
+    edge_mask: torch.Tensor
+    cumulative_scores: torch.Tensor
+
+
+def prune_graph(
+    graph: NativeGraph, node_threshold: float = 0.8, edge_threshold: float = 0.98
+) -> PruneResult:
+    """circuitlab's pruning with circuit-tracer's return shapes (the dense ``[N, N]`` edge
+    mask is built here, for code that indexes it as circuit-tracer's)."""
+    result = native_prune_graph(graph, node_threshold, edge_threshold)
+    n = graph.n_nodes
+    edge_mask = torch.zeros(n, n, dtype=torch.bool, device=result.node_mask.device)
+    edge_mask[result.edge_targets, result.edge_sources] = True
+    return PruneResult(result.node_mask, edge_mask, result.cumulative_scores)
+
+
+def compute_graph_scores(graph: NativeGraph) -> tuple[float, float]:
+    """``(replacement_score, completeness_score)`` as a plain tuple."""
+    scores = native_compute_graph_scores(graph)
+    return float(scores.replacement), float(scores.completeness)
+
+
+__all__ = ["Graph", "PruneResult", "compute_graph_scores", "prune_graph"]
