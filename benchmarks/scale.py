@@ -4,6 +4,7 @@ Issue 16's scale check on the tiny random Llama (5 layers, d_model 80, 640-featu
 
     python benchmarks/scale.py                       # 32, 96, 256 tokens, float32 edges
     python benchmarks/scale.py --lengths 96 --edge-dtype bfloat16
+    python benchmarks/scale.py --post --offload disk   # + prune/scores/page; edges in a file
 
 Each run is a fresh ``cl_runner.py`` subprocess (peak-RSS mark reset just before ``attribute``).
 Set ``PYTHONPATH=<other checkout>/src`` to measure another version of circuitlab the same way.
@@ -29,6 +30,7 @@ def main() -> None:
     p.add_argument("--lengths", default="32,96,256")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--edge-dtype", default=None, help="float32 (default), bfloat16 or float16")
+    p.add_argument("--offload", default=None, help="disk: edge blocks in a mapped file")
     p.add_argument("--post", action="store_true", help="also time prune + scores + page JSON")
     a = p.parse_args()
     fx = FIXTURES[a.fixture]()
@@ -47,7 +49,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for n in map(int, a.lengths.split(",")):
             out = Path(tmp) / f"g{n}.safetensors"
-            settings = dict(batch_size=a.batch_size, edge_dtype=a.edge_dtype, post=a.post or None)
+            settings = dict(
+                batch_size=a.batch_size,
+                edge_dtype=a.edge_dtype,
+                offload=a.offload,
+                post=a.post or None,
+            )
             r = run_ours(fx, fx.prompt(n), out, **settings)
             print(
                 f"{n:>6} {r['n_active']:>7} {r['n_nodes']:>7} {r['attribute_seconds']:>7.2f} "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -54,3 +56,19 @@ def test_disk_offload_restores_weights_after_an_interruption(
 def test_unknown_offload_mode_is_refused() -> None:
     with pytest.raises(ValueError, match="offload must be None, 'cpu' or 'disk'"):
         attribute(build("llama"), PROMPT, offload="gpu")
+
+
+def test_disk_offload_keeps_the_edges_in_a_mapped_file() -> None:
+    rm = build("llama", "plt")
+    ref = attribute(rm, PROMPT)
+    off = attribute(rm, PROMPT, offload="disk", edge_dtype=torch.bfloat16)
+    again = attribute(rm, PROMPT, edge_dtype=torch.bfloat16)
+    assert off.edge_blocks.equal(again.edge_blocks)
+    assert torch.equal(off.edges.double(), ref.edges.to(torch.bfloat16).double())
+    maps = Path("/proc/self/maps")
+    if maps.exists():
+        assert "circuitlab-edges-" in maps.read_text()
+    capped = attribute(rm, PROMPT, offload="disk", max_feature_nodes=10, batch_size=4)
+    assert torch.equal(
+        capped.edges, attribute(rm, PROMPT, max_feature_nodes=10, batch_size=4).edges
+    )

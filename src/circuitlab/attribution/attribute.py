@@ -30,7 +30,7 @@ from ..transcoders.identity import transcoder_fingerprint
 from .backward import FrozenBackward
 from .edge_store import EdgeRows
 from .memory_check import check_before_forward, check_before_sweep
-from .offload import OFFLOAD_MODES, offloaded
+from .offload import OFFLOAD_MODES, SpillFile, offloaded
 from .sources import Sources, pack_decoders, reconstructions
 from .targets import Targets, TargetSpec, resolve_targets
 
@@ -86,7 +86,8 @@ def attribute(
     ``update_interval * batch_size`` rows. ``batch_size`` targets share one backward sweep.
     ``offload`` ("cpu" or "disk") moves the MLPs and transcoders off the model's device (or
     to a temporary file) while the sweep runs, for models that barely fit; they are restored
-    afterwards, also on error.
+    afterwards, also on error. ``"disk"`` also writes the edge blocks to an unlinked temporary
+    file as they are computed and keeps them as memory maps (``offload.SpillFile``).
     ``edge_dtype`` stores the edges as ``"float32"`` (the default; ``float64`` for float64
     models), ``"bfloat16"`` or ``"float16"`` (half the memory and file size; influence and
     pruning still compute in float32).
@@ -162,7 +163,8 @@ def attribute(
     if plan is not None:
         check_before_sweep(plan, model.device, n_active, n_logits)
     n_rows_max = min(max_feature_nodes if max_feature_nodes is not None else n_active, n_active)
-    store = EdgeRows(features.indices[:, :2], n_layers, n_pos, n_logits, store_dtype)
+    spill = SpillFile() if offload == "disk" else None
+    store = EdgeRows(features.indices[:, :2], n_layers, n_pos, n_logits, store_dtype, spill)
     bar = tqdm(total=n_logits + n_rows_max, desc="attribution", unit="row", disable=not verbose)
 
     # The sweep needs neither the MLPs nor the transcoders any more.

@@ -15,13 +15,15 @@ from __future__ import annotations
 import torch
 
 from ..graph.edges import POSITION_CHUNKS, EdgeBlock, EdgeBlocks, chunk_end, position_chunk
+from .offload import SpillFile
 
 
 class EdgeRows:
     """Rows of direct effects into features and logits, stored as ``EdgeBlocks``.
 
     ``features[n_active, 2]``: (layer, pos) of every active feature, in lexicographic order;
-    errors and tokens follow them, then ``n_logits`` logits (rows only).
+    errors and tokens follow them, then ``n_logits`` logits (rows only). With ``spill`` every
+    block's values go to that file as they are computed (``offload="disk"``).
     """
 
     def __init__(
@@ -31,7 +33,9 @@ class EdgeRows:
         n_pos: int,
         n_logits: int,
         dtype: torch.dtype,
+        spill: SpillFile | None = None,
     ):
+        self.spill = spill
         self.features = features.cpu()
         self.n_active = len(features)
         self.n_layers, self.n_pos = n_layers, n_pos
@@ -79,9 +83,11 @@ class EdgeRows:
             sel = (keys == key).nonzero(as_tuple=True)[0]
             sources = self.sources(layer, chunk)
             block = values[sel[:, None], sources[None, :]].to(self.dtype)
+            self.row_sums[nodes[sel]] = block.abs().float().sum(1)
+            if self.spill is not None:
+                block = self.spill.put(block)
             self.store.blocks.append(EdgeBlock(nodes[sel], sources, block, layer))
             self._keys.append((layer, chunk))
-            self.row_sums[nodes[sel]] = block.abs().float().sum(1)
 
     def influence(self, weights: torch.Tensor) -> torch.Tensor:
         """Influence ``[n_cols + n_logits]`` of every node on the weighted targets, from the rows
@@ -114,6 +120,8 @@ class EdgeRows:
                 sources[key] = (renumbered[keep], None if bool(keep.all()) else keep)
             cols, keep = sources[key]
             values = b.values if keep is None else b.values[:, keep]
+            if keep is not None and self.spill is not None:
+                values = self.spill.put(values)
             out.append(EdgeBlock(renumber(b.targets), cols, values, key[0]))
             blocks[i] = None  # type: ignore[call-overload]  # freed as we go
         n_nodes = n_sel + (self.n_layers + 1) * self.n_pos + n_logits

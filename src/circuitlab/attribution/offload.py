@@ -6,15 +6,22 @@ copied). ``offloaded(modules, "cpu")`` moves them to the CPU (useful when the mo
 an accelerator); ``"disk"`` writes their tensors to a temporary safetensors file and frees
 them (parameters become meta tensors). Both restore the modules when the block ends, also on
 error or interruption.
+
+``SpillFile`` is the edge side of ``offload="disk"``: each block of edge rows is written to an
+unlinked temporary file as soon as it is computed and read back as a copy-on-write memory map,
+so the rows live in the page cache (which the kernel can evict and re-read) rather than in the
+process's own memory; influence, pruning and export then stream over the mapped blocks.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -71,3 +78,31 @@ def _device(module: nn.Module) -> torch.device:
     for t in module.parameters():
         return t.device
     return torch.device("cpu")
+
+
+class SpillFile:
+    """Tensors parked in one unlinked temporary file, each read back as a memory map."""
+
+    def __init__(self, directory: str | None = None):
+        fd, path = tempfile.mkstemp(prefix="circuitlab-edges-", suffix=".bin", dir=directory)
+        self._file = os.fdopen(fd, "wb+")
+        os.unlink(path)  # the maps keep the data alive; nothing is left behind on exit
+        weakref.finalize(self, self._file.close)  # each map holds its own descriptor
+        self.nbytes = 0
+
+    def put(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` (CPU) written to the file; returns a copy-on-write map of it (same dtype and
+        shape; changes stay in memory)."""
+        if t.numel() == 0:
+            return t
+        t = t.detach().cpu().contiguous()
+        half = t.dtype == torch.bfloat16  # numpy has no bfloat16: go through int16
+        arr = (t.view(torch.int16) if half else t).numpy()
+        offset = self._file.seek(0, os.SEEK_END)
+        self._file.write(arr.data)
+        self._file.flush()
+        self.nbytes += arr.nbytes
+        mapped = torch.from_numpy(
+            np.memmap(self._file, dtype=arr.dtype, mode="c", offset=offset, shape=arr.shape)
+        )
+        return mapped.view(torch.bfloat16) if half else mapped
