@@ -15,7 +15,8 @@ what is alive in each:
   edge rows (``n_logits + min(max_feature_nodes, n_active)`` rows in the graph's block layout,
   ``graph.edges``: a feature row keeps the features and errors of earlier layers and the
   tokens, at positions up to its position chunk's end, on average a bit over half of them;
-  signed values in ``edge_dtype``) + one batch's temporaries (``[batch, n_cols]`` rows, gradients
+  signed values in ``edge_dtype``; with ``offload="disk"`` they go to a memory-mapped file and
+  are not counted) + one batch's temporaries (``[batch, n_cols]`` rows, gradients
   ``[batch, pos, d]``) + influence vectors; ``offload="disk"`` frees the MLP weights and the
   resident transcoders here (``"cpu"`` frees nothing on a CPU-only machine);
 * **graph**: the sweep's state (the blocks are renumbered in place; under a feature cap the
@@ -197,7 +198,9 @@ def estimate_memory(
     pos_share = 0.5 + 0.5 / min(n, POSITION_CHUNKS)
     feature_row = (n_active * (L - 1) / (2 * L) + (L - 1) / 2 * n + n) * pos_share
     edge_rows = (n_logits * n_cols + rows * feature_row) * eb
-    parts["edge rows"] = int(edge_rows)
+    # offload="disk" writes the blocks to a mapped file: page cache, not the process's memory.
+    parts["edge rows"] = 0 if offload == "disk" else int(edge_rows)
+    parts["edge rows in a mapped file"] = int(edge_rows) if offload == "disk" else 0
     parts["sweep batch"] = int(batch * (n_cols * (3 * b + 1) + 8 * n * d * b))
     parts["influence"] = int(6 * (n_cols + n_logits) * b)
     graph_cols = rows + tail + n_logits
