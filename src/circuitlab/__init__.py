@@ -3,7 +3,15 @@
 The public API is re-exported here; everything else is internal to its subpackage.
 """
 
-from .attention import QKAttribution, QKPair, qk_attribution, qk_sweep
+from .attention import (
+    HeadLoadings,
+    QKAttribution,
+    QKPair,
+    head_loadings,
+    path_head_loadings,
+    qk_attribution,
+    qk_sweep,
+)
 from .attribution import CustomTarget, LogitDiff, attribute
 from .graph import (
     Graph,
@@ -40,6 +48,7 @@ __all__ = [
     "Faithfulness",
     "Graph",
     "GraphDiff",
+    "HeadLoadings",
     "LogitDiff",
     "LogitTarget",
     "QKAttribution",
@@ -53,9 +62,11 @@ __all__ = [
     "compare_graphs",
     "compute_graph_scores",
     "faithfulness",
+    "head_loadings",
     "import_circuit_tracer_pt",
     "load_graph",
     "load_transcoders",
+    "path_head_loadings",
     "plot_faithfulness",
     "prune_graph",
     "qk_attribution",

@@ -3,16 +3,21 @@ where it does), exact in the same frozen model as the attribution graph.
 
 ``qk_attribution`` decomposes one pre-softmax score into (query-side node, key-side node)
 pairs plus bias terms; ``qk_sweep`` does every key of a query at once; ``top_attention``
-finds the strongest attention edges from a position. See ``docs/attention.md``.
+finds the strongest attention edges from a position. ``head_loadings`` and
+``path_head_loadings`` split a graph edge into the parts each attention head carries. See ``docs/attention.md``.
 """
 
 from .frozen import FrozenPrompt
+from .loadings import HeadLoadings, head_loadings, path_head_loadings
 from .qk import QKAttribution, QKPair, qk_attribution, qk_sweep, top_attention
 
 __all__ = [
     "FrozenPrompt",
+    "HeadLoadings",
     "QKAttribution",
     "QKPair",
+    "head_loadings",
+    "path_head_loadings",
     "qk_attribution",
     "qk_sweep",
     "top_attention",

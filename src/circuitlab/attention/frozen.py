@@ -93,6 +93,7 @@ class FrozenPrompt:
         self.model, self.ids, self.capture, self.inputs = model, ids, capture, inputs
         self.features, self.sources, self.backward = features, sources, backward
         self.dtype = backward.dtype
+        self.graph: Graph | None = None  # the graph the prompt came from, if any
 
     @classmethod
     @torch.no_grad()
@@ -122,7 +123,9 @@ class FrozenPrompt:
             n_layers=n_layers,
             n_pos=n_pos,
         )
-        return cls(model, ids, cap, inputs, features, sources, FrozenBackward(model, cap, dtype))
+        fp = cls(model, ids, cap, inputs, features, sources, FrozenBackward(model, cap, dtype))
+        fp.graph = graph
+        return fp
 
     @property
     def n_pos(self) -> int:
