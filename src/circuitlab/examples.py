@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from .cache import build_once
 from .features.corpus import wikipedia
 from .models.packaged import cache_dir, packaged_model_dir
 from .replacement import ReplacementModel
@@ -22,22 +23,24 @@ from .transcoders.fit import fit_transcoders
 def fitted_transcoders_dir(
     d_transcoder: int = 2048, l0: int = 32, n_tokens: int = 4096, verbose: bool = True
 ) -> Path:
-    """Fitted transcoders for SmolLM2 in circuit-tracer's layout (built once, then cached)."""
+    """Fitted transcoders for SmolLM2 in circuit-tracer's layout (built once, then cached;
+    safe when several processes ask at the same time: ``cache.build_once``)."""
     target = cache_dir() / f"smollm2-fitted-{d_transcoder}-l0{l0}-n{n_tokens}"
-    if (target / "config.yaml").is_file():
-        return target
-    model_dir = packaged_model_dir("smollm2")
-    tc = fit_transcoders(
-        str(model_dir),
-        wikipedia(),
-        d_transcoder=d_transcoder,
-        l0=l0,
-        n_tokens=n_tokens,
-        verbose=verbose,
-    )
-    tc.model_name = str(model_dir)
-    tc.save(str(target))
-    return target
+
+    def build(folder: Path) -> None:
+        model_dir = packaged_model_dir("smollm2")
+        tc = fit_transcoders(
+            str(model_dir),
+            wikipedia(),
+            d_transcoder=d_transcoder,
+            l0=l0,
+            n_tokens=n_tokens,
+            verbose=verbose,
+        )
+        tc.model_name = str(model_dir)
+        tc.save(str(folder), overwrite=True)
+
+    return build_once(target, build, marker="config.yaml")
 
 
 def smollm2_replacement_model(

