@@ -59,3 +59,29 @@ def test_bad_requests_are_one_line_errors(tiny_dirs, capsys, flags, message) -> 
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert message in err.strip().splitlines()[-1]  # one line (after any loading progress)
+
+
+def test_head_loadings_command(tiny_dirs, tmp_path: Path, capsys) -> None:  # noqa: F811
+    model_dir, tc_dir = tiny_dirs
+    graph_file = tmp_path / "g.safetensors"
+    common = ["-t", str(tc_dir), "-m", str(model_dir)]
+    assert main(["attribute", "-p", PROMPT, *common, "-o", str(graph_file)]) == 0
+    from circuitlab.graph import load_graph
+    from circuitlab.graph.export import node_ids
+
+    graph = load_graph(graph_file)
+    ids = node_ids(graph)
+    logit = ids[graph.logit_node(0)]
+    token = ids[graph.token_node(3)]
+    out = tmp_path / "loadings.json"
+    flags = ["--edge", token, logit, "--json", str(out)]
+    assert main(["head-loadings", "-g", str(graph_file), *common, *flags]) == 0
+    text = capsys.readouterr().out
+    assert f"edge {token} -> {logit}" in text and "bypass" in text
+    record = json.loads(out.read_text())
+    assert record["layers"] == [0, 1]
+    for heads, bypass in zip(record["heads"], record["bypass"], strict=True):
+        assert sum(heads) + bypass == pytest.approx(record["edge"], rel=1e-5, abs=1e-7)
+    bad = ["--edge", "7_7_7", logit]
+    assert main(["head-loadings", "-g", str(graph_file), *common, *bad]) == 2
+    assert "Unknown source node '7_7_7'" in capsys.readouterr().err
