@@ -77,3 +77,25 @@ def test_imported_graph_keeps_the_circuit_tracer_config(disk_graph: Graph, tmp_p
     back = Graph.from_pt(pt)
     assert back.cfg == disk_graph.cfg
     assert back.cfg.dtype == torch.float32
+
+
+def test_error_ids_in_circuit_tracers_form_on_request(disk_graph: Graph, tmp_path: Path) -> None:
+    create_graph_files(disk_graph, "ours", tmp_path, node_threshold=1.0, edge_threshold=1.0)
+    create_graph_files(
+        disk_graph,
+        "ct",
+        tmp_path,
+        node_threshold=1.0,
+        edge_threshold=1.0,
+        error_ids="circuit-tracer",
+    )
+    ours, ct = (json.loads((tmp_path / f"{s}.json").read_text()) for s in ("ours", "ct"))
+    errors = [n for n in ct["nodes"] if n["feature_type"] == "mlp reconstruction error"]
+    assert errors
+    for node in errors:
+        assert node["node_id"] == f"0_{node['layer']}_{node['ctx_idx']}"
+        assert node["jsNodeId"] == f"{node['layer']}_{node['ctx_idx']}-0"
+    renamed = {a["node_id"]: b["node_id"] for a, b in zip(ours["nodes"], ct["nodes"], strict=True)}
+    assert [(renamed[e["source"]], renamed[e["target"]], e["weight"]) for e in ours["links"]] == [
+        (e["source"], e["target"], e["weight"]) for e in ct["links"]
+    ]

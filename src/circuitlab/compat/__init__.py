@@ -33,6 +33,8 @@ SUBMODULES = (
     ".graph",
     ".utils",
     ".utils.create_graph_files",
+    ".utils.decode_url_features",
+    ".utils.hf_utils",
     ".utils.tl_nnsight_mapping",
     ".frontend",
     ".frontend.local_server",

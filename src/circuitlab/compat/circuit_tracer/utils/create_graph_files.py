@@ -8,9 +8,12 @@ local files, else with the graph's ``model_name``'s.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from circuitlab.atomic import write_atomic
+from circuitlab.graph.export import ERROR_TYPE
 from circuitlab.graph.export import create_graph_files as native_create_graph_files
 from circuitlab.graph.graph import Graph as NativeGraph
 
@@ -22,14 +25,22 @@ def create_graph_files(
     scan: str | None = None,
     node_threshold: float = 0.8,
     edge_threshold: float = 0.98,
+    *,
+    error_ids: Literal["circuitlab", "circuit-tracer"] = "circuitlab",
 ) -> None:
     """Prunes the graph and writes ``{output_path}/{slug}.json`` and ``graph-metadata.json``.
 
     Arguments and order are circuit-tracer's; unlike circuit-tracer, a graph without a
     ``scan`` is written anyway (the lab then shows no feature dashboards for it).
+    ``error_ids="circuit-tracer"`` writes error nodes as circuit-tracer 0.5.0 does
+    (``node_id`` ``0_{layer}_{pos}``, ``jsNodeId`` ``{layer}_{pos}-0``) for tools that expect
+    them; those ids can collide with layer-0 features' (``0_{feature}_{pos}``), which is why
+    circuitlab's own form is ``{layer}_-1_{pos}``.
     """
+    if error_ids not in ("circuitlab", "circuit-tracer"):
+        raise ValueError(f"error_ids must be 'circuitlab' or 'circuit-tracer', got {error_ids!r}")
     graph = load_any(graph_or_path)
-    native_create_graph_files(
+    path = native_create_graph_files(
         graph,
         slug,
         output_path,
@@ -38,6 +49,23 @@ def create_graph_files(
         scan=scan,
         tokenizer=_tokenizer(graph),
     )
+    if error_ids == "circuit-tracer":
+        _circuit_tracer_error_ids(path)
+
+
+def _circuit_tracer_error_ids(path: Path) -> None:
+    """Rewrites the error nodes' ids in a written graph file (and the links naming them)."""
+    data = json.loads(path.read_text())
+    renamed: dict[str, str] = {}
+    for node in data["nodes"]:
+        if node.get("feature_type") == ERROR_TYPE:
+            layer, pos = node["layer"], node["ctx_idx"]
+            renamed[node["node_id"]] = node["node_id"] = f"0_{layer}_{pos}"
+            node["jsNodeId"] = f"{layer}_{pos}-0"
+    for link in data["links"]:
+        link["source"] = renamed.get(link["source"], link["source"])
+        link["target"] = renamed.get(link["target"], link["target"])
+    write_atomic(path, json.dumps(data, separators=(",", ":"), allow_nan=False).encode())
 
 
 def load_any(graph_or_path: NativeGraph | str | Path) -> NativeGraph:
