@@ -70,6 +70,26 @@ def test_sweep_over_keys_gives_the_attention_row(family: str) -> None:
     assert [r.attention for r in top2] == sorted((r.attention for r in sweep), reverse=True)[:2]
 
 
+@pytest.mark.parametrize("family", ["gpt2", "qwen3", "gemma2"])
+def test_sweep_without_pairs_gives_the_same_marginals_and_bias_terms(family: str) -> None:
+    rm = build(family, "plt_skip", n_layers=2)
+    fp = FrozenPrompt.build(rm, PROMPT)
+    full = qk_sweep(rm, fp, 1, 3, 6)
+    fast = qk_sweep(rm, fp, 1, 3, 6, pairs=False)
+    assert [r.key_pos for r in fast] == [r.key_pos for r in full]
+    for a, b in zip(full, fast, strict=True):
+        assert b.pairs == [] and b.key_vectors is None and b.total == a.total
+        assert b.query_marginals == pytest.approx(a.query_marginals, rel=1e-9, abs=1e-12)
+        nonzero = {n: v for n, v in a.key_marginals.items() if v != 0}
+        assert b.key_marginals == pytest.approx(nonzero, rel=1e-9, abs=1e-12)
+        assert b.bias_terms == pytest.approx(a.bias_terms, rel=1e-9, abs=1e-12)
+        key_side = sum(b.key_marginals.values()) + b.bias_terms["query_bias*key_bias"]
+        key_side += b.bias_terms["query_nodes*key_bias"]
+        assert key_side == pytest.approx(b.total, rel=1e-9)
+    with pytest.raises(ValueError, match="pairs=False"):
+        fast[0].pair_matrix()
+
+
 def _clean_nodes(rm: ReplacementModel):
     ids = torch.tensor(PROMPT)
     _, cap = rm.capture(ids)

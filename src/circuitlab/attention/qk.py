@@ -61,7 +61,7 @@ class QKAttribution:
     ``sum(query_marginals) + query_bias*key_bias + query_bias*key_nodes == total``.
     ``query_vectors [n_query_nodes, d_head]`` and ``key_vectors`` are the nodes' contributions
     to ``q`` and ``k`` (named in ``query_nodes``/``key_nodes``), ``query_bias``/``key_bias``
-    the rest.
+    the rest (``key_vectors``/``key_bias`` None when computed with ``pairs=False``).
     """
 
     layer: int
@@ -80,12 +80,14 @@ class QKAttribution:
     query_nodes: list[str]
     key_nodes: list[str]
     query_vectors: torch.Tensor
-    key_vectors: torch.Tensor
+    key_vectors: torch.Tensor | None
     query_bias: torch.Tensor
-    key_bias: torch.Tensor
+    key_bias: torch.Tensor | None
 
     def pair_matrix(self) -> torch.Tensor:
         """Every pair term ``[n_query_nodes, n_key_nodes]`` (``scale c_q[n].c_k[m]``)."""
+        if self.key_vectors is None:
+            raise ValueError("This attribution was computed with pairs=False: it has no pairs.")
         return self.scale * self.query_vectors @ self.key_vectors.T
 
     def to_dict(self) -> dict[str, Any]:
@@ -141,6 +143,7 @@ def qk_sweep(
     keys: Sequence[int] | int | None = None,
     top_k: int | None = 50,
     batch_size: int = 256,
+    pairs: bool = True,
 ) -> list[QKAttribution]:
     """QK attributions of one head and query position for many key positions at once.
 
@@ -148,6 +151,11 @@ def qk_sweep(
     or every key the head can attend to (None; the default). The query side is computed once
     and the key sides of all keys share backward sweeps of ``batch_size`` rows. Results are
     in the order of ``keys`` (ascending position for None, decreasing weight for an int).
+
+    ``pairs=False`` computes the marginals and bias terms only (no pairs, ``key_vectors``
+    None): each key side is read along ``q`` and along ``q``'s bias part, 2 backward rows per
+    key instead of ``d_head``; key-side nodes whose contribution is orthogonal to ``q`` (a
+    marginal of exactly 0) are left out of ``key_marginals``.
     """
     fp = _frozen(model, graph_or_prompt)
     layer, head, q = _check_request(fp, layer, head, query_pos)
@@ -164,24 +172,40 @@ def qk_sweep(
         key_list = [_check_key(fp, layer, q, k) for k in keys]
     d_head = model.spec.d_head
     query = qk_side(fp, layer, head, q, "query")
+    c_q = _contributions(fp, layer, [q] * d_head, query.directions, batch_size)
     key_sides = [qk_side(fp, layer, head, k, "key") for k in key_list]
-    sides = [query, *key_sides]
-    positions = torch.tensor([p for p in [q, *key_list] for _ in range(d_head)])
-    directions = torch.cat([s.directions for s in sides])
-    contrib = torch.cat(
-        [
-            fp.contributions(layer, positions[i : i + batch_size], directions[i : i + batch_size])
-            for i in range(0, len(positions), batch_size)
-        ]
-    ).view(len(sides), d_head, -1)
     names = fp.node_ids()
     scale, cap = score_scale(fp, layer), score_softcap(fp)
-    return [
-        _assemble(
-            fp, layer, head, q, k, names, query, contrib[0], side, contrib[i + 1], scale, cap, top_k
+    if pairs:
+        positions = [k for k in key_list for _ in range(d_head)]
+        directions = torch.cat([side.directions for side in key_sides])
+        c_k = _contributions(fp, layer, positions, directions, batch_size)
+        c_k = c_k.view(len(key_list), d_head, -1)
+    else:  # each key side read along q and along q's bias part only: 2 rows per key
+        q_bias = query.value - c_q.sum(1)
+        directions = torch.cat(
+            [torch.stack([query.value, q_bias]) @ side.directions for side in key_sides]
         )
+        positions = [k for k in key_list for _ in range(2)]
+        c_k = _contributions(fp, layer, positions, directions, batch_size)
+        c_k = c_k.view(len(key_list), 2, -1)
+    return [
+        _assemble(fp, layer, head, q, k, names, query, c_q, side, c_k[i], scale, cap, top_k, pairs)
         for i, (k, side) in enumerate(zip(key_list, key_sides, strict=True))
     ]
+
+
+def _contributions(
+    fp: FrozenPrompt, layer: int, positions: list[int], directions: torch.Tensor, batch_size: int
+) -> torch.Tensor:
+    """``FrozenPrompt.contributions`` in batches of ``batch_size`` rows: ``[rows, n_cols]``."""
+    pos = torch.tensor(positions)
+    return torch.cat(
+        [
+            fp.contributions(layer, pos[i : i + batch_size], directions[i : i + batch_size])
+            for i in range(0, len(positions), batch_size)
+        ]
+    )
 
 
 def top_attention(
@@ -284,27 +308,44 @@ def _assemble(
     scale: float,
     cap: float | None,
     top_k: int | None,
+    pairs: bool,
 ) -> QKAttribution:
-    """One ``QKAttribution`` from the contributions ``c_q, c_k [d_head, n_cols]``."""
+    """One ``QKAttribution`` from the contributions ``c_q [d_head, n_cols]`` and ``c_k``:
+    ``[d_head, n_cols]`` with ``pairs``, else ``[2, n_cols]`` (read along q and q's bias)."""
     q_cols = c_q.abs().sum(0).nonzero(as_tuple=True)[0]
     k_cols = c_k.abs().sum(0).nonzero(as_tuple=True)[0]
-    qv, kv = c_q[:, q_cols].T.contiguous(), c_k[:, k_cols].T.contiguous()  # [n, d_head]
-    q_bias, k_bias = query.value - qv.sum(0), key.value - kv.sum(0)
+    qv = c_q[:, q_cols].T.contiguous()  # [n, d_head]
     q_total, k_total = query.value, key.value
-    total = scale * float(q_total @ k_total)
+    q_bias = q_total - qv.sum(0)
     q_names, k_names = [names[i] for i in q_cols.tolist()], [names[i] for i in k_cols.tolist()]
+    total = scale * float(q_total @ k_total)
+    if pairs:
+        kv: torch.Tensor | None = c_k[:, k_cols].T.contiguous()
+        k_bias: torch.Tensor | None = k_total - kv.sum(0)
+        key_along_q = kv @ q_total
+        qb_knodes = float(q_bias @ kv.sum(0))
+        qb_kb = float(q_bias @ k_bias)
+        qn_kb = float(qv.sum(0) @ k_bias)
+        top = _top_pairs(qv, kv, scale, q_names, k_names, top_k)
+    else:
+        kv = k_bias = None
+        key_along_q = c_k[0, k_cols]
+        qb_knodes = float(c_k[1].sum())
+        qb_kb = float(q_bias @ k_total) - qb_knodes
+        qn_kb = float(q_total @ k_total) - float(c_k[0].sum()) - qb_kb
+        top = []
     return QKAttribution(
         layer=layer,
         head=head,
         query_pos=q,
         key_pos=k,
-        pairs=_top_pairs(qv, kv, scale, q_names, k_names, top_k),
+        pairs=top,
         query_marginals=_ranked(q_names, scale * (qv @ k_total)),
-        key_marginals=_ranked(k_names, scale * (kv @ q_total)),
+        key_marginals=_ranked(k_names, scale * key_along_q),
         bias_terms={
-            "query_bias*key_bias": scale * float(q_bias @ k_bias),
-            "query_nodes*key_bias": scale * float(qv.sum(0) @ k_bias),
-            "query_bias*key_nodes": scale * float(q_bias @ kv.sum(0)),
+            "query_bias*key_bias": scale * qb_kb,
+            "query_nodes*key_bias": scale * qn_kb,
+            "query_bias*key_nodes": scale * qb_knodes,
         },
         total=total,
         logit=total if cap is None else cap * math.tanh(total / cap),
