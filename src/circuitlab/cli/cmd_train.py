@@ -107,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
     ):
         if value < low:
             raise UsageError(f"{flag} must be at least {low}; got {value}")
+    if args.extend and args.restart:
+        raise UsageError("--extend continues a checkpoint and --restart discards it: pass one")
     if args.buffer_tokens < args.batch_size:
         raise UsageError("--buffer-tokens must be at least --batch-size")
     if args.activation == "topk" and args.k > args.d_transcoder:

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -103,19 +104,38 @@ def test_checkpoint_at_the_first_interval_mid_buffer_and_resume_is_exact(
     assert _metrics(tmp_path / "b") == _metrics(tmp_path / "a")
 
 
-_SIGTERMED = """
-import os, signal, sys
+_STOPPABLE = """
+import sys, time
+from pathlib import Path
 from circuitlab.cli import main
 from circuitlab.transcoders.training import trainer
-real, calls = trainer._step, [0]
+real, calls, flag = trainer._step, [0], Path(sys.argv[2])
 def step(*args, **kwargs):
     calls[0] += 1
-    if calls[0] == int(sys.argv[1]):  # SIGTERM arrives in the middle of a step
-        os.kill(os.getpid(), signal.SIGTERM)
+    if calls[0] == int(sys.argv[1]):  # wait, in the middle of this step, for the SIGTERM
+        flag.with_suffix(".reached").touch()
+        deadline = time.time() + 120
+        while not flag.with_suffix(".sent").exists() and time.time() < deadline:
+            time.sleep(0.01)
     real(*args, **kwargs)
 trainer._step = step
-sys.exit(main(sys.argv[2:]))
+sys.exit(main(sys.argv[3:]))
 """
+
+
+def _run_until_sigterm(args: list[str], at_step: int, flag: Path) -> subprocess.CompletedProcess:
+    """Runs ``circuitlab train`` in a child process and sends it SIGTERM during step
+    ``at_step`` (the child pauses there until the signal has been sent)."""
+    cmd = [sys.executable, "-c", textwrap.dedent(_STOPPABLE), str(at_step), str(flag), *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not flag.with_suffix(".reached").exists() and proc.poll() is None:
+        assert time.time() < deadline, "the child never reached the step"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    flag.with_suffix(".sent").touch()
+    out, err = proc.communicate(timeout=240)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def _cli_args(tmp_path: Path, out: Path, **extra: str) -> list[str]:
@@ -136,15 +156,13 @@ def _cli_args(tmp_path: Path, out: Path, **extra: str) -> list[str]:
 def test_sigterm_checkpoints_and_the_resumed_run_equals_an_uninterrupted_one(
     tmp_path: Path,
 ) -> None:
-    """A real `circuitlab train` process gets SIGTERM at step 11 (mid buffer, between the
-    checkpoint interval's multiples): it checkpoints, exits 143, and the rerun finishes with
+    """A real `circuitlab train` process is sent SIGTERM during step 11 (mid buffer, between
+    the checkpoint interval's multiples): it checkpoints, exits 143, and the rerun finishes with
     the same weights and metrics.json as a run never stopped."""
     straight = tmp_path / "straight"
     assert main(_cli_args(tmp_path, straight)) == 0
     out = tmp_path / "stopped"
-    script = textwrap.dedent(_SIGTERMED)
-    cmd = [sys.executable, "-c", script, "11", *_cli_args(tmp_path, out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    proc = _run_until_sigterm(_cli_args(tmp_path, out), 11, tmp_path / "flag")
     assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-3000:]
     assert "SIGTERM: stopped at step 11 of 30" in proc.stderr
     assert _ckpt_step(out) == 11 and not (out / "transcoders").exists()
