@@ -9,6 +9,8 @@ import torch
 
 from circuitlab.attribution import attribute
 from circuitlab.attribution.backward import FrozenBackward
+from circuitlab.graph import compute_graph_scores, prune_graph
+from circuitlab.graph.export import graph_json
 
 from conftest import PROMPT, build
 
@@ -65,6 +67,12 @@ def test_disk_offload_keeps_the_edges_in_a_mapped_file() -> None:
     again = attribute(rm, PROMPT, edge_dtype=torch.bfloat16)
     assert off.edge_blocks.equal(again.edge_blocks)
     assert torch.equal(off.edges.double(), ref.edges.to(torch.bfloat16).double())
+    pruned, pruned_again = prune_graph(off), prune_graph(again)
+    assert torch.equal(pruned.node_mask, pruned_again.node_mask)
+    assert torch.equal(pruned.edge_targets, pruned_again.edge_targets)
+    assert compute_graph_scores(off) == compute_graph_scores(again)
+    pages = [graph_json(g, "g") for g in (off, again)]
+    assert pages[0]["nodes"] == pages[1]["nodes"] and pages[0]["links"] == pages[1]["links"]
     maps = Path("/proc/self/maps")
     if maps.exists():
         assert "circuitlab-edges-" in maps.read_text()
