@@ -176,7 +176,14 @@ def run(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from ..transcoders.training import export_checkpoint
+    from ..transcoders.training.trainer import CHECKPOINT_NAME
+    from . import UsageError
 
+    ckpt = Path(args.export)
+    if not (ckpt / CHECKPOINT_NAME if ckpt.is_dir() else ckpt).is_file():
+        raise UsageError(
+            f"--export {ckpt}: no such checkpoint; pass a run's checkpoint.pt or folder"
+        )
     check_output_dir(args.out, "-o/--out")
     tc = export_checkpoint(args.export, args.out)
     print(f"saved {args.out} ({type(tc).__name__}, model_name {getattr(tc, 'model_name', None)})")

@@ -208,3 +208,5 @@ def test_a_checkpoint_exports_as_transcoders(tmp_path: Path) -> None:
     torch.testing.assert_close(tc(x[None].expand(2, 5, 16)), trained(x[None].expand(2, 5, 16)))
     with pytest.raises(FileNotFoundError, match="no such checkpoint"):
         export_checkpoint(tmp_path / "nothing", tmp_path / "x")
+    assert main(["train", "--export", str(tmp_path / "nothing"), "-o", str(tmp_path / "x")]) == 2
+    assert not (tmp_path / "x").exists()  # checked before the output folder is made
