@@ -8,7 +8,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -100,12 +99,11 @@ def test_a_failed_build_leaves_no_entry_and_a_later_one_succeeds(tmp_path: Path)
         build_once(target, lambda folder: None, marker="done")
     target.mkdir()  # an incomplete leftover (e.g. from an older version) is replaced
     (target / "stale").write_text("x")
-    start = time.time()
 
     def good(folder: Path) -> None:
         (folder / "done").write_text("ok")
 
     built = build_once(target, good, marker="done")
     assert built == target and (target / "done").read_text() == "ok"
-    assert not (target / "stale").exists() and time.time() - start < 30
+    assert not (target / "stale").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == [".entry.lock", "entry"]
