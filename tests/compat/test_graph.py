@@ -173,3 +173,26 @@ def test_to_pt_reads_as_circuit_tracer_reads_it(
     n = graph.n_nodes
     assert data["adjacency_matrix"].shape == (n, n)
     assert data["activation_values"].shape == (graph.n_active,)
+
+
+def test_influence_helpers_match_the_power_series(graphs: tuple[Graph, circuitlab.Graph]) -> None:
+    from circuitlab.compat.circuit_tracer.graph import (
+        compute_edge_influence,
+        compute_node_influence,
+        find_threshold,
+        normalize_matrix,
+    )
+
+    graph = graphs[0]
+    A = graph.adjacency_matrix.double()
+    w = torch.zeros(A.shape[0], dtype=A.dtype)
+    w[-graph.n_logits :] = graph.logit_probabilities.to(w)
+    a_hat = normalize_matrix(A)
+    eye = torch.eye(A.shape[0], dtype=A.dtype)
+    expected = w @ (torch.linalg.inv(eye - a_hat) - eye)
+    torch.testing.assert_close(compute_node_influence(A, w), expected)
+    torch.testing.assert_close(compute_edge_influence(A, w), a_hat * (expected + w)[:, None])
+    scores = expected.clamp(min=0)
+    cut = find_threshold(scores, 0.8)
+    kept = scores[scores >= cut].sum() / scores.sum()
+    assert kept >= 0.8 and (scores[scores > cut].sum() / scores.sum()) < 0.8

@@ -34,6 +34,7 @@ SUBMODULES = (
     ".utils",
     ".utils.create_graph_files",
     ".utils.decode_url_features",
+    ".utils.demo_utils",
     ".utils.hf_utils",
     ".utils.tl_nnsight_mapping",
     ".frontend",

@@ -14,7 +14,9 @@ from typing import Any, NamedTuple
 import torch
 
 from circuitlab.graph import import_circuit_tracer_pt
+from circuitlab.graph import influence as native_influence
 from circuitlab.graph.graph import Graph as NativeGraph
+from circuitlab.graph.pruning import find_threshold as native_find_threshold
 from circuitlab.graph.pruning import prune_graph as native_prune_graph
 from circuitlab.graph.scores import compute_graph_scores as native_compute_graph_scores
 from circuitlab.graph.targets import LogitTarget
@@ -137,4 +139,49 @@ def compute_graph_scores(graph: NativeGraph) -> tuple[float, float]:
     return float(scores.replacement), float(scores.completeness)
 
 
-__all__ = ["Graph", "PruneResult", "compute_graph_scores", "prune_graph"]
+# ---- circuit-tracer's influence helpers on a dense square matrix A[target, source] ----------
+def normalize_matrix(matrix: torch.Tensor) -> torch.Tensor:
+    """``|A| / rowsum(|A|)`` (sums clamped to 1e-10): ``[N, N] -> [N, N]``."""
+    return native_influence.normalize_rows(matrix)
+
+
+def compute_influence(
+    A: torch.Tensor, logit_weights: torch.Tensor, max_iter: int = 1000
+) -> torch.Tensor:
+    """``w (A + A^2 + ...)`` for a normalized square ``A [N, N]`` and weights ``w [N]``."""
+    rows = torch.arange(A.shape[0], device=A.device)
+    return native_influence.compute_influence(A, rows, logit_weights, max_iter)
+
+
+def compute_node_influence(
+    adjacency_matrix: torch.Tensor, logit_weights: torch.Tensor
+) -> torch.Tensor:
+    """Every node's influence ``[N]`` on the weighted logits."""
+    return compute_influence(normalize_matrix(adjacency_matrix), logit_weights)
+
+
+def compute_edge_influence(
+    pruned_matrix: torch.Tensor, logit_weights: torch.Tensor
+) -> torch.Tensor:
+    """Edge scores ``[N, N]``: each edge's share of its target's input times the target's
+    influence plus its own weight."""
+    rows = torch.arange(pruned_matrix.shape[0], device=pruned_matrix.device)
+    return native_influence.edge_influence(normalize_matrix(pruned_matrix), rows, logit_weights)
+
+
+def find_threshold(scores: torch.Tensor, threshold: float) -> torch.Tensor:
+    """The smallest score among the top scores that hold ``threshold`` of the total."""
+    return torch.tensor(native_find_threshold(scores, threshold), dtype=scores.dtype)
+
+
+__all__ = [
+    "Graph",
+    "PruneResult",
+    "compute_edge_influence",
+    "compute_graph_scores",
+    "compute_influence",
+    "compute_node_influence",
+    "find_threshold",
+    "normalize_matrix",
+    "prune_graph",
+]

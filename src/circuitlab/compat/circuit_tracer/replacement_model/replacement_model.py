@@ -247,6 +247,32 @@ class ReplacementModel(NativeReplacementModel):
         n_run = int(result.tokens.shape[0]) - 1
         return result.text, result.logits, self._acts(result.activations, n_run)
 
+    def generate(self, inputs: Prompt, **kwargs: Any) -> str:
+        """TransformerLens' ``model.generate(text, ...)`` (the demos' unsteered baseline): the
+        text, with the same arguments and defaults as ``feature_intervention_generate``."""
+        gen = _generate_options(kwargs)
+        return native_generate(self, inputs, (), **gen).text
+
+    # ---- TransformerLens' token helpers --------------------------------------------------
+    def to_tokens(self, inputs: Prompt) -> torch.Tensor:
+        """Token ids ``[1, pos]`` as attribution sees them (a BOS added to text)."""
+        return self.ensure_tokenized(inputs)[None]
+
+    def to_str_tokens(self, inputs: Prompt) -> list[str]:
+        """Each token of the prompt decoded on its own."""
+        tok = self._tokenizer()
+        return [str(tok.decode([int(t)])) for t in self.ensure_tokenized(inputs).tolist()]
+
+    def to_string(self, tokens: torch.Tensor | Sequence[int]) -> str:
+        """Token ids ``[pos]`` (or ``[1, pos]``) decoded to text."""
+        ids = torch.as_tensor(tokens).flatten().tolist()
+        return str(self._tokenizer().decode(ids))
+
+    def _tokenizer(self) -> Any:
+        if self.tokenizer is None:
+            raise ValueError("this model has no tokenizer: pass tokenizer= when loading it")
+        return self.tokenizer
+
     def _acts(
         self, acts: torch.Tensor | SparseActivations | None, n_pos: int
     ) -> torch.Tensor | None:
