@@ -196,3 +196,20 @@ def test_influence_helpers_match_the_power_series(graphs: tuple[Graph, circuitla
     cut = find_threshold(scores, 0.8)
     kept = scores[scores >= cut].sum() / scores.sum()
     assert kept >= 0.8 and (scores[scores > cut].sum() / scores.sum()) < 0.8
+
+
+def test_attribution_targets_resolve_as_attribute_does(
+    model: ReplacementModel, graphs: tuple[Graph, circuitlab.Graph]
+) -> None:
+    from circuitlab.compat.circuit_tracer.attribution import AttributionTargets
+
+    logits, _ = model.get_activations(PROMPT)
+    unembed = model.unembed_weight.T  # TransformerLens' [d_model, vocab]
+    salient = AttributionTargets(None, logits[0, -1], unembed, model.tokenizer)
+    assert salient.logit_targets == graphs[0].logit_targets
+    torch.testing.assert_close(salient.logit_probabilities, graphs[0].logit_probabilities)
+    vec = torch.ones(model.spec.d_model, dtype=torch.float64)
+    custom = AttributionTargets([("x", 0.25, vec)], logits[0, -1], unembed.T, model.tokenizer)
+    assert custom.tokens == ["x"] and len(custom) == 1
+    assert int(custom.token_ids[0]) >= custom.vocab_size  # a virtual index
+    torch.testing.assert_close(custom.logit_vectors[0], vec)

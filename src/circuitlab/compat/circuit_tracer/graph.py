@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -70,6 +71,14 @@ class Graph(NativeGraph):
             self.settings["scan"] = value
         else:
             self.transcoder_name = value
+
+    @property
+    def logit_tokens(self) -> torch.Tensor:
+        """Deprecated in circuit-tracer: ``logit_token_ids``."""
+        warnings.warn(
+            "logit_tokens is deprecated; use logit_token_ids", DeprecationWarning, stacklevel=2
+        )
+        return self.logit_token_ids
 
     def to(self, device: torch.device | str) -> Graph:
         """Moves every tensor to ``device`` *in place*, as circuit-tracer does, and returns

@@ -1,6 +1,6 @@
 """``circuit_tracer.attribution``: ``attribute`` and the target records."""
 
 from .attribute import attribute
-from .targets import CustomTarget, LogitTarget, TargetSpec
+from .targets import AttributionTargets, CustomTarget, LogitTarget, TargetSpec
 
-__all__ = ["CustomTarget", "LogitTarget", "TargetSpec", "attribute"]
+__all__ = ["AttributionTargets", "CustomTarget", "LogitTarget", "TargetSpec", "attribute"]
