@@ -33,6 +33,19 @@ def test_install_registers_every_mirrored_module() -> None:
     assert compat.is_installed()
 
 
+def test_transcoder_paths_name_circuitlabs_classes() -> None:
+    compat.install()
+    from circuit_tracer.transcoder import TranscoderSet  # pyright: ignore[reportMissingImports]
+    from circuit_tracer.transcoder.cross_layer_transcoder import (  # pyright: ignore[reportMissingImports]
+        CrossLayerTranscoder,
+    )
+
+    from circuitlab.transcoders import random_cross_layer_transcoder, random_transcoder_set
+
+    assert isinstance(random_transcoder_set(1, 4, 8), TranscoderSet)
+    assert isinstance(random_cross_layer_transcoder(1, 4, 8), CrossLayerTranscoder)
+
+
 def test_install_twice_is_harmless_and_uninstall_removes_it() -> None:
     assert compat.install() is compat.install()
     compat.uninstall()

@@ -37,6 +37,9 @@ SUBMODULES = (
     ".utils.demo_utils",
     ".utils.hf_utils",
     ".utils.tl_nnsight_mapping",
+    ".transcoder",
+    ".transcoder.single_layer_transcoder",
+    ".transcoder.cross_layer_transcoder",
     ".frontend",
     ".frontend.local_server",
 )
