@@ -13,6 +13,7 @@ from .attention import (
     qk_sweep,
 )
 from .attribution import CustomTarget, LogitDiff, attribute
+from .circuits import Circuit, Supernode, find_circuit
 from .graph import (
     Graph,
     LogitTarget,
@@ -43,6 +44,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Activations",
+    "Circuit",
     "CrossLayerTranscoder",
     "CustomTarget",
     "Faithfulness",
@@ -55,6 +57,7 @@ __all__ = [
     "QKPair",
     "ReplacementModel",
     "SingleLayerTranscoder",
+    "Supernode",
     "TranscoderSet",
     "Transcoders",
     "aggregate_graphs",
@@ -62,6 +65,7 @@ __all__ = [
     "compare_graphs",
     "compute_graph_scores",
     "faithfulness",
+    "find_circuit",
     "head_loadings",
     "import_circuit_tracer_pt",
     "load_graph",
