@@ -2,9 +2,9 @@
 for the model and transcoders they load (the tiny ones on disk instead of hub models), after
 ``circuitlab.compat.install()``; each checked against circuitlab's native results.
 
-The README cells are circuit-tracer 0.5.0's (its PyPI description). The ``attribute_demo``
-cells follow the notebook's sequence of calls (load, attribute, ``to_pt``,
-``create_graph_files`` from the ``.pt`` path, ``serve``, ``stop``) with its arguments.
+The README cells are circuit-tracer 0.5.0's (its PyPI description); the ``attribute_demo``
+cells are the notebook's code cells (its Colab set-up cell and the IPython ``IFrame`` display
+left out).
 """
 
 from __future__ import annotations
@@ -67,13 +67,15 @@ def test_readme_backend_choice(disk_model: tuple[str, str]) -> None:
 @pytest.mark.usefixtures("installed")
 def test_attribute_demo(disk_model: tuple[str, str], workdir: Path) -> None:
     model_name, transcoder_name = disk_model
-    # ---- attribute_demo's cells; model names replaced, bfloat16 kept ----
+    # ---- attribute_demo's cells; model names replaced ----
     from circuit_tracer import ReplacementModel, attribute  # pyright: ignore[reportMissingImports]
     from circuit_tracer.utils import create_graph_files  # pyright: ignore[reportMissingImports]
 
-    model = ReplacementModel.from_pretrained(model_name, transcoder_name, dtype=torch.bfloat16)
+    model = ReplacementModel.from_pretrained(
+        model_name, transcoder_name, dtype=torch.bfloat16, backend="nnsight"
+    )
 
-    prompt = "the capital of state containing Dallas is"
+    prompt = "The capital of state containing Dallas is"  # What you want to get the graph for
     max_n_logits = 10
     desired_logit_prob = 0.95
     max_feature_nodes = 8192
@@ -117,6 +119,10 @@ def test_attribute_demo(disk_model: tuple[str, str], workdir: Path) -> None:
     port = _free_port()  # the notebook's fixed port, made free for parallel test runs
     server = serve(data_dir="./graph_files/", port=port)
     server.stop()
+
+    from circuit_tracer.graph import prune_graph  # pyright: ignore[reportMissingImports]
+
+    pruned = prune_graph(graph, node_threshold=0.7, edge_threshold=0.95)
     # ---- end of cells ----
 
     native_model = circuitlab.ReplacementModel.from_pretrained(
@@ -126,6 +132,9 @@ def test_attribute_demo(disk_model: tuple[str, str], workdir: Path) -> None:
     torch.testing.assert_close(graph.adjacency_matrix, native.adjacency_matrix)
     data = json.loads((workdir / "graph_files" / f"{slug}.json").read_text())
     assert data["metadata"]["slug"] == slug
+    native_pruned = circuitlab.prune_graph(native, 0.7, 0.95)
+    assert torch.equal(pruned.node_mask, native_pruned.node_mask)
+    assert int(pruned.edge_mask.sum()) == native_pruned.n_edges
     kept = circuitlab.prune_graph(native, node_threshold, edge_threshold).node_mask
     features = {
         n["node_id"] for n in data["nodes"] if n["feature_type"] == "cross layer transcoder"
