@@ -44,7 +44,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--kind", choices=KINDS, default="plt")
     p.add_argument("--activation", choices=ACTIVATIONS, default="jump_relu")
-    p.add_argument("--k", type=int, default=32, help="active features per token (topk)")
+    p.add_argument(
+        "--k", type=int, default=32, help="active features per token (topk; batchtopk: mean)"
+    )
+    p.add_argument(
+        "--auxk-alpha",
+        type=float,
+        default=1 / 32,
+        help="weight of the AuxK dead-feature loss (topk, batchtopk; 0: off)",
+    )
+    p.add_argument(
+        "--k-aux", type=int, default=0, help="dead features per token in AuxK (0: d_model/2)"
+    )
+    p.add_argument(
+        "--dense-updates",
+        action="store_true",
+        help="topk/batchtopk: dense products instead of the sparse kernels (same result, slower)",
+    )
     p.add_argument("--skip", action="store_true", help="add a linear skip connection W_skip")
     p.add_argument("--d-transcoder", type=int, default=1024, help="features per layer")
     p.add_argument("--tokens", type=int, default=200_000, help="training tokens")
@@ -102,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         ("--context", args.context, 2),
         ("--checkpoint-every", args.checkpoint_every, 1),
         ("--k", args.k, 1),
+        ("--k-aux", args.k_aux, 0),
         ("--eval-every", args.eval_every, 0),
         ("--eval-tokens", args.eval_tokens, 1),
     ):
@@ -111,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--extend continues a checkpoint and --restart discards it: pass one")
     if args.buffer_tokens < args.batch_size:
         raise UsageError("--buffer-tokens must be at least --batch-size")
-    if args.activation == "topk" and args.k > args.d_transcoder:
+    if args.activation in ("topk", "batchtopk") and args.k > args.d_transcoder:
         raise UsageError(f"--k {args.k} exceeds --d-transcoder {args.d_transcoder}")
     check_output_dir(args.out, "-o/--out")
     model_ref = resolve_model_ref(args.model)
@@ -121,6 +138,9 @@ def run(args: argparse.Namespace) -> int:
         activation=args.activation,
         d_transcoder=args.d_transcoder,
         k=args.k,
+        auxk_alpha=args.auxk_alpha,
+        k_aux=args.k_aux,
+        sparse_kernels=not args.dense_updates,
         skip=args.skip,
         n_tokens=args.tokens,
         batch_size=args.batch_size,

@@ -10,11 +10,32 @@ and its MLP outputs by ``out_scale[l]``, both ``sqrt(E ||v||^2 / d)`` measured o
 buffer, so one learning rate and one sparsity coefficient suit every layer and model.
 ``to_transcoders()`` folds the scales back into the weights: the saved transcoders read and
 write raw activations.
+
+Activations: ``relu`` and ``jump_relu`` (straight-through threshold, ``jumprelu.py``) are
+trained with a decoder-norm-weighted sparsity penalty: the norm is *folded into the penalty*
+(a feature cannot cheat it by shrinking its activation and growing its decoder row).
+``topk`` (the ``k`` largest pre-activations of each token) and ``batchtopk`` (the ``n·k``
+largest of a batch of ``n`` tokens, so the *mean* L0 is ``k``; Bussmann et al. 2024) need no
+penalty; their decoder rows are kept at *unit norm* (the gradient's radial part is removed
+before each step, the rows are renormalised after it: Gao et al. 2024), so activations carry
+the magnitudes. BatchTopK keeps a running mean of the smallest activation it kept per layer
+(``batch_threshold``) and runs at inference as a JumpReLU with that threshold for every
+feature, which is how it is saved.
+
+AuxK (Gao et al. 2024, TopK kinds): ``forward_train(dead=...)`` also reconstructs the residual
+error ``e = y − ŷ`` (no gradient through ``ŷ``) with the ``k_aux`` largest pre-activations of
+each token among the dead features, ``ê`` (no bias, no skip), and returns
+``min(n_dead / k_aux, 1) · ||ê − e||² / ||e − ē||²`` per layer; the trainer adds it with
+weight ``auxk_alpha``. Dead features thus get a gradient towards what the live ones miss.
+
+With ``sparse=True`` (TopK kinds) the step runs on ``sparse.py``'s kernels: the same gradients,
+at a cost set by the active features instead of all of them.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -24,9 +45,23 @@ from ..base import Transcoders
 from ..cross_layer import CrossLayerTranscoder
 from ..per_layer import SingleLayerTranscoder, TranscoderSet
 from .jumprelu import jump_relu
+from .sparse import Codes, batch_topk_codes, masked_topk_codes, sparse_decode, topk_codes
 
 KINDS = ("plt", "clt")
-ACTIVATIONS = ("relu", "jump_relu", "topk")
+ACTIVATIONS = ("relu", "jump_relu", "topk", "batchtopk")
+TOPK_KINDS = ("topk", "batchtopk")
+THRESHOLD_MOMENTUM = 0.99  # BatchTopK's running threshold: θ ← 0.99 θ + 0.01 min kept
+
+
+class TrainOutput(NamedTuple):
+    """One training forward: reconstructions ``[L, n, d]``, per-layer sparsity penalty and
+    AuxK loss ``[L]`` (zeros where none), L0 ``[L]`` and which features fired ``[L, F]``."""
+
+    recon: torch.Tensor
+    sparsity: torch.Tensor
+    aux: torch.Tensor
+    l0: torch.Tensor
+    fired: torch.Tensor
 
 
 class TrainableTranscoders(nn.Module):
@@ -34,6 +69,7 @@ class TrainableTranscoders(nn.Module):
 
     in_scale: torch.Tensor
     out_scale: torch.Tensor
+    batch_threshold: torch.Tensor  # [L], BatchTopK only
 
     def __init__(
         self,
@@ -54,8 +90,10 @@ class TrainableTranscoders(nn.Module):
         if kind not in KINDS:
             raise ValueError(f"Unknown transcoder kind {kind!r}; use plt or clt.")
         if activation not in ACTIVATIONS:
-            raise ValueError(f"Unknown activation {activation!r}; use relu, jump_relu or topk.")
-        if activation == "topk" and not 1 <= k <= d_transcoder:
+            raise ValueError(
+                f"Unknown activation {activation!r}; use relu, jump_relu, topk or batchtopk."
+            )
+        if activation in TOPK_KINDS and not 1 <= k <= d_transcoder:
             raise ValueError(f"TopK needs 1 <= k <= d_transcoder; got k={k}.")
         L, F, d = n_layers, d_transcoder, d_model
         self.n_layers, self.d_model, self.d_transcoder = L, d, F
@@ -64,15 +102,19 @@ class TrainableTranscoders(nn.Module):
         g = torch.Generator().manual_seed(seed)
         w = torch.randn(L, F, d, generator=g)
         w /= w.norm(dim=-1, keepdim=True)
-        # Encoder rows start as unit vectors; decoders as short copies of them (small output).
-        self.W_enc = nn.Parameter(w.clone())
+        # Encoder rows start as unit vectors and decoders as short copies of them (a small
+        # first output); where the decoder norm is held at 1 (TopK kinds) the decoder rows are
+        # the unit vectors and the encoder rows short copies (the same small output).
+        self.unit_decoder = activation in TOPK_KINDS
+        scale = 1.0 if self.unit_decoder else 0.1
+        self.W_enc = nn.Parameter(w.clone() * (0.1 if self.unit_decoder else 1.0))
         self.b_enc = nn.Parameter(torch.zeros(L, F))
         if kind == "plt":
-            self.W_dec = nn.Parameter(0.1 * w.clone())
+            self.W_dec = nn.Parameter(scale * w.clone())
         else:
             self.W_dec = nn.ParameterList(
                 [
-                    nn.Parameter(0.1 / math.sqrt(L - l) * w[l, :, None, :].repeat(1, L - l, 1))
+                    nn.Parameter(scale / math.sqrt(L - l) * w[l, :, None, :].repeat(1, L - l, 1))
                     for l in range(L)  # noqa: E741
                 ]
             )
@@ -83,18 +125,37 @@ class TrainableTranscoders(nn.Module):
         )
         self.register_buffer("in_scale", torch.ones(L))
         self.register_buffer("out_scale", torch.ones(L))
+        if activation == "batchtopk":
+            self.register_buffer("batch_threshold", torch.zeros(L))
 
     # ---- forward --------------------------------------------------------------------------
+    def preactivations(self, x: torch.Tensor) -> torch.Tensor:
+        """``x @ W_encᵀ + b_enc``: ``[L, n, F]`` for normalised inputs ``[L, n, d]``."""
+        return torch.einsum("lnd,lfd->lnf", x, self.W_enc) + self.b_enc[:, None]
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Activations ``[L, n, F]`` of normalised inputs ``[L, n, d]``."""
-        pre = torch.einsum("lnd,lfd->lnf", x, self.W_enc) + self.b_enc[:, None]
+        """Activations ``[L, n, F]`` of normalised inputs ``[L, n, d]``, as saved transcoders
+        compute them (BatchTopK: its running threshold; training uses ``forward_train``)."""
+        pre = self.preactivations(x)
+        if self.activation == "batchtopk":
+            theta = self.batch_threshold[:, None, None]
+            return pre * (pre > theta)
+        return self._activate(pre)
+
+    def _activate(self, pre: torch.Tensor) -> torch.Tensor:
+        """Dense training activations ``[L, n, F]`` of pre-activations ``[L, n, F]``."""
         if self.activation == "relu":
             return torch.relu(pre)
         if self.activation == "jump_relu":
             assert self.threshold is not None
             return jump_relu(pre, self.threshold[:, None, :], self.bandwidth)
-        values, idx = pre.topk(self.k, dim=-1)
-        return torch.zeros_like(pre).scatter(-1, idx, torch.relu(values))
+        if self.activation == "topk":
+            values, idx = pre.topk(self.k, dim=-1)
+            return torch.zeros_like(pre).scatter(-1, idx, torch.relu(values))
+        n = pre.shape[1]  # batchtopk: the n·k largest of each layer's batch
+        flat = pre.flatten(1)
+        values, idx = flat.topk(n * self.k, dim=-1)
+        return torch.zeros_like(flat).scatter(-1, idx, torch.relu(values)).view_as(pre)
 
     def decode(self, acts: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Normalised reconstructions ``[L, n, d]`` of the MLP outputs."""
@@ -104,6 +165,34 @@ class TrainableTranscoders(nn.Module):
             out = torch.zeros_like(x)
             for l, dec in enumerate(self.W_dec):  # noqa: E741
                 out[l:] = out[l:] + torch.einsum("nf,fjd->jnd", acts[l], dec)
+        out = out + self.b_dec[:, None]
+        if self.W_skip is not None:
+            out = out + torch.einsum("lnd,led->lne", x, self.W_skip)
+        return out
+
+    def _decoder_rows(self, layer: int) -> torch.Tensor:
+        """Layer ``layer``'s decoder as rows ``[F, D]`` (CLT: all output layers flattened)."""
+        if isinstance(self.W_dec, nn.Parameter):
+            return self.W_dec[layer]
+        return self.W_dec[layer].flatten(1)
+
+    def decode_codes(
+        self, codes: list[Codes], x: torch.Tensor, *, bias: bool = True
+    ) -> torch.Tensor:
+        """``decode`` from sparse ``codes`` (one per layer); ``bias=False`` leaves out ``b_dec``
+        and the skip (AuxK's reconstruction of the error)."""
+        L, n, d = x.shape
+        if isinstance(self.W_dec, nn.Parameter):
+            out = torch.stack(
+                [sparse_decode(c, self._decoder_rows(i)) for i, c in enumerate(codes)]
+            )
+        else:
+            out = torch.zeros_like(x)
+            for l, c in enumerate(codes):  # noqa: E741
+                part = sparse_decode(c, self._decoder_rows(l)).view(n, L - l, d)
+                out[l:] = out[l:] + part.transpose(0, 1)
+        if not bias:
+            return out
         out = out + self.b_dec[:, None]
         if self.W_skip is not None:
             out = out + torch.einsum("lnd,led->lne", x, self.W_skip)
@@ -121,18 +210,148 @@ class TrainableTranscoders(nn.Module):
         ReLU: ``Σ_f a_f ||d_f||`` (L1). JumpReLU: ``Σ_f tanh(c · a_f ||d_f||)`` (a smooth L0).
         TopK: none (the activation fixes L0).
         """
-        if self.activation == "topk":
+        if self.activation in TOPK_KINDS:
             return acts.new_zeros(self.n_layers)
         weighted = acts * self.decoder_norms()[:, None, :]
         if self.activation == "jump_relu":
             weighted = torch.tanh(self.tanh_scale * weighted)
         return weighted.sum(-1).mean(-1)
 
+    # ---- training ---------------------------------------------------------------------------
+    def forward_train(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        sparse: bool = False,
+        dead: torch.Tensor | None = None,
+        k_aux: int = 0,
+    ) -> TrainOutput:
+        """The training forward on normalised ``x, y [L, n, d]`` (module docstring).
+
+        ``dead [L, F]`` (TopK kinds, with ``k_aux > 0``) switches on the AuxK loss.
+        ``sparse`` (TopK kinds) uses the sparse kernels; the result and gradients are the
+        dense ones to float tolerance.
+        """
+        L, n, _ = x.shape
+        topk_kind = self.activation in TOPK_KINDS
+        if sparse and topk_kind:
+            with torch.no_grad():
+                pre = self.preactivations(x)
+            make = topk_codes if self.activation == "topk" else batch_topk_codes
+            codes = [make(pre[l], self.k, self.W_enc[l], self.b_enc[l], x[l]) for l in range(L)]  # noqa: E741
+            recon = self.decode_codes(codes, x)
+            with torch.no_grad():
+                on = [c.vals > 0 for c in codes]
+                l0 = torch.stack([o.sum().double() / n for o in on])
+                fired = torch.zeros(L, self.d_transcoder, dtype=torch.bool, device=x.device)
+                for l, (c, o) in enumerate(zip(codes, on, strict=True)):  # noqa: E741
+                    fired[l, c.feat[o]] = True
+                kept = [c.vals[o] for c, o in zip(codes, on, strict=True)]
+            sparsity = x.new_zeros(L)
+        else:
+            pre = self.preactivations(x)
+            acts = self._activate(pre)
+            recon = self.decode(acts, x)
+            sparsity = self.sparsity(acts)
+            with torch.no_grad():
+                on_dense = acts > 0
+                l0 = on_dense.sum(-1).double().mean(-1)
+                fired = on_dense.any(1)
+                kept = [acts[l][on_dense[l]] for l in range(L)]  # noqa: E741
+        if self.activation == "batchtopk" and torch.is_grad_enabled():
+            self._update_threshold(kept)
+        aux = x.new_zeros(L)
+        if topk_kind and dead is not None and k_aux > 0 and bool(dead.any()):
+            aux = self._auxk(pre, x, y, recon, dead, k_aux, sparse)
+        return TrainOutput(recon, sparsity, aux, l0, fired)
+
+    def _auxk(
+        self,
+        pre: torch.Tensor,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        recon: torch.Tensor,
+        dead: torch.Tensor,
+        k_aux: int,
+        sparse: bool,
+    ) -> torch.Tensor:
+        """AuxK loss ``[L]`` (module docstring)."""
+        L, n, _ = x.shape
+        err = (y - recon).detach()
+        n_dead = dead.sum(1)  # [L]
+        ks = [int(min(k_aux, int(c))) for c in n_dead]
+        if sparse:
+            empty = torch.zeros(0, dtype=torch.long, device=x.device)
+            codes = []
+            for l in range(L):  # noqa: E741
+                if ks[l] == 0:
+                    zero = x.new_zeros(0)
+                    codes.append(Codes(empty, zero, torch.zeros(n, dtype=torch.long), empty))
+                else:
+                    codes.append(
+                        masked_topk_codes(
+                            pre[l], dead[l], ks[l], self.W_enc[l], self.b_enc[l], x[l]
+                        )
+                    )
+            err_hat = self.decode_codes(codes, x, bias=False)
+        else:
+            acts = torch.zeros_like(pre)
+            for l in range(L):  # noqa: E741
+                if ks[l] == 0:
+                    continue
+                masked = pre[l].masked_fill(~dead[l], float("-inf"))
+                idx = masked.topk(ks[l], dim=-1).indices
+                acts[l] = acts[l].scatter(-1, idx, torch.relu(pre[l].gather(-1, idx)))
+            err_hat = self.decode(acts, x) - self.b_dec[:, None]
+            if self.W_skip is not None:
+                err_hat = err_hat - torch.einsum("lnd,led->lne", x, self.W_skip)
+        sse = (err_hat - err).pow(2).sum((1, 2))
+        var = (err - err.mean(1, keepdim=True)).pow(2).sum((1, 2)).clamp(min=1e-12)
+        scale = (n_dead.to(x.dtype) / k_aux).clamp(max=1.0)
+        return scale * sse / var
+
+    @torch.no_grad()
+    def _update_threshold(self, kept: list[torch.Tensor]) -> None:
+        """BatchTopK: running mean of the smallest activation kept per layer."""
+        for l, v in enumerate(kept):  # noqa: E741
+            if v.numel() == 0:
+                continue
+            low = v.min()
+            old = self.batch_threshold[l]
+            new = low if old == 0 else THRESHOLD_MOMENTUM * old + (1 - THRESHOLD_MOMENTUM) * low
+            self.batch_threshold[l] = new
+
+    @torch.no_grad()
+    def project_decoder_grads_(self) -> None:
+        """Unit-norm decoders: removes each row's gradient component along the row."""
+        if not self.unit_decoder:
+            return
+        plt = isinstance(self.W_dec, nn.Parameter)
+        for p in self._decoder_params():
+            if p.grad is None:
+                continue
+            # PLT [L, F, d]: rows along d; CLT [F, L - l, d]: rows over (L - l, d)
+            dims = (-1,) if plt else (1, 2)
+            p.grad.sub_((p.grad * p).sum(dims, keepdim=True) * p)
+
+    def _decoder_params(self) -> list[torch.Tensor]:
+        if isinstance(self.W_dec, nn.Parameter):
+            return [self.W_dec]
+        return list(self.W_dec)
+
     @torch.no_grad()
     def clamp_(self) -> None:
-        """Keeps JumpReLU thresholds positive after an optimiser step."""
+        """After an optimiser step: JumpReLU thresholds kept positive, unit-norm decoder rows
+        renormalised."""
         if self.threshold is not None:
             self.threshold.clamp_(min=1e-4)
+        if self.unit_decoder:
+            if isinstance(self.W_dec, nn.Parameter):
+                self.W_dec.div_(self.W_dec.norm(dim=-1, keepdim=True).clamp(min=1e-8))
+            else:
+                for dec in self.W_dec:
+                    dec.div_(dec.flatten(1).norm(dim=1).clamp(min=1e-8)[:, None, None])
 
     # ---- export ---------------------------------------------------------------------------
     def _activation(self, layer: int) -> Activation:
@@ -140,6 +359,9 @@ class TrainableTranscoders(nn.Module):
             return ReLU()
         if self.activation == "topk":
             return TopK(self.k)
+        if self.activation == "batchtopk":
+            theta = self.batch_threshold[layer].detach()
+            return JumpReLU(theta.expand(self.d_transcoder).clone())
         assert self.threshold is not None
         return JumpReLU(self.threshold[layer].detach().clone())
 

@@ -57,13 +57,17 @@ from ...models.loading import load_model, model_spec
 from ..base import Transcoders
 from ..evaluation import ReconstructionStats, held_out_split
 from .activations import ActivationBuffer, mlp_io
-from .model import TrainableTranscoders
+from .model import TOPK_KINDS, TrainableTranscoders
 
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.json"
 TRANSCODERS_DIR = "transcoders"
 
-DEFAULT_SPARSITY = {"relu": 3e-4, "jump_relu": 3e-3, "topk": 0.0}
+DEFAULT_SPARSITY = {"relu": 3e-4, "jump_relu": 3e-3, "topk": 0.0, "batchtopk": 0.0}
+# settings that change neither the data nor the math (to float tolerance): a checkpoint
+# resumes under other values
+_NOT_FINGERPRINTED = ("log_every", "checkpoint_every", "eval_every", "eval_tokens", "n_tokens")
+_NOT_FINGERPRINTED += ("sparse_kernels", "cache_dir")
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,11 @@ class TrainConfig:
     eval_tokens: int = 2048  # held-out tokens (BOS excluded), with eval_every > 0
     seed: int = 0
     corpus: str = "corpus"
+    auxk_alpha: float = 1 / 32  # AuxK weight (topk, batchtopk); 0: no AuxK
+    k_aux: int = 0  # dead features per token in AuxK's reconstruction; 0: d_model // 2
+    sparse_kernels: bool = True  # topk/batchtopk: sparse encoder backward and decoder
+    cache_dir: str | None = None  # activation cache (training/cache.py); None: stream
+    cache_tokens: int = 0  # tokens to cache (then epochs over them); 0: n_tokens
 
     @property
     def sparsity_coefficient(self) -> float:
@@ -111,11 +120,14 @@ class TrainConfig:
         """The settings a checkpoint must share with the run resuming it (``n_tokens`` aside:
         a different one is an extension, ``train_transcoders(extend=True)``)."""
         d = asdict(self)
-        for key in ("log_every", "checkpoint_every", "eval_every", "eval_tokens", "n_tokens"):
+        for key in _NOT_FINGERPRINTED:
             d.pop(key)
         if self.eval_every > 0:  # the held-out documents are not trained on
             d["held_out_tokens"] = self.eval_tokens
         return json.dumps(d, sort_keys=True)
+
+
+_DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 
 
 class TrainingInterrupted(Exception):
@@ -160,6 +172,11 @@ class _Metrics:
         self.last_fire = torch.full((n_layers, d_transcoder), -1, dtype=torch.long)
         self.reset(n_layers)
 
+    def aux_dead(self, tokens: int, window: int) -> torch.Tensor:
+        """Features ``[L, F]`` silent for the last ``window`` tokens, counting from the start
+        of training (so none before ``window`` tokens: AuxK's mask)."""
+        return self.last_fire.clamp(min=0) <= tokens - window
+
     def reset(self, n_layers: int) -> None:
         self.err = torch.zeros(n_layers, dtype=torch.float64)
         self.var = torch.zeros(n_layers, dtype=torch.float64)
@@ -168,11 +185,23 @@ class _Metrics:
 
     @torch.no_grad()
     def add(self, recon: torch.Tensor, y: torch.Tensor, acts: torch.Tensor, tokens: int) -> None:
+        on = acts > 0
+        self.add_counts(recon, y, on.sum(-1).double().mean(-1), on.any(1), tokens)
+
+    @torch.no_grad()
+    def add_counts(
+        self,
+        recon: torch.Tensor,
+        y: torch.Tensor,
+        l0: torch.Tensor,
+        fired: torch.Tensor,
+        tokens: int,
+    ) -> None:
+        """One step: reconstructions and targets ``[L, n, d]``, L0 ``[L]``, fired ``[L, F]``."""
         self.err += ((recon - y) ** 2).sum((1, 2)).double()
         self.var += ((y - y.mean(1, keepdim=True)) ** 2).sum((1, 2)).double()
-        self.l0 += (acts > 0).sum(-1).double().mean(-1)
+        self.l0 += l0
         self.n += 1
-        fired = (acts > 0).any(1)
         self.last_fire[fired] = tokens
 
     def dead(self, tokens: int, window: int) -> torch.Tensor:
@@ -389,17 +418,22 @@ def _step(
     lr_f, sp_f = schedule(prog.step, total)
     for group in opt.param_groups:
         group["lr"] = cfg.lr * lr_f
-    acts = tc.encode(x)
-    recon = tc.decode(acts, x)
-    mse = ((recon - y) ** 2).sum(-1).mean(-1) / x.shape[-1]  # [L]
-    loss = (mse + cfg.sparsity_coefficient * sp_f * tc.sparsity(acts)).sum()
+    auxk = tc.activation in TOPK_KINDS and cfg.auxk_alpha > 0
+    dead = metrics.aux_dead(prog.tokens, cfg.dead_window) if auxk else None
+    k_aux = cfg.k_aux or x.shape[-1] // 2
+    out = tc.forward_train(x, y, sparse=cfg.sparse_kernels, dead=dead, k_aux=k_aux)
+    mse = ((out.recon - y) ** 2).sum(-1).mean(-1) / x.shape[-1]  # [L]
+    loss = mse + cfg.sparsity_coefficient * sp_f * out.sparsity
+    if auxk:
+        loss = loss + cfg.auxk_alpha * out.aux
     opt.zero_grad(set_to_none=True)
-    loss.backward()
+    loss.sum().backward()
+    tc.project_decoder_grads_()
     opt.step()
     tc.clamp_()
     prog.step += 1
     prog.tokens += x.shape[1]
-    metrics.add(recon.detach(), y, acts.detach(), prog.tokens)
+    metrics.add_counts(out.recon.detach(), y, out.l0, out.fired, prog.tokens)
 
 
 @torch.no_grad()
@@ -521,7 +555,11 @@ def _resume(
 ) -> None:
     state = torch.load(path, weights_only=True)
     stored = json.loads(state["config"])
-    stored.pop("n_tokens", None)  # in the fingerprint of checkpoints written before extend
+    for key in _NOT_FINGERPRINTED:  # in the fingerprint of older checkpoints
+        stored.pop(key, None)
+    for key, value in json.loads(cfg.fingerprint()).items():  # settings added since: defaults
+        if key not in stored and key in _DEFAULTS:
+            stored[key] = value if value == _DEFAULTS[key] else None
     if json.dumps(stored, sort_keys=True) != cfg.fingerprint():
         raise ValueError(
             f"{path} is the checkpoint of a run with other settings; rerun with the same "
