@@ -69,6 +69,10 @@ def test_serve_returns_a_server_that_stops(disk_graph: Graph, tmp_path: Path) ->
     finally:
         server.stop()
     server.stop()  # twice is fine
+    positional = serve(tmp_path, None, free_port())  # PyPI 0.5.0's (data_dir, frontend_dir, port)
+    positional.stop()
+    with pytest.raises(FileNotFoundError, match="circuitlab features build"):
+        serve(tmp_path, features_dir=tmp_path, port=free_port())  # the repository's form
 
 
 def test_imported_graph_keeps_the_circuit_tracer_config(disk_graph: Graph, tmp_path: Path) -> None:
