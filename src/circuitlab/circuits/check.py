@@ -64,10 +64,13 @@ class Agreement:
     direct_max_error: float  # largest |predicted - measured| direct change
 
     def to_json(self) -> dict[str, Any]:
+        """The report as JSON-ready data (NaN correlations as ``None``)."""
+        from circuitlab.validation.files import json_ready
+
         data = asdict(self)
         for row, effect in zip(data["effects"], self.effects, strict=True):
             row["sign_agrees"] = effect.sign_agrees
-        return data
+        return json_ready(data)
 
     def table(self) -> str:
         """A markdown table of the effects and the summary line."""

@@ -125,18 +125,23 @@ class Circuit:
         return check_circuit(self, model, logit)
 
     def to_json(self) -> dict[str, Any]:
-        """The reduced circuit for the page: supernodes, reduced edges, scores."""
-        return {
-            "n_groups": self.n_groups,
-            "default_groups": self.grouping.default_groups,
-            "scores": self.scores._asdict(),
-            "supernodes": [sn.to_json() for sn in self.supernodes],
-            "feature_labels": {
-                self.group_member_id(i): lab for i, lab in self.feature_labels.items()
-            },
-            "edges": [e.__dict__ for e in self.edges],
-            "merge_heights": self.grouping.dendrogram.heights.tolist(),
-        }
+        """The reduced circuit for the page: supernodes, reduced edges, scores (floats to 6
+        significant digits, NaN as ``None``)."""
+        from circuitlab.validation.files import json_ready
+
+        return json_ready(
+            {
+                "n_groups": self.n_groups,
+                "default_groups": self.grouping.default_groups,
+                "scores": self.scores._asdict(),
+                "supernodes": [sn.to_json() for sn in self.supernodes],
+                "feature_labels": {
+                    self.group_member_id(i): lab for i, lab in self.feature_labels.items()
+                },
+                "edges": [e.__dict__ for e in self.edges],
+                "merge_heights": self.grouping.dendrogram.heights.tolist(),
+            }
+        )
 
     def group_member_id(self, node: int) -> str:
         return node_ids(self.graph)[node]
