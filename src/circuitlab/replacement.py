@@ -30,7 +30,14 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Activations:
-    """Result of ``get_activations``: ``logits [pos, vocab]`` and the active features."""
+    """Result of ``get_activations``: ``logits [pos, vocab]`` and the active features.
+
+    One prompt, no batch axis: the last position's logits are ``logits[-1]``. Code written for
+    circuit-tracer's ``[1, pos, vocab]`` that indexes ``logits[0, -1]`` would read one number
+    of position 0 here; this object does not unpack as circuit-tracer's tuple, so such code
+    fails at ``logits, acts = ...`` instead. ``circuitlab.compat.circuit_tracer`` returns
+    circuit-tracer's shapes (docs/migrating.md).
+    """
 
     logits: torch.Tensor
     features: SparseActivations

@@ -148,3 +148,12 @@ def test_generate_options_circuitlab_lacks_are_refused(model: ReplacementModel) 
         model.feature_intervention_generate(PROMPT, [], top_k=5)
     with pytest.raises(TypeError, match="no_such_option"):
         model.feature_intervention_generate(PROMPT, [], no_such_option=1)
+
+
+def test_native_results_keep_no_batch_axis(native: NativeReplacementModel) -> None:
+    """The native result has ``logits [pos, vocab]`` and does not unpack as circuit-tracer's
+    tuple, so ported code indexing ``logits[0, -1]`` fails at the unpacking."""
+    acts = native.get_activations(PROMPT)
+    assert acts.logits.dim() == 2
+    with pytest.raises(TypeError):
+        logits, _ = acts  # type: ignore[misc]

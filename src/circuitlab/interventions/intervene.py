@@ -38,7 +38,10 @@ class InterventionResult:
     ``activations`` are what each transcoder reads from the (changed) residual stream, with
     intervened features showing the value they were given; dense unless ``sparse=True``, None
     with ``return_activations=False``. Unpacks like circuit-tracer's tuple:
-    ``logits, activations = model.feature_intervention(...)``.
+    ``logits, activations = model.feature_intervention(...)``, but ``logits`` has no batch
+    axis: the last position is ``logits[-1]``, and circuit-tracer's ``logits[0, -1]`` would
+    read one number of position 0. ``circuitlab.compat.circuit_tracer`` returns
+    circuit-tracer's ``[1, pos, vocab]`` (docs/migrating.md).
     """
 
     logits: torch.Tensor
