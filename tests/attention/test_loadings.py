@@ -4,11 +4,15 @@ passes nothing) changes the measured edge by exactly its loading; bad nodes are 
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+
 import pytest
 import torch
 
 from circuitlab.attention import FrozenPrompt, head_loadings, path_head_loadings
 from circuitlab.attribution import attribute
+from circuitlab.attribution.backward import FrozenBackward
 from circuitlab.graph.export import node_ids
 from circuitlab.models.session import Capture
 
@@ -53,6 +57,42 @@ def test_heads_plus_bypass_equal_the_edge_and_the_path_form_matches(family: str)
             torch.testing.assert_close(one.heads[0], path.heads[layer], rtol=1e-9, atol=1e-12)
             assert one.bypass[0] == pytest.approx(float(path.bypass[layer]), abs=1e-12)
     assert (path.heads != 0).any()
+
+
+def _without_head(bw: FrozenBackward, layer: int, head: int) -> FrozenBackward:
+    """A copy of the engine's backward sweep in which ``head`` of ``layer`` passes nothing."""
+    clone = copy.copy(bw)
+    clone.layers = list(bw.layers)
+    pattern_t = bw.layers[layer].pattern_t.clone()
+    pattern_t[head] = 0
+    clone.layers[layer] = dataclasses.replace(bw.layers[layer], pattern_t=pattern_t)
+    return clone
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_each_loading_is_the_edge_lost_without_that_head(family: str) -> None:
+    """Reference: the engine's edge minus the edge with one head's pattern zeroed."""
+    rm, graph = _graph(family, "clt_skip" if family in ("gpt2", "gemma3") else "plt_skip")
+    fp = FrozenPrompt.build(rm, graph)
+    for src, tgt, value in _strong_edges(graph, 2):
+        path = path_head_loadings(rm, fp, src, tgt)
+        layer_, feat, pos = (int(x) for x in tgt.split("_"))
+        if layer_ == rm.n_layers + 1:  # a logit
+            t_layer, t_pos = rm.n_layers, fp.n_pos - 1
+            U = rm.unembed_weight
+            vec = U[feat] - U.mean(0)
+        else:
+            t_layer, t_pos = layer_, pos
+            vec = rm.transcoders.encoder_rows(t_layer, torch.tensor([feat]))[0]
+        args = (torch.tensor([t_layer]), torch.tensor([t_pos]), vec[None])
+        col = fp.node_ids().index(src)
+        for layer in range(rm.n_layers):
+            for head in range(rm.spec.n_heads):
+                ablated = _without_head(fp.backward, layer, head).rows(fp.sources, *args)
+                lost = value - float(ablated[0, col])
+                assert float(path.heads[layer, head]) == pytest.approx(
+                    lost, rel=1e-7, abs=1e-10 * abs(value)
+                )
 
 
 def _measured_edge(rm, clean: Capture, src: str, tgt: str, features, errors) -> float:

@@ -13,22 +13,24 @@ output, Gemma's post-attention norm). Carried down to the source, the edge split
 attention along the residual stream. A layer the path cannot cross (at or below the source's
 write layer, above the target's read layer) has every loading 0 and ``bypass = A[t, s]``.
 
-Each loading is the edge minus the edge with that head's pattern set to zero at ``L``, computed
-by the graph engine's own backward sweep (``FrozenBackward.rows``), so every incoming edge of a
-target comes out of the same sweeps: ``n_heads + 1`` sweeps per layer and target batch.
+Each loading equals the edge minus the edge with that head's pattern set to zero at ``L`` (the
+tests check it that way). It is computed from one forward and one backward sweep of the frozen
+model: the source's contribution ``f_L`` to the residual entering every layer (forward) and the
+target's gradient ``g_L`` after every attention block (backward, as the graph engine's
+``FrozenBackward`` sweep), then ``loading_{L,h} = <g_L, H_h f_L>``, head by head, and
+``bypass_L = A[t, s] - sum_h loading_{L,h}`` with ``A[t, s]`` the engine's own edge.
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
-from ..attribution.backward import FrozenBackward
 from ..graph.graph import Graph
+from ..models.norms import norm_transpose
 from ..replacement import ReplacementModel
 from .frozen import FrozenPrompt
 
@@ -159,23 +161,14 @@ def _logit_target(
     return model.n_layers, pos, U[vocab] - U.mean(0)
 
 
-def _without_heads(bw: FrozenBackward, layer: int, heads: slice | int) -> FrozenBackward:
-    """A copy of ``bw`` in which ``heads`` of ``layer`` pass nothing (pattern zero)."""
-    clone = copy.copy(bw)
-    clone.layers = list(bw.layers)
-    lay = bw.layers[layer]
-    pattern_t = lay.pattern_t.clone()
-    pattern_t[heads] = 0
-    clone.layers[layer] = dataclasses.replace(lay, pattern_t=pattern_t)
-    return clone
-
-
 @torch.no_grad()
 def _loadings(
     fp: FrozenPrompt, graph: Graph | None, edges: list[Edge], layers: list[int]
 ) -> HeadLoadings:
     names = {n: i for i, n in enumerate(fp.node_ids())}
-    cols, targets = [], []
+    n_layers, n_heads = fp.model.n_layers, fp.model.spec.n_heads
+    heads = torch.zeros(n_layers, n_heads, dtype=torch.float64)
+    total = 0.0
     for src, tgt in edges:
         if src not in names:
             raise ValueError(
@@ -183,27 +176,131 @@ def _loadings(
                 "'{layer}_{feature}_{pos}', an error '{layer}_-1_{pos}' or a token "
                 "'E_{token_id}_{pos}' of this prompt."
             )
-        cols.append(names[src])
-        targets.append(_target(fp, graph, tgt))
-    t_layers = torch.tensor([t[0] for t in targets])
-    t_pos = torch.tensor([t[1] for t in targets])
-    vecs = torch.stack([t[2] for t in targets])
-    rows = torch.arange(len(edges))
-    col = torch.tensor(cols)
+        t_layer, t_pos, vec = _target(fp, graph, tgt)
+        col = names[src]
+        row = fp.backward.rows(
+            fp.sources, torch.tensor([t_layer]), torch.tensor([t_pos]), vec[None]
+        )
+        total += float(row[0, col])
+        f_pre = _source_field(fp, col, t_pos + 1)
+        heads += _split(fp, f_pre, _target_gradients(fp, t_layer, t_pos, vec))
+    sel = torch.tensor(layers)
+    heads = heads[sel]
+    bypass = total - heads.sum(1)
+    return HeadLoadings(edges=edges, layers=layers, heads=heads, bypass=bypass, edge=total)
 
-    def edge_sum(bw: FrozenBackward) -> float:
-        return float(bw.rows(fp.sources, t_layers, t_pos, vecs)[rows, col].sum())
 
-    full = edge_sum(fp.backward)
-    n_heads = fp.model.spec.n_heads
-    heads = torch.zeros(len(layers), n_heads, dtype=torch.float64)
-    bypass = torch.zeros(len(layers), dtype=torch.float64)
-    top = int(t_layers.max())
-    for i, layer in enumerate(layers):
-        if layer > top:  # no target reads above this layer: the edges bypass it
-            bypass[i] = full
-            continue
-        bypass[i] = edge_sum(_without_heads(fp.backward, layer, slice(None)))
-        for h in range(n_heads):
-            heads[i, h] = full - edge_sum(_without_heads(fp.backward, layer, h))
-    return HeadLoadings(edges=edges, layers=layers, heads=heads, bypass=bypass, edge=full)
+def _lin_norm(fp: FrozenPrompt, name: str, layer: int, x: torch.Tensor, scale: torch.Tensor):
+    """A frozen norm's linear part applied forward: ``C(x) * s * w`` (no bias)."""
+    ad = fp.model.adapter
+    module = fp.model.block(layer).get_submodule(name)
+    w = cast(torch.Tensor, module.weight).to(x.dtype)
+    w = 1.0 + w if ad.norm == "rms_gemma" else w
+    if ad.norm == "layernorm":
+        x = x - x.mean(-1, keepdim=True)
+    return x * scale.to(x.dtype) * w
+
+
+def _source_field(fp: FrozenPrompt, col: int, p: int) -> list[torch.Tensor]:
+    """``f_pre[L] [p, d]``: the source's contribution to the residual entering each layer,
+    carried forward through the frozen model (positions ``< p``)."""
+    model, bw, src = fp.model, fp.backward, fp.sources
+    ad, tc = model.adapter, model.transcoders
+    d = src.tokens.shape[1]
+    writes = torch.zeros(model.n_layers, p, d, dtype=fp.dtype)  # the source's own writes
+    f = torch.zeros(p, d, dtype=fp.dtype)
+    n_feat = src.n_features
+    if col < n_feat:
+        layer, pos, feat = fp.features.indices[col].tolist()
+        if pos < p:
+            dec = tc.decoder_rows(layer, torch.tensor([feat]))[0].to(fp.dtype)  # [n_out, d]
+            writes[layer : layer + dec.shape[0], pos] = float(fp.features.values[col]) * dec
+    elif col < src.token_col:
+        layer, pos = divmod(col - n_feat, src.n_pos)
+        if pos < p:
+            writes[layer, pos] = src.errors[layer, pos]
+    elif col - src.token_col < p:
+        f[col - src.token_col] = src.tokens[col - src.token_col]
+    fields = []
+    for layer, lay in enumerate(bw.layers):
+        fields.append(f.clone())
+        v = f @ lay.W_V.T  # ln1's w and centring folded in; its scale is in pattern_t
+        a = _heads_forward(fp, lay.pattern_t[:, :p, :p], v) @ lay.W_O.T
+        if lay.post_attn is not None:
+            a = _lin_norm(fp, ad.post_attn_norm, layer, a, lay.post_attn[:p])  # type: ignore[arg-type]
+        f = f + a
+        w = writes[layer]
+        if tc.has_skip:
+            read = f if lay.ln2 is None else _lin_norm(fp, ad.ln2, layer, f, lay.ln2[:p])
+            w = w + tc.skip(layer, read.to(model.dtype)).to(fp.dtype)  # type: ignore[union-attr]
+        if lay.post_mlp is not None and not bw.write_after_post_norm:
+            w = _lin_norm(fp, ad.post_mlp_norm, layer, w, lay.post_mlp[:p])  # type: ignore[arg-type]
+        f = f + w
+    return fields
+
+
+def _heads_forward(fp: FrozenPrompt, pattern_t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``z [p, n_heads * d_head]``: every head's pattern applied to values ``v [p, kv * d]``."""
+    spec = fp.model.spec
+    p = v.shape[0]
+    vh = v.view(p, spec.n_kv_heads, spec.d_head)
+    vh = vh.repeat_interleave(spec.n_heads // spec.n_kv_heads, dim=1)
+    return torch.einsum("hkq,khd->qhd", pattern_t, vh).reshape(p, -1)
+
+
+def _target_gradients(
+    fp: FrozenPrompt, t_layer: int, t_pos: int, vec: torch.Tensor
+) -> dict[int, torch.Tensor]:
+    """``g[L] [p, d]``: the target's gradient at the residual right after layer ``L``'s
+    attention block, for every ``L <= t_layer`` (the engine's backward sweep, one row)."""
+    model, bw = fp.model, fp.backward
+    ad = model.adapter
+    p = t_pos + 1
+    g = torch.zeros(1, p, vec.shape[0], dtype=fp.dtype)
+    n_layers = model.n_layers
+    if t_layer == n_layers:
+        g[0, t_pos] = vec
+        g = bw._norm_t(None, None, g, bw.final_scale)
+    out = {}
+    for layer in range(min(t_layer, n_layers - 1), -1, -1):
+        lay = bw.layers[layer]
+        if layer < t_layer:  # this layer's MLP skip path is on the way
+            gw = g
+            if lay.post_mlp is not None and not bw.write_after_post_norm:
+                gw = bw._norm_t(ad.post_mlp_norm, layer, g, lay.post_mlp)
+            if lay.W_skip is not None:
+                sk = gw @ lay.W_skip
+                if lay.ln2 is not None:
+                    sk = sk * lay.ln2[:p].to(fp.dtype)
+                g = g + sk
+        else:  # the target reads here
+            v = vec[None]
+            if lay.ln2 is not None:
+                block = model.block(layer).get_submodule(ad.ln2)
+                v = norm_transpose(ad.norm, block, v, lay.ln2[t_pos : t_pos + 1].to(fp.dtype))
+            g = g.clone()
+            g[0, t_pos] += v[0]
+        out[layer] = g[0].clone()
+        ga = g if lay.post_attn is None else bw._norm_t(ad.post_attn_norm, layer, g, lay.post_attn)
+        g = g.clone()
+        bw._attention_t(lay, ga, g)
+    return out
+
+
+def _split(
+    fp: FrozenPrompt, f_pre: list[torch.Tensor], grads: dict[int, torch.Tensor]
+) -> torch.Tensor:
+    """``[n_layers, n_heads]``: ``<g[L], head h's output of f_pre[L]>`` (0 where no gradient)."""
+    bw, ad, spec = fp.backward, fp.model.adapter, fp.model.spec
+    out = torch.zeros(fp.model.n_layers, spec.n_heads, dtype=torch.float64)
+    for layer, g in grads.items():
+        lay = bw.layers[layer]
+        p = g.shape[0]
+        ga = g[None]
+        if lay.post_attn is not None:
+            ga = bw._norm_t(ad.post_attn_norm, layer, ga, lay.post_attn)
+        gz = (ga[0] @ lay.W_O).view(p, spec.n_heads, spec.d_head)
+        v = (f_pre[layer] @ lay.W_V.T).view(p, spec.n_kv_heads, spec.d_head)
+        v = v.repeat_interleave(spec.n_heads // spec.n_kv_heads, dim=1)
+        out[layer] = torch.einsum("hkq,qhd,khd->h", lay.pattern_t[:, :p, :p], gz, v).double()
+    return out
