@@ -150,6 +150,13 @@ def test_generate_options_circuitlab_lacks_are_refused(model: ReplacementModel) 
         model.feature_intervention_generate(PROMPT, [], no_such_option=1)
 
 
+def test_native_view_shares_the_model(model: ReplacementModel) -> None:
+    view = model.native
+    assert type(view) is NativeReplacementModel and view.model is model.model
+    logits, _ = model.get_activations(PROMPT)
+    torch.testing.assert_close(view.get_activations(PROMPT).logits, logits[0])
+
+
 def test_native_results_keep_no_batch_axis(native: NativeReplacementModel) -> None:
     """The native result has ``logits [pos, vocab]`` and does not unpack as circuit-tracer's
     tuple, so ported code indexing ``logits[0, -1]`` fails at the unpacking."""

@@ -129,6 +129,18 @@ class ReplacementModel(NativeReplacementModel):
             zero_positions=model.zero_positions,
         )
 
+    @property
+    def native(self) -> NativeReplacementModel:
+        """The same model and transcoders (shared) with circuitlab's own methods, for native
+        code that calls ``get_activations`` or ``feature_intervention`` expecting its results."""
+        return NativeReplacementModel(
+            self.model,
+            self.transcoders,
+            self.adapter,
+            self.tokenizer,
+            zero_positions=self.zero_positions,
+        )
+
     # ---- circuit-tracer's attributes ---------------------------------------------------
     @property
     def cfg(self) -> UnifiedConfig:
