@@ -87,6 +87,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "corpus's last documents (--eval-tokens tokens) from training",
     )
     p.add_argument("--eval-tokens", type=int, default=2048, help="held-out tokens (--eval-every)")
+    p.add_argument(
+        "--cache-activations",
+        metavar="DIR",
+        help="cache the model's activations under DIR (memory-mapped shards keyed on the "
+        "model's and corpus's content) and train from them: reruns and other settings on the "
+        "same model and corpus skip the model",
+    )
+    p.add_argument(
+        "--cache-tokens",
+        type=int,
+        default=0,
+        help="tokens to cache and train on, in epochs when --tokens is larger (default --tokens)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--restart", action="store_true", help="discard a checkpoint and start over")
     p.add_argument(
@@ -121,11 +134,14 @@ def run(args: argparse.Namespace) -> int:
         ("--k-aux", args.k_aux, 0),
         ("--eval-every", args.eval_every, 0),
         ("--eval-tokens", args.eval_tokens, 1),
+        ("--cache-tokens", args.cache_tokens, 0),
     ):
         if value < low:
             raise UsageError(f"{flag} must be at least {low}; got {value}")
     if args.extend and args.restart:
         raise UsageError("--extend continues a checkpoint and --restart discards it: pass one")
+    if args.cache_tokens and not args.cache_activations:
+        raise UsageError("--cache-tokens needs --cache-activations DIR")
     if args.buffer_tokens < args.batch_size:
         raise UsageError("--buffer-tokens must be at least --batch-size")
     if args.activation in ("topk", "batchtopk") and args.k > args.d_transcoder:
@@ -155,6 +171,8 @@ def run(args: argparse.Namespace) -> int:
         eval_tokens=args.eval_tokens,
         seed=args.seed,
         corpus=args.corpus,
+        cache_dir=args.cache_activations,
+        cache_tokens=args.cache_tokens,
     )
     try:
         train_transcoders(

@@ -57,6 +57,7 @@ from ...models.loading import load_model, model_spec
 from ..base import Transcoders
 from ..evaluation import ReconstructionStats, held_out_split
 from .activations import ActivationBuffer, mlp_io
+from .cache import ActivationCache, CachedBuffer, activation_key
 from .model import TOPK_KINDS, TrainableTranscoders
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -122,6 +123,10 @@ class TrainConfig:
         d = asdict(self)
         for key in _NOT_FINGERPRINTED:
             d.pop(key)
+        if self.cache_dir is None:  # a stream's buffers differ from the cache's
+            d.pop("cache_tokens")
+        else:
+            d["cached"] = True
         if self.eval_every > 0:  # the held-out documents are not trained on
             d["held_out_tokens"] = self.eval_tokens
         return json.dumps(d, sort_keys=True)
@@ -286,20 +291,24 @@ def train_transcoders(
     ckpt = out / CHECKPOINT_NAME
     if ckpt.is_file() and not restart:
         _resume(ckpt, cfg, tc, opt, prog, metrics, extend=extend)
-    buf = ActivationBuffer(
-        hf,
-        adapter,
-        tok,
-        texts,
-        input_hook=cfg.in_hook,
-        output_hook=cfg.output_hook,
-        context=cfg.context,
-        model_batch=cfg.model_batch,
-        buffer_tokens=cfg.buffer_tokens,
-        seed=cfg.seed,
-        windows_done=prog.windows,
-        fills_done=prog.fills,
-    )
+    buf: ActivationBuffer | CachedBuffer
+    if cfg.cache_dir is not None:
+        buf = _cached_buffer(cfg, hf, adapter, tok, texts, prog, verbose)
+    else:
+        buf = ActivationBuffer(
+            hf,
+            adapter,
+            tok,
+            texts,
+            input_hook=cfg.in_hook,
+            output_hook=cfg.output_hook,
+            context=cfg.context,
+            model_batch=cfg.model_batch,
+            buffer_tokens=cfg.buffer_tokens,
+            seed=cfg.seed,
+            windows_done=prog.windows,
+            fills_done=prog.fills,
+        )
     total = cfg.total_steps
     bar = tqdm(total=total, initial=prog.step, desc="training transcoders", disable=not verbose)
     start = time.perf_counter() - prog.seconds
@@ -360,6 +369,53 @@ def train_transcoders(
     _write_metrics(out, cfg, prog, exhausted)
     _checkpoint(ckpt, cfg, tc, opt, prog, metrics, model_name)  # kept: extend, export
     return result
+
+
+def _cached_buffer(
+    cfg: TrainConfig,
+    model: torch.nn.Module,
+    adapter: Any,
+    tokenizer: Any,
+    texts: Iterable[str],
+    prog: Progress,
+    verbose: bool,
+) -> CachedBuffer:
+    """The run's buffers from the activation cache under ``cfg.cache_dir``, after caching
+    the first ``cache_tokens`` (default ``n_tokens``) tokens if they are not there yet."""
+    assert cfg.cache_dir is not None
+    texts = list(texts)
+    key = activation_key(
+        model,
+        tokenizer,
+        texts,
+        context=cfg.context,
+        input_hook=cfg.in_hook,
+        output_hook=cfg.output_hook,
+    )
+    spec = model_spec(model)
+    cache = ActivationCache(cfg.cache_dir, key, n_layers=spec.n_layers, d_model=spec.d_model)
+    want = cfg.cache_tokens or cfg.n_tokens
+    cache.ensure(
+        want,
+        model,
+        adapter,
+        tokenizer,
+        texts,
+        context=cfg.context,
+        input_hook=cfg.in_hook,
+        output_hook=cfg.output_hook,
+        model_batch=cfg.model_batch,
+        verbose=verbose,
+    )
+    ring = min(want, cache.tokens)
+    if ring < cfg.batch_size:
+        raise ValueError(
+            f"The corpus gives {ring} tokens, fewer than one batch ({cfg.batch_size}): use a "
+            "larger corpus or a smaller --batch-size."
+        )
+    return CachedBuffer(
+        cache, ring=ring, buffer_tokens=cfg.buffer_tokens, seed=cfg.seed, fills_done=prog.fills
+    )
 
 
 def new_trainable(cfg: TrainConfig, n_layers: int, d_model: int) -> TrainableTranscoders:

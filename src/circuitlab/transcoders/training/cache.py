@@ -1,0 +1,263 @@
+"""Activations cached to disk once, so epochs and hyper-parameter runs do not rerun the model.
+
+``ActivationCache`` keeps, under ``ROOT/<key>/``, the transcoders' training data in corpus
+order (BOS positions dropped): shards ``x_{i:05d}.npy`` / ``y_{i:05d}.npy``, each
+``[n_layers, tokens, d_model]`` float32, read back as memory maps, and ``meta.json`` (tokens and
+windows stored, shard sizes, whether the corpus ran out). The key is the SHA-256 of the
+*content* that determines the activations: every tensor of the model's ``state_dict`` (names,
+dtypes, shapes, bytes), the tokenizer (class, vocabulary, BOS/EOS ids), every text, the window
+length and the two hook names; so the same model and corpus find the same cache whatever the
+paths, and a changed model or corpus gets a new one.
+
+``ensure(tokens)`` runs the model only for what is missing: an interrupted build resumes from
+the last whole shard (each shard and then ``meta.json`` is written to a temp file and renamed),
+and a later run that needs more tokens appends shards. Writers take a file lock.
+
+``CachedBuffer`` serves training buffers from the first ``ring`` cached tokens: fill ``i``
+holds tokens ``[i·B, (i+1)·B)`` modulo ``ring`` (``B = buffer_tokens``; past the end it wraps
+around: epochs), shuffled with the same seeded generator as the streaming
+``ActivationBuffer``. A buffer depends only on its index, so resuming needs only
+``fills_done``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ...features.corpus import token_windows
+from ...models.adapters import Adapter
+from .activations import mlp_io
+
+CACHE_VERSION = 1
+META_NAME = "meta.json"
+
+
+def activation_key(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    texts: Sequence[str],
+    *,
+    context: int,
+    input_hook: str,
+    output_hook: str,
+) -> str:
+    """SHA-256 of everything that determines the cached activations (module docstring)."""
+    h = hashlib.sha256()
+    head = {
+        "version": CACHE_VERSION,
+        "context": context,
+        "input_hook": input_hook,
+        "output_hook": output_hook,
+        "tokenizer": type(tokenizer).__name__,
+        "bos": getattr(tokenizer, "bos_token_id", None),
+        "eos": getattr(tokenizer, "eos_token_id", None),
+    }
+    h.update(json.dumps(head, sort_keys=True).encode())
+    for name, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    vocab = sorted(tokenizer.get_vocab().items())
+    h.update(json.dumps(vocab).encode())
+    for text in texts:
+        data = text.encode()
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+    return h.hexdigest()
+
+
+def _atomic_npy(array: np.ndarray, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp.npy")
+    np.save(tmp, array)
+    os.replace(tmp, path)
+
+
+def _atomic_json(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    try:
+        import fcntl
+    except ImportError:  # Windows: shards and meta are still written whole
+        yield
+        return
+    with open(path, "a+b") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+class ActivationCache:
+    """One cache entry, ``root/<key>`` (module docstring)."""
+
+    def __init__(self, root: str | Path, key: str, *, n_layers: int, d_model: int):
+        self.dir = Path(root).expanduser() / key
+        self.key, self.n_layers, self.d_model = key, n_layers, d_model
+        self._maps: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        path = self.dir / META_NAME
+        if path.is_file():
+            return json.loads(path.read_text())
+        return {
+            "version": CACHE_VERSION,
+            "key": self.key,
+            "n_layers": self.n_layers,
+            "d_model": self.d_model,
+            "tokens": 0,
+            "windows": 0,
+            "exhausted": False,
+            "shards": [],
+        }
+
+    @property
+    def tokens(self) -> int:
+        return int(self.meta["tokens"])
+
+    def ensure(
+        self,
+        tokens: int,
+        model: torch.nn.Module,
+        adapter: Adapter,
+        tokenizer: Any,
+        texts: Sequence[str],
+        *,
+        context: int,
+        input_hook: str,
+        output_hook: str,
+        model_batch: int = 8,
+        shard_tokens: int = 16384,
+        verbose: bool = True,
+    ) -> int:
+        """Caches at least ``tokens`` tokens (fewer if the corpus has fewer); returns how many
+        model forwards it ran (0 when the cache already held them)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        forwards = 0
+        with _locked(self.dir / ".lock"):
+            meta = self.meta
+            if meta["tokens"] >= tokens or meta["exhausted"]:
+                return 0
+            windows = token_windows(texts, tokenizer, context)
+            windows = itertools.islice(windows, meta["windows"], None)
+            bar = tqdm(
+                total=tokens,
+                initial=meta["tokens"],
+                desc="caching activations",
+                disable=not verbose,
+            )
+            xs: list[torch.Tensor] = []
+            ys: list[torch.Tensor] = []
+            pending_windows = 0
+            while meta["tokens"] + sum(x.shape[1] for x in xs) < tokens:
+                chunk = list(itertools.islice(windows, model_batch))
+                if not chunk:
+                    meta["exhausted"] = True
+                    break
+                x, y = mlp_io(model, adapter, torch.stack(chunk), input_hook, output_hook)
+                forwards += 1
+                xs.append(x[:, :, 1:].flatten(1, 2).float())
+                ys.append(y[:, :, 1:].flatten(1, 2).float())
+                pending_windows += len(chunk)
+                bar.update(xs[-1].shape[1])
+                if sum(x.shape[1] for x in xs) >= shard_tokens:
+                    self._write_shard(meta, xs, ys, pending_windows)
+                    xs, ys, pending_windows = [], [], 0
+            if xs or meta["exhausted"]:
+                self._write_shard(meta, xs, ys, pending_windows)
+            bar.close()
+        return forwards
+
+    def _write_shard(
+        self,
+        meta: dict[str, Any],
+        xs: list[torch.Tensor],
+        ys: list[torch.Tensor],
+        n_windows: int,
+    ) -> None:
+        if xs:
+            i = len(meta["shards"])
+            x, y = torch.cat(xs, 1), torch.cat(ys, 1)
+            _atomic_npy(x.numpy(), self.dir / f"x_{i:05d}.npy")
+            _atomic_npy(y.numpy(), self.dir / f"y_{i:05d}.npy")
+            meta["shards"].append(int(x.shape[1]))
+            meta["tokens"] += int(x.shape[1])
+            meta["windows"] += n_windows
+        _atomic_json(meta, self.dir / META_NAME)  # after the shard: a crash loses only it
+
+    def read(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens ``[start, stop)`` in corpus order: ``x, y [n_layers, stop - start, d]``."""
+        xs, ys, offset = [], [], 0
+        for i, n in enumerate(self.meta["shards"]):
+            lo, hi = max(start - offset, 0), min(stop - offset, n)
+            if lo < hi:
+                x_map, y_map = self._map(i)
+                xs.append(torch.from_numpy(np.array(x_map[:, lo:hi])))
+                ys.append(torch.from_numpy(np.array(y_map[:, lo:hi])))
+            offset += n
+            if offset >= stop:
+                break
+        return torch.cat(xs, 1), torch.cat(ys, 1)
+
+    def _map(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        if i not in self._maps:
+            self._maps[i] = (
+                np.load(self.dir / f"x_{i:05d}.npy", mmap_mode="r"),
+                np.load(self.dir / f"y_{i:05d}.npy", mmap_mode="r"),
+            )
+        return self._maps[i]
+
+
+class CachedBuffer:
+    """Shuffled training buffers from an ``ActivationCache`` (module docstring); the same
+    ``fill()`` interface as ``ActivationBuffer``."""
+
+    windows_done = 0  # the position is fills_done alone
+
+    def __init__(
+        self,
+        cache: ActivationCache,
+        *,
+        ring: int,
+        buffer_tokens: int,
+        seed: int = 0,
+        fills_done: int = 0,
+    ):
+        if ring < 1:
+            raise ValueError("The activation cache holds no tokens: the corpus is empty.")
+        self.cache, self.ring = cache, ring
+        self.buffer_tokens = min(buffer_tokens, ring)
+        self.seed, self.fills_done = seed, fills_done
+
+    def fill(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Buffer ``fills_done``: ``(x, y)``, each ``[n_layers, buffer_tokens, d]``."""
+        b, ring = self.buffer_tokens, self.ring
+        start = (self.fills_done * b) % ring
+        parts = [(start, min(start + b, ring))]
+        if start + b > ring:  # wraps around: the next epoch begins
+            parts.append((0, start + b - ring))
+        pieces = [self.cache.read(lo, hi) for lo, hi in parts]
+        x = torch.cat([p[0] for p in pieces], 1)
+        y = torch.cat([p[1] for p in pieces], 1)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.fills_done)
+        perm = torch.randperm(b, generator=g)
+        self.fills_done += 1
+        return x[:, perm], y[:, perm]
