@@ -131,7 +131,7 @@ class TrainableTranscoders(nn.Module):
     # ---- forward --------------------------------------------------------------------------
     def preactivations(self, x: torch.Tensor) -> torch.Tensor:
         """``x @ W_encᵀ + b_enc``: ``[L, n, F]`` for normalised inputs ``[L, n, d]``."""
-        return torch.einsum("lnd,lfd->lnf", x, self.W_enc) + self.b_enc[:, None]
+        return torch.baddbmm(self.b_enc[:, None, :], x, self.W_enc.transpose(1, 2))
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Activations ``[L, n, F]`` of normalised inputs ``[L, n, d]``, as saved transcoders

@@ -9,8 +9,8 @@ stays dense (every pre-activation is needed to pick the top ``k``); the rest cos
   ``W_enc [F, d]`` and ``b_enc [F]``, whose backward is one sparse product
   ``G[F, n] @ x[n, d]`` (``G`` holds the ``m`` gradients) instead of ``grad_pre[n, F]ᵀ @ x``;
 * ``sparse_decode``: ``Σ_j v_j · W_dec[f_j]`` per token through ``embedding_bag`` (per-sample
-  weights, ``mode='sum'``), whose backward touches only the active decoder rows and gives the
-  gradients of the values as row·gradient dot products.
+  weights, ``mode='sum'``); its backward is a sparse product for ``W_dec`` (only the active rows
+  are non-zero) and row·gradient dot products for the values.
 
 The gradients are those of the dense computation (tested to float tolerance), so Adam's
 update is unchanged; rows of ``W_enc``/``W_dec`` no token used get a zero gradient.
@@ -78,11 +78,43 @@ def selected_pre(
     return _SelectedPre.apply(values, W_enc, b_enc, x, tok, feat)  # type: ignore[return-value]
 
 
+class _SparseDecode(torch.autograd.Function):
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        vals: torch.Tensor,
+        W: torch.Tensor,
+        feat: torch.Tensor,
+        offsets: torch.Tensor,
+        tok: torch.Tensor,
+    ) -> torch.Tensor:
+        ctx.save_for_backward(vals, W, feat, offsets, tok)
+        return F.embedding_bag(feat, W, offsets, mode="sum", per_sample_weights=vals)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        vals, W, feat, offsets, tok = ctx.saved_tensors
+        g = g.contiguous()
+        gW = gv = None
+        if ctx.needs_input_grad[1]:  # Σ over the entries of feature f: v · g[token]
+            A = torch.sparse_coo_tensor(
+                torch.stack([feat, tok]), vals, (W.shape[0], g.shape[0]), check_invariants=False
+            )
+            gW = torch.sparse.mm(A, g)
+        if ctx.needs_input_grad[0]:  # per entry: W[feat] · g[token]
+            gv = torch.ops.aten._embedding_bag_per_sample_weights_backward(
+                g, W, feat, offsets, tok, 0, -1
+            )
+        return gv, gW, None, None, None
+
+
 def sparse_decode(codes: Codes, W_dec: torch.Tensor) -> torch.Tensor:
-    """``out[t] = Σ_{j in t} vals_j · W_dec[feat_j]``: ``[n, D]`` for ``W_dec [F, D]``."""
-    return F.embedding_bag(
-        codes.feat, W_dec, codes.offsets, mode="sum", per_sample_weights=codes.vals
-    )
+    """``out[t] = Σ_{j in t} vals_j · W_dec[feat_j]``: ``[n, D]`` for ``W_dec [F, D]``.
+
+    Forward through ``embedding_bag``; backward: ``W_dec``'s gradient as one sparse product
+    (no sort of the indices, unlike ``embedding_bag``'s own backward) and the values' by
+    ``embedding_bag``'s per-sample-weights kernel."""
+    return _SparseDecode.apply(codes.vals, W_dec, codes.feat, codes.offsets, codes.tok)  # type: ignore[return-value]
 
 
 def topk_codes(
