@@ -8,7 +8,11 @@ import torch
 
 from circuitlab.transcoders.training import TrainableTranscoders, TrainConfig
 from circuitlab.transcoders.training import trainer as trainer_mod
-from circuitlab.transcoders.training.sparse import batch_topk_codes, sparse_decode
+from circuitlab.transcoders.training.sparse import (
+    _batch_topk_indices,  # pyright: ignore[reportPrivateUsage]
+    batch_topk_codes,
+    sparse_decode,
+)
 
 
 def _sparse_data(n: int, dictionary: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -143,3 +147,14 @@ def test_sparse_decode_is_the_dense_product() -> None:
     dense[codes.tok, codes.feat] = codes.vals.detach()
     torch.testing.assert_close(sparse_decode(codes, W_dec), dense @ W_dec)
     assert codes.feat.numel() == 60
+
+
+def test_batch_topk_candidates_equal_the_full_search() -> None:
+    """Each token's 2k largest as candidates gives the batch's n·k largest, also when one
+    token owns more than 2k of them (then the full search runs)."""
+    g = torch.Generator().manual_seed(5)
+    for shift in (0.0, 6.0):
+        pre = torch.randn(64, 200, generator=g)
+        pre[3] += shift  # token 3 holds far more than 2k of the largest entries
+        want = pre.flatten().topk(64 * 4).indices.sort().values
+        assert torch.equal(_batch_topk_indices(pre, 4), want)
