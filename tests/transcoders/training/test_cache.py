@@ -8,11 +8,13 @@ import random
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
 from circuitlab.cli import main
 from circuitlab.models.tiny import tiny_model
 from circuitlab.transcoders.training import TrainConfig, train_transcoders
+from circuitlab.transcoders.training import trainer as trainer_mod
 
 # the root tests/conftest.py (on sys.path), not tests/transcoders/conftest.py
 from conftest import WORDS, tiny_tokenizer  # pyright: ignore[reportAttributeAccessIssue]
@@ -104,3 +106,28 @@ def test_cli_cache_activations(tmp_path: Path) -> None:
     a = (tmp_path / "a" / "transcoders" / "layer_0.safetensors").read_bytes()
     assert a == (tmp_path / "b" / "transcoders" / "layer_0.safetensors").read_bytes()
     assert len(list((tmp_path / "cache").iterdir())) == 1
+
+
+def test_a_cached_run_resumes_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache, texts = tmp_path / "cache", _texts()
+    kw: dict[str, Any] = dict(cache_dir=str(cache), checkpoint_every=5, cache_tokens=700)
+    straight, _ = _train(tmp_path / "a", texts, **kw)
+    real = trainer_mod._step
+    calls = [0]
+
+    def crashing(*args: Any, **kwargs: Any) -> None:
+        calls[0] += 1
+        if calls[0] == 13:  # the checkpoint of step 10 remains (2nd epoch, 3rd buffer)
+            raise RuntimeError("crash")
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_mod, "_step", crashing)
+    with pytest.raises(RuntimeError, match="crash"):
+        _train(tmp_path / "b", texts, **kw)
+    monkeypatch.setattr(trainer_mod, "_step", real)
+    resumed, forwards = _train(tmp_path / "b", texts, **kw)
+    assert forwards == 0
+    _same(straight, resumed)
+    # a cached run's checkpoint is not resumed by a streamed run (other buffers)
+    with pytest.raises(ValueError, match="--restart"):
+        _train(tmp_path / "b", texts, checkpoint_every=5)
