@@ -180,7 +180,7 @@ def find_circuit(
 
     Args:
         graph: an attribution graph.
-        n_groups: supernodes wanted (default: the cut with the best silhouette,
+        n_groups: supernodes wanted (default: the cut at the height of the position term,
             ``circuits.grouping``); at most the number of kept features.
         node_threshold, edge_threshold: pruning, as ``prune_graph``.
         model: the ``ReplacementModel`` whose transcoders made the graph; its decoder rows add

@@ -27,7 +27,11 @@ EXAMPLES = """examples:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("graph", help="a saved graph (.safetensors)")
-    p.add_argument("--groups", type=int, help="number of supernodes (default: best silhouette)")
+    p.add_argument(
+        "--groups",
+        type=int,
+        help="number of supernodes (default: cut at the position term's height)",
+    )
     p.add_argument("--node_threshold", type=float, default=0.8, help="node pruning share")
     p.add_argument("--edge_threshold", type=float, default=0.98, help="edge pruning share")
     p.add_argument("--features_dir", help="feature dashboards the labels are made from")
