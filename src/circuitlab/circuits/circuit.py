@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 
 from circuitlab.circuits.grouping import Grouping, GroupingWeights, group_features
@@ -256,7 +255,7 @@ def _assemble(
 
     ids = node_ids(graph)
     tokens = decode_tokens(graph)
-    influence = pruned_influence(graph)
+    influence = grouping.node_influence.numpy()
     coords = graph.selected_feature_coords.tolist()
     user = graph.feature_labels or {}
     feature_labels = {
@@ -333,17 +332,3 @@ def _cut_clusters(grouping: Grouping, labels: torch.Tensor) -> list[int]:
         top.add(d.n_leaves + i)
     by_group = {int(labels[d.leaves(c)[0]]): c for c in top}
     return [by_group[g] for g in range(n_groups)]
-
-
-def pruned_influence(graph: Graph) -> np.ndarray:
-    """``[N]`` node influence on the logits (float64)."""
-    from circuitlab.circuits.grouping import edge_score_totals
-
-    empty = PruneResult(
-        torch.zeros(graph.n_nodes, dtype=torch.bool),
-        torch.zeros(0, dtype=torch.long),
-        torch.zeros(0, dtype=torch.long),
-        torch.zeros(graph.n_nodes),
-        graph.row_nodes,
-    )
-    return edge_score_totals(graph, empty).numpy()

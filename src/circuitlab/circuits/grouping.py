@@ -59,6 +59,7 @@ class Grouping:
     * ``features[n]`` (long): node indices of the grouped features (ascending).
     * ``distance[n, n]``: the distance matrix the dendrogram was built from.
     * ``dendrogram``: leaf ``i`` is ``features[i]``.
+    * ``node_influence[N]``: every node's influence on the logits (float64).
     * ``cut_height``: the height of the default cut (module docs).
     * ``default_groups``: the number of groups it leaves.
     """
@@ -66,6 +67,7 @@ class Grouping:
     features: torch.Tensor
     distance: np.ndarray
     dendrogram: Dendrogram
+    node_influence: torch.Tensor
     cut_height: float
     default_groups: int
 
@@ -90,11 +92,13 @@ def group_features(
     n = int(features.numel())
     if n == 0:
         empty = Dendrogram(0, np.zeros((0, 2), np.int64), np.zeros(0), np.zeros(0, np.int64))
-        return Grouping(features, np.zeros((0, 0)), empty, 0.0, 0)
-    dist = feature_distances(graph, pruned, features, decoder, w)
+        return Grouping(features, np.zeros((0, 0)), empty, torch.zeros(graph.n_nodes), 0.0, 0)
+    scores, influence = edge_scores(graph, pruned)
+    dist = feature_distances(graph, pruned, features, decoder, w, scores)
     dendrogram = average_linkage(dist)
     height = w.position / _total_weight(w, decoder is not None)
-    return Grouping(features, dist, dendrogram, height, groups_at_height(dendrogram, height))
+    groups = groups_at_height(dendrogram, height)
+    return Grouping(features, dist, dendrogram, influence, height, groups)
 
 
 def _total_weight(w: GroupingWeights, with_decoder: bool) -> float:
@@ -124,21 +128,17 @@ def edge_scores(graph: Graph, pruned: PruneResult) -> tuple[torch.Tensor, torch.
     return values * scale[t], influence
 
 
-def edge_score_totals(graph: Graph, pruned: PruneResult) -> torch.Tensor:
-    """``[N]``: each node's influence on the logits."""
-    return edge_scores(graph, pruned)[1]
-
-
 def feature_distances(
     graph: Graph,
     pruned: PruneResult,
     features: torch.Tensor,
     decoder: torch.Tensor | None,
     w: GroupingWeights,
+    scores: torch.Tensor,
 ) -> np.ndarray:
-    """``dist[n, n]`` (float64) between the features (module docs)."""
+    """``dist[n, n]`` (float64) between the features (module docs), from the kept edges'
+    ``scores`` (``edge_scores``)."""
     n = int(features.numel())
-    scores, _ = edge_scores(graph, pruned)
     t, s = pruned.edge_targets.cpu(), pruned.edge_sources.cpu()
     leaf = torch.full((graph.n_nodes,), -1, dtype=torch.long)
     leaf[features] = torch.arange(n)
