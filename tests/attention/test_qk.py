@@ -220,3 +220,25 @@ def test_bad_requests_are_refused(args: tuple[int, int, int, int], message: str)
     fp = FrozenPrompt.build(rm, PROMPT)
     with pytest.raises(ValueError, match="top keys"):
         qk_sweep(rm, fp, 1, 0, 7, keys=0)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_top_pairs_are_the_largest_pair_terms(seed: int) -> None:
+    """The pruned search (norm bound) finds the same top pairs as the full matrix."""
+    from circuitlab.attention.qk import _top_pairs
+
+    g = torch.Generator().manual_seed(seed)
+    qv = torch.randn(700, 8, generator=g, dtype=torch.float64) * torch.rand(700, 1, generator=g)
+    kv = torch.randn(500, 8, generator=g, dtype=torch.float64) ** 3
+    names_q, names_k = [f"q{i}" for i in range(700)], [f"k{i}" for i in range(500)]
+    full = -0.3 * qv @ kv.T
+    for k, block in ((1, 16), (25, 16), (300, 64), (25, 1024)):
+        got = _top_pairs(qv, kv, -0.3, names_q, names_k, k, block=block)
+        want = torch.topk(full.abs().flatten(), k).values
+        torch.testing.assert_close(
+            torch.tensor([abs(p.value) for p in got], dtype=want.dtype), want
+        )
+        for p in got:
+            assert p.value == pytest.approx(float(full[int(p.query_node[1:]), int(p.key_node[1:])]))
+    everything = _top_pairs(qv[:20], kv[:30], 2.0, names_q, names_k, None)
+    assert len(everything) == 600

@@ -373,23 +373,53 @@ def _top_pairs(
     q_names: list[str],
     k_names: list[str],
     top_k: int | None,
-    chunk: int = 4096,
+    block: int = 1024,
 ) -> list[QKPair]:
-    """The ``top_k`` pair terms by magnitude (all for None), without the full matrix at once."""
-    n_k = kv.shape[0]
-    if qv.shape[0] == 0 or n_k == 0:
+    """The ``top_k`` pair terms ``scale qv[n].kv[m]`` by magnitude (all of them for None).
+
+    Exact without the full matrix: the pairs of the ``block`` largest-norm nodes of each side
+    give a threshold ``tau`` (the k-th largest magnitude among them); a pair can only beat it
+    if ``|scale| |qv[n]| |kv[m]| >= tau`` (Cauchy-Schwarz), so only those pairs are computed.
+    """
+    n_q, n_k = qv.shape[0], kv.shape[0]
+    if n_q == 0 or n_k == 0:
         return []
-    limit = qv.shape[0] * n_k if top_k is None else top_k
-    best_v = torch.empty(0, dtype=qv.dtype)
-    best_i = torch.empty(0, dtype=torch.long)
-    for start in range(0, qv.shape[0], chunk):
-        block = (scale * qv[start : start + chunk] @ kv.T).flatten()
-        idx = torch.arange(block.numel()) + start * n_k
-        vals = torch.cat([best_v, block])
-        ids = torch.cat([best_i, idx])
-        keep = torch.argsort(vals.abs(), descending=True, stable=True)[:limit]
-        best_v, best_i = vals[keep], ids[keep]
+    if top_k is None:
+        vals = (scale * qv @ kv.T).flatten()
+        order = torch.argsort(vals.abs(), descending=True, stable=True)
+        return _pairs(order // n_k, order % n_k, vals[order], q_names, k_names)
+    k = min(top_k, n_q * n_k)
+    qn, kn = qv.norm(dim=1) * abs(scale), kv.norm(dim=1)
+    qo = torch.argsort(qn, descending=True, stable=True)
+    ko = torch.argsort(kn, descending=True, stable=True)
+    first = (scale * qv[qo[:block]] @ kv[ko[:block]].T).abs().flatten()
+    tau = float(torch.topk(first, k).values[-1]) if first.numel() >= k else 0.0
+    # key nodes whose norm reaches tau / |q_n|, a prefix of ko for each query node
+    need = tau / qn[qo].clamp_min(torch.finfo(qn.dtype).tiny)
+    counts = torch.searchsorted(-kn[ko].contiguous(), -need, right=True)
+    rows_q, rows_k, vals = [], [], []
+    for i in counts.nonzero(as_tuple=True)[0].split(block):
+        width = int(counts[i[0]])  # counts fall as the query norms fall
+        part = scale * qv[qo[i]] @ kv[ko[:width]].T  # [len(i), width]
+        ok = torch.arange(width)[None] < counts[i][:, None]
+        r, c = ok.nonzero(as_tuple=True)
+        rows_q.append(qo[i][r])
+        rows_k.append(ko[c])
+        vals.append(part[r, c])
+    q_idx, k_idx, v = torch.cat(rows_q), torch.cat(rows_k), torch.cat(vals)
+    best = torch.topk(v.abs(), min(k, v.numel())).indices
+    best = best[torch.argsort(v[best].abs(), descending=True, stable=True)]
+    return _pairs(q_idx[best], k_idx[best], v[best], q_names, k_names)
+
+
+def _pairs(
+    q_idx: torch.Tensor,
+    k_idx: torch.Tensor,
+    vals: torch.Tensor,
+    q_names: list[str],
+    k_names: list[str],
+) -> list[QKPair]:
     return [
-        QKPair(q_names[i // n_k], k_names[i % n_k], float(v))
-        for i, v in zip(best_i.tolist(), best_v.tolist(), strict=True)
+        QKPair(q_names[a], k_names[b], float(v))
+        for a, b, v in zip(q_idx.tolist(), k_idx.tolist(), vals.tolist(), strict=True)
     ]
