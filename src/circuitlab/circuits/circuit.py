@@ -23,7 +23,7 @@ import torch
 from circuitlab.circuits.grouping import Grouping, GroupingWeights, group_features
 from circuitlab.circuits.labels import feature_label, supernode_label
 from circuitlab.circuits.reduce import node_groups, reduced_edges, reduced_scores
-from circuitlab.graph.export import FeatureStore, decode_tokens, node_ids
+from circuitlab.graph.export import FeatureStore, decode_feature_record, decode_tokens, node_ids
 from circuitlab.graph.graph import Graph
 from circuitlab.graph.pruning import PruneResult, prune_graph
 from circuitlab.graph.scores import GraphScores
@@ -218,10 +218,27 @@ def _read_records(
             "features/): build them with `circuitlab features build`"
         )
     coords = graph.selected_feature_coords.tolist()
-    out: dict[int, dict[str, Any] | None] = {}
+    out: dict[int, dict[str, Any] | None] = dict.fromkeys(features.tolist())
+    if store is None:
+        return out
+    by_layer: dict[int, list[int]] = {}
     for i in features.tolist():
-        layer, _pos, feat = coords[i]
-        out[i] = store.read(layer, feat) if store is not None else None
+        by_layer.setdefault(coords[i][0], []).append(i)
+    for layer, nodes in by_layer.items():
+        entry = store.index.get(str(layer))
+        if not entry:
+            continue
+        path = (store.root / entry["filename"]).resolve()
+        if not path.is_relative_to(store.root.resolve()):
+            raise ValueError(f"feature index names a file outside {store.root}: {path}")
+        offsets = entry["offsets"]
+        with open(path, "rb") as f:  # one open per layer, not per feature
+            for i in nodes:
+                feat = coords[i][2]
+                if not 0 <= feat < len(offsets) - 1 or offsets[feat + 1] <= offsets[feat]:
+                    continue
+                f.seek(offsets[feat])
+                out[i] = decode_feature_record(f.read(offsets[feat + 1] - offsets[feat]))
     return out
 
 

@@ -142,26 +142,22 @@ def feature_distances(
     t, s = pruned.edge_targets.cpu(), pruned.edge_sources.cpu()
     leaf = torch.full((graph.n_nodes,), -1, dtype=torch.long)
     leaf[features] = torch.arange(n)
-    terms: list[tuple[float, torch.Tensor]] = []
-    out_rows = leaf[s]  # edges leaving a grouped feature: profile over targets
-    terms.append((w.output, _profile_distance(out_rows, t, scores, n, graph.n_nodes)))
-    in_rows = leaf[t]  # edges entering a grouped feature: profile over sources
-    terms.append((w.input, _profile_distance(in_rows, s, scores, n, graph.n_nodes)))
+    total = _total_weight(w, decoder is not None)
+    # Accumulated in place: at thousands of features every [n, n] temporary costs.
+    dist = _profile_distance(leaf[s], t, scores, n, graph.n_nodes)  # outputs: over targets
+    dist.mul_(w.output / total)
+    dist.add_(_profile_distance(leaf[t], s, scores, n, graph.n_nodes), alpha=w.input / total)
     if decoder is not None and w.decoder:
         unit = decoder.double().cpu()
         unit = unit / unit.norm(dim=-1, keepdim=True).clamp(min=1e-12)
-        terms.append((w.decoder, (1 - unit @ unit.T) / 2))
+        cos = unit @ unit.T
+        dist.add_(cos.neg_().add_(1.0), alpha=w.decoder / total / 2)
     coords = graph.selected_feature_coords.cpu()[features]
     layer, pos = coords[:, 0].double(), coords[:, 1]
-    terms.append((w.position, (pos[:, None] != pos[None, :]).double()))
+    dist.add_((pos[:, None] != pos[None, :]).double(), alpha=w.position / total)
     span = max(graph.n_layers - 1, 1)
-    terms.append((w.layer, (layer[:, None] - layer[None, :]).abs() / span))
-    total = _total_weight(w, decoder is not None)
-    dist = torch.zeros(n, n, dtype=torch.float64)
-    for weight, term in terms:
-        dist += weight * term / total
-    dist = ((dist + dist.T) / 2).clamp(min=0.0)
-    dist.fill_diagonal_(0.0)
+    dist.add_((layer[:, None] - layer[None, :]).abs_(), alpha=w.layer / total / span)
+    dist.clamp_(min=0.0).fill_diagonal_(0.0)
     return dist.numpy()
 
 
@@ -181,4 +177,4 @@ def _profile_distance(
     with warnings.catch_warnings():  # torch calls its sparse products "beta"
         warnings.simplefilter("ignore", UserWarning)
         cos = torch.sparse.mm(unit, unit.t()).to_dense()
-    return (1 - cos) / 2
+    return cos.neg_().add_(1.0).mul_(0.5)

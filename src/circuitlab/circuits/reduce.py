@@ -11,7 +11,7 @@ features outside a subgraph as errors (its outgoing edges stay, its inputs are d
 ``R[G, H] = Σ_{t in G, s in H} A[t, s]`` over every edge of the graph whose target is a kept
 feature or a logit: a supernode's edge is exactly the sum of its members' edges (edges inside
 a supernode sum into its self-loop ``R[G, G]``). Built block by block over ``EdgeBlocks``
-(``index_add`` along both axes), never from the dense matrix.
+(products with one-hot group matrices), never from the dense matrix.
 
 Scores on ``R`` follow ``graph.scores``: ``Â = |R| / Σ_H |R[G, H]|``, node influence
 ``inf = w Â (I - Â)^{-1}`` (the sum ``w Â + w Â² + ...``, solved directly because supernodes
@@ -51,14 +51,14 @@ def reduced_edges(graph: Graph, group: torch.Tensor, kept_rows: torch.Tensor) ->
         if not rows.numel() or not b.sources.numel():
             continue
         values = b.values.cpu()[rows].double()  # [k, w]
-        # Sum rows by target group, then columns by source group; index_add along the first
-        # axis both times (along the second it is many times slower).
+        # Sum rows by target group, then columns by source group, as two products with
+        # one-hot matrices (index_add with many repeated indices is much slower on CPU).
         row_groups, local = torch.unique(group[targets[rows]], return_inverse=True)
-        by_target = torch.zeros(len(row_groups), values.shape[1], dtype=torch.float64)
-        by_target.index_add_(0, local, values)
-        by_source = torch.zeros(n_groups, len(row_groups), dtype=torch.float64)
-        by_source.index_add_(0, group[b.sources.cpu()], by_target.T.contiguous())
-        out[row_groups] += by_source.T
+        rows_onehot = torch.zeros(len(row_groups), len(rows), dtype=torch.float64)
+        rows_onehot[local, torch.arange(len(rows))] = 1.0
+        cols_onehot = torch.zeros(len(b.sources), n_groups, dtype=torch.float64)
+        cols_onehot[torch.arange(len(b.sources)), group[b.sources.cpu()]] = 1.0
+        out[row_groups] += rows_onehot @ values @ cols_onehot
     return out
 
 
