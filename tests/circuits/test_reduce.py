@@ -65,3 +65,12 @@ def test_scores_are_computed_on_the_reduced_graph() -> None:
         assert 0.0 <= c.scores.replacement <= 1.0
         assert 0.0 <= c.scores.completeness <= 1.0
     assert coarse.scores != fine.scores
+
+
+def test_a_graph_pruned_to_no_features_gives_an_empty_circuit() -> None:
+    graph = random_graph(1, n_features=12, dtype=torch.float64)
+    circuit = find_circuit(graph, node_threshold=0.0)
+    assert circuit.supernodes == [] and circuit.n_groups == 0
+    assert 0.0 <= circuit.scores.replacement <= 1.0
+    assert circuit.supernode_values().shape == (0,)
+    assert circuit.to_json()["supernodes"] == []

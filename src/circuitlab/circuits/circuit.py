@@ -111,7 +111,7 @@ class Circuit:
     def supernode_values(self) -> torch.Tensor:
         """``[K]`` (float64): each supernode's summed member activation."""
         acts = self.graph.activation_values.cpu().double()[self.graph.selected_features.cpu()]
-        return torch.stack([acts[sn.nodes].sum() for sn in self.supernodes])
+        return torch.tensor([float(acts[sn.nodes].sum()) for sn in self.supernodes]).double()
 
     def cut(self, n_groups: int) -> Circuit:
         """The same hierarchy cut at ``n_groups`` groups."""
