@@ -189,8 +189,12 @@ def qk_sweep(
         positions = [k for k in key_list for _ in range(2)]
         c_k = _contributions(fp, layer, positions, directions, batch_size)
         c_k = c_k.view(len(key_list), 2, -1)
+    q_cols = c_q.abs().sum(0).nonzero(as_tuple=True)[0]
+    q_part = (c_q[:, q_cols].T.contiguous(), [names[i] for i in q_cols.tolist()])
     return [
-        _assemble(fp, layer, head, q, k, names, query, c_q, side, c_k[i], scale, cap, top_k, pairs)
+        _assemble(
+            fp, layer, head, q, k, names, query, q_part, side, c_k[i], scale, cap, top_k, pairs
+        )
         for i, (k, side) in enumerate(zip(key_list, key_sides, strict=True))
     ]
 
@@ -302,7 +306,7 @@ def _assemble(
     k: int,
     names: list[str],
     query: QKSide,
-    c_q: torch.Tensor,
+    q_part: tuple[torch.Tensor, list[str]],
     key: QKSide,
     c_k: torch.Tensor,
     scale: float,
@@ -310,14 +314,14 @@ def _assemble(
     top_k: int | None,
     pairs: bool,
 ) -> QKAttribution:
-    """One ``QKAttribution`` from the contributions ``c_q [d_head, n_cols]`` and ``c_k``:
-    ``[d_head, n_cols]`` with ``pairs``, else ``[2, n_cols]`` (read along q and q's bias)."""
-    q_cols = c_q.abs().sum(0).nonzero(as_tuple=True)[0]
+    """One ``QKAttribution`` from the query nodes' contributions ``q_part`` (``[n, d_head]``
+    and their names) and the key side's ``c_k``: ``[d_head, n_cols]`` with ``pairs``, else
+    ``[2, n_cols]`` (read along q and q's bias)."""
+    qv, q_names = q_part
     k_cols = c_k.abs().sum(0).nonzero(as_tuple=True)[0]
-    qv = c_q[:, q_cols].T.contiguous()  # [n, d_head]
     q_total, k_total = query.value, key.value
     q_bias = q_total - qv.sum(0)
-    q_names, k_names = [names[i] for i in q_cols.tolist()], [names[i] for i in k_cols.tolist()]
+    k_names = [names[i] for i in k_cols.tolist()]
     total = scale * float(q_total @ k_total)
     if pairs:
         kv: torch.Tensor | None = c_k[:, k_cols].T.contiguous()
@@ -362,8 +366,8 @@ def _assemble(
 
 
 def _ranked(names: list[str], values: torch.Tensor) -> dict[str, float]:
-    order = torch.argsort(values.abs(), descending=True, stable=True).tolist()
-    return {names[i]: float(values[i]) for i in order}
+    order = torch.argsort(values.abs(), descending=True, stable=True)
+    return dict(zip([names[i] for i in order.tolist()], values[order].tolist(), strict=True))
 
 
 def _top_pairs(
