@@ -128,22 +128,19 @@ class Circuit:
         significant digits, NaN as ``None``)."""
         from circuitlab.validation.files import json_ready
 
+        ids = node_ids(self.graph)
+
         return json_ready(
             {
                 "n_groups": self.n_groups,
                 "default_groups": self.grouping.default_groups,
                 "scores": self.scores._asdict(),
                 "supernodes": [sn.to_json() for sn in self.supernodes],
-                "feature_labels": {
-                    self.group_member_id(i): lab for i, lab in self.feature_labels.items()
-                },
+                "feature_labels": {ids[i]: lab for i, lab in self.feature_labels.items()},
                 "edges": [e.__dict__ for e in self.edges],
                 "merge_heights": self.grouping.dendrogram.heights.tolist(),
             }
         )
-
-    def group_member_id(self, node: int) -> str:
-        return node_ids(self.graph)[node]
 
     def summary(self) -> str:
         """A markdown summary: scores, then each supernode with its label and members."""

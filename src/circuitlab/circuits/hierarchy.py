@@ -36,12 +36,12 @@ class Dendrogram:
         for i in range(n - n_groups):
             a, b = self.merges[i]
             parent[a] = parent[b] = n + i
-        root = np.empty(n, dtype=np.int64)
-        for leaf in range(n):  # follow parents up; ids only grow, so this ends
-            r = leaf
-            while parent[r] != r:
-                r = parent[r]
-            root[leaf] = r
+        # A parent's id is larger than its child's: resolve roots from the top down, O(n).
+        top = 2 * n - 1
+        root_of = parent.copy()
+        for c in range(top - 1, -1, -1):
+            root_of[c] = c if parent[c] == c else root_of[parent[c]]
+        root = root_of[:n]
         _, first = np.unique(root, return_index=True)
         order = {int(root[f]): k for k, f in enumerate(np.sort(first))}
         return np.array([order[int(r)] for r in root], dtype=np.int64)
