@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from ..graph.edges import POSITION_CHUNKS, EdgeBlock, EdgeBlocks, chunk_end, position_chunk
-from .offload import SpillFile
+from .offload import SpillFile, release_free_memory
 
 
 class EdgeRows:
@@ -88,6 +88,7 @@ class EdgeRows:
                 block = self.spill.put(block)
             self.store.blocks.append(EdgeBlock(nodes[sel], sources, block, layer))
             self._keys.append((layer, chunk))
+        release_free_memory()
 
     def influence(self, weights: torch.Tensor) -> torch.Tensor:
         """Influence ``[n_cols + n_logits]`` of every node on the weighted targets, from the rows

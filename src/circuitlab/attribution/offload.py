@@ -15,10 +15,11 @@ process's own memory; influence, pruning and export then stream over the mapped 
 
 from __future__ import annotations
 
+import ctypes
 import os
 import tempfile
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import numpy as np
@@ -106,3 +107,21 @@ class SpillFile:
             np.memmap(self._file, dtype=arr.dtype, mode="c", offset=offset, shape=arr.shape)
         )
         return mapped.view(torch.bfloat16) if half else mapped
+
+
+def _libc_trim() -> Callable[[int], object] | None:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim  # glibc only
+    except (OSError, AttributeError):
+        return None
+
+
+_MALLOC_TRIM = _libc_trim()
+
+
+def release_free_memory() -> None:
+    """Hands memory the allocator has freed back to the system (glibc's ``malloc_trim``; a
+    no-op elsewhere). Edge blocks come and go in sizes that glibc otherwise keeps in its heap,
+    so without this the resident size keeps the high-water mark of the sweep's temporaries."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
