@@ -116,6 +116,7 @@ def attribute(
             max_feature_nodes=max_feature_nodes,
             max_n_logits=max_n_logits,
             offload=offload,
+            edge_dtype=str(store_dtype).removeprefix("torch."),
         )
 
     with timer.phase("forward"):

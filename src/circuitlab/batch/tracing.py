@@ -64,6 +64,7 @@ class TraceSettings:
     batch_size: int = 256
     max_feature_nodes: int | None = 7500
     offload: str | None = None
+    edge_dtype: str | None = None  # None: attribute's default (keys of older runs unchanged)
     check_memory: bool = True  # refuse a prompt that will not fit (not part of its key)
 
 
@@ -85,7 +86,11 @@ def record_key(
             "record": record.to_json(),
             "load": {k: v for k, v in asdict(load).items() if k not in skip},
             "content": content,
-            "settings": {k: v for k, v in asdict(settings).items() if k != "check_memory"},
+            "settings": {
+                k: v
+                for k, v in asdict(settings).items()
+                if k != "check_memory" and not (k == "edge_dtype" and v is None)
+            },
         },
         sort_keys=True,
     )
@@ -141,6 +146,7 @@ def trace_record(
             batch_size=settings.batch_size,
             max_feature_nodes=settings.max_feature_nodes,
             offload=settings.offload,
+            edge_dtype=settings.edge_dtype,
             check_memory=settings.check_memory,
         )
         scores = compute_graph_scores(graph)

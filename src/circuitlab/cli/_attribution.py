@@ -52,6 +52,13 @@ def add_attribution_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch_size", type=int, default=256)
     p.add_argument("--max_feature_nodes", type=int, default=7500)
     p.add_argument("--offload", choices=["cpu", "disk"], default=None)
+    p.add_argument(
+        "--edge_dtype",
+        choices=["float32", "bfloat16", "float16"],
+        default=None,
+        help="how the graph's edges are stored (default float32; half precision halves memory "
+        "and files, see docs/attribution.md for the error)",
+    )
 
 
 def add_memory_check_argument(p: argparse.ArgumentParser) -> None:
@@ -86,6 +93,7 @@ def attribution_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "batch_size": args.batch_size,
         "max_feature_nodes": args.max_feature_nodes,
         "offload": args.offload,
+        "edge_dtype": args.edge_dtype,
         "check_memory": getattr(args, "check_memory", True),
     }
 

@@ -111,6 +111,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         max_feature_nodes=args.max_feature_nodes,
         max_n_logits=args.max_n_logits,
         offload=args.offload,
+        edge_dtype=args.edge_dtype,
         lazy_encoder=args.lazy_encoder,
         lazy_decoder=args.lazy_decoder,
         l0=args.l0,
