@@ -71,12 +71,15 @@ def tiny_llama(n_layers: int = 4, d_model: int = 64, d_transcoder: int = 512) ->
         ).save_pretrained(model_dir)
         # The default set keeps jump_relu; the wider one uses top-32 so that every position has
         # 32 active features per layer (15,200 features on 96 tokens), as in issue 16's figures.
-        act = (
-            {"activation": "jump_relu"}
-            if sizes == (4, 64, 512)
-            else {"activation": "topk", "k": 32}
+        wide = sizes != (4, 64, 512)
+        tc = random_transcoder_set(
+            n_layers,
+            d_model,
+            d_transcoder,
+            input_hook="mlp.hook_in",
+            activation="topk" if wide else "jump_relu",
+            k=32 if wide else 8,
         )
-        tc = random_transcoder_set(n_layers, d_model, d_transcoder, input_hook="mlp.hook_in", **act)
         tc.model_name = str(model_dir)
         tc.save(str(tc_dir))
     name = "tiny_llama" if sizes == (4, 64, 512) else "tiny_llama_5l"

@@ -43,7 +43,7 @@ def steps_per_second(args: argparse.Namespace, sparse: bool) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("--d-model", type=int, default=576)
     p.add_argument("--features", type=int, default=4096)
     p.add_argument("--k", type=int, default=32)

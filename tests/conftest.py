@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,7 @@ def tiny_tokenizer():
     return word_tokenizer(WORDS)
 
 
-def word_tokenizer(words: list[str]):
+def word_tokenizer(words: Sequence[str]):
     """A word-level tokenizer over ``words`` (ids 3..), with <bos>=0, <eos>=1, <pad>=2; unknown
     words become <pad>."""
     from tokenizers import Tokenizer, models, pre_tokenizers

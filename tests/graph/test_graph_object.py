@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -60,7 +62,7 @@ def test_to_returns_a_moved_copy() -> None:
     assert moved.input_string == g.input_string
 
 
-def _fields(g: Graph) -> dict[str, object]:
+def _fields(g: Graph) -> dict[str, Any]:
     fields = {name: getattr(g, name) for name in g.__dataclass_fields__ if name != "edge_blocks"}
     return fields | {"edges": g.edges}
 
