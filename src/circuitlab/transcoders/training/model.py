@@ -50,7 +50,7 @@ from .sparse import Codes, batch_topk_codes, masked_topk_codes, sparse_decode, t
 KINDS = ("plt", "clt")
 ACTIVATIONS = ("relu", "jump_relu", "topk", "batchtopk")
 TOPK_KINDS = ("topk", "batchtopk")
-THRESHOLD_MOMENTUM = 0.99  # BatchTopK's running threshold: θ ← 0.99 θ + 0.01 min kept
+THRESHOLD_MOMENTUM = 0.9  # BatchTopK: θ ← 0.9 θ + 0.1 min kept (activations grow fast early)
 
 
 class TrainOutput(NamedTuple):
