@@ -34,7 +34,7 @@ def build_once(target: str | Path, build: Callable[[Path], None], *, marker: str
     if (target / marker).is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(target.parent / f".{target.name}.lock"):
+    with locked(target.parent / f".{target.name}.lock"):
         if (target / marker).is_file():  # built by another process while we waited
             return target
         tmp = Path(
@@ -67,10 +67,12 @@ def _publish(tmp: Path, target: Path, marker: str) -> None:
 
 
 @contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive ``fcntl.flock`` on the file ``path`` (made if missing) for the block; a no-op
+    where there is no ``fcntl``."""
     try:
         import fcntl
-    except ImportError:  # Windows: the rename in build_once still keeps the entry whole
+    except ImportError:  # Windows: the callers' renames still keep what they write whole
         yield
         return
     with open(path, "a+b") as f:

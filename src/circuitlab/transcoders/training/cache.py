@@ -25,10 +25,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import os
-import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +33,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ...atomic import atomic_path, write_json_atomic
+from ...cache import locked
 from ...features.corpus import token_windows
 from ...models.adapters import Adapter
 from .activations import mlp_io
@@ -79,30 +78,8 @@ def activation_key(
 
 
 def _atomic_npy(array: np.ndarray, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
-
-
-def _atomic_json(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    try:
-        import fcntl
-    except ImportError:  # Windows: shards and meta are still written whole
-        yield
-        return
-    with open(path, "a+b") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, array)
 
 
 class ActivationCache:
@@ -152,7 +129,7 @@ class ActivationCache:
         model forwards it ran (0 when the cache already held them)."""
         self.dir.mkdir(parents=True, exist_ok=True)
         forwards = 0
-        with _locked(self.dir / ".lock"):
+        with locked(self.dir / ".lock"):
             meta = self.meta
             if meta["tokens"] >= tokens or meta["exhausted"]:
                 return 0
@@ -201,7 +178,9 @@ class ActivationCache:
             meta["shards"].append(int(x.shape[1]))
             meta["tokens"] += int(x.shape[1])
             meta["windows"] += n_windows
-        _atomic_json(meta, self.dir / META_NAME)  # after the shard: a crash loses only it
+        write_json_atomic(
+            self.dir / META_NAME, meta, indent=2
+        )  # after the shard: a crash loses only it
 
     def read(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokens ``[start, stop)`` in corpus order: ``x, y [n_layers, stop - start, d]``."""
