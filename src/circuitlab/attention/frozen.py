@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..attribution.backward import FrozenBackward
-from ..attribution.sources import Sources, pack_decoders, reconstructions
+from ..attribution.sources import Sources
 from ..graph.graph import Graph
 from ..models.session import Capture
 from ..models.tokens import Prompt
@@ -105,24 +105,10 @@ class FrozenPrompt:
         with recording_attention_inputs(model) as inputs:
             ids, cap = model.capture(prompt)
         dtype = model.dtype
-        tc, n_layers, n_pos = model.transcoders, model.n_layers, int(ids.shape[0])
-        reads, writes = cap.stacked_reads(), cap.stacked_writes()
-        features = tc.encode_sparse(reads, model.zero_positions)
+        sources = Sources.from_capture(model, cap, dtype)
+        features = sources.features
         if graph is not None:
             _check_graph(graph, features, ids)
-        n_cols = len(features) + (n_layers + 1) * n_pos
-        decoders = pack_decoders(tc, features, n_pos, n_cols, dtype)
-        errors = writes - reconstructions(tc, decoders, reads)
-        errors[:, model.zero_positions] = 0
-        assert cap.embed is not None
-        sources = Sources(
-            features=features,
-            decoders=decoders,
-            errors=errors.to(dtype),
-            tokens=cap.embed[0].to(dtype),
-            n_layers=n_layers,
-            n_pos=n_pos,
-        )
         fp = cls(model, ids, cap, inputs, features, sources, FrozenBackward(model, cap, dtype))
         fp.graph = graph
         return fp

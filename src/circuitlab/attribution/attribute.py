@@ -31,7 +31,7 @@ from .backward import FrozenBackward
 from .edge_store import EdgeRows
 from .memory_check import check_before_forward, check_before_sweep
 from .offload import OFFLOAD_MODES, SpillFile, offloaded
-from .sources import Sources, pack_decoders, reconstructions
+from .sources import Sources
 from .targets import Targets, TargetSpec, resolve_targets
 
 logger = logging.getLogger("circuitlab.attribution")
@@ -124,22 +124,9 @@ def attribute(
     n_pos, n_layers = ids.shape[0], model.n_layers
 
     with timer.phase("sources"):
-        reads, writes = cap.stacked_reads(), cap.stacked_writes()
-        features = tc.encode_sparse(reads, model.zero_positions)
-        assert cap.embed is not None
+        sources = Sources.from_capture(model, cap, dtype)
+        features = sources.features
         n_active = len(features)
-        n_cols = n_active + (n_layers + 1) * n_pos
-        decoders = pack_decoders(tc, features, n_pos, n_cols, dtype)
-        errors = writes - reconstructions(tc, decoders, reads)
-        errors[:, model.zero_positions] = 0
-        sources = Sources(
-            features=features,
-            decoders=decoders,
-            errors=errors.to(dtype),
-            tokens=cap.embed[0].to(dtype),
-            n_layers=n_layers,
-            n_pos=n_pos,
-        )
         backward = FrozenBackward(model, cap, dtype)
         # Encoder rows of the features that get rows: read per batch, or all of them now when
         # the transcoders are about to be offloaded.
@@ -177,7 +164,7 @@ def attribute(
                 k = sl.stop - sl.start
                 layers, positions = torch.full((k,), n_layers), torch.full((k,), n_pos - 1)
                 rows = backward.rows(sources, layers, positions, targets.vecs[sl])
-                store.add(rows, layers, positions, torch.arange(sl.start, sl.stop) + n_cols)
+                store.add(rows, layers, positions, torch.arange(sl.start, sl.stop) + sources.n_cols)
                 bar.update(k)
                 if progress is not None:
                     progress("logit rows", sl.stop, n_logits)

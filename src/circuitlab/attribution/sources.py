@@ -17,10 +17,15 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..transcoders.base import SparseActivations, Transcoders
+
+if TYPE_CHECKING:
+    from ..models.session import Capture
+    from ..replacement import ReplacementModel
 
 
 @dataclass
@@ -54,6 +59,28 @@ class Sources:
     tokens: torch.Tensor  # [n_pos, d]
     n_layers: int
     n_pos: int
+
+    @classmethod
+    def from_capture(cls, model: ReplacementModel, cap: Capture, dtype: torch.dtype) -> Sources:
+        """The sources of one captured prompt: active features (BOS positions zeroed), their
+        packed decoder rows, the error terms ``writes - reconstruction`` and the embeddings."""
+        tc, n_layers = model.transcoders, model.n_layers
+        reads, writes = cap.stacked_reads(), cap.stacked_writes()
+        n_pos = int(reads.shape[1])
+        features = tc.encode_sparse(reads, model.zero_positions)
+        n_cols = len(features) + (n_layers + 1) * n_pos
+        decoders = pack_decoders(tc, features, n_pos, n_cols, dtype)
+        errors = writes - reconstructions(tc, decoders, reads)
+        errors[:, model.zero_positions] = 0
+        assert cap.embed is not None
+        return cls(
+            features=features,
+            decoders=decoders,
+            errors=errors.to(dtype),
+            tokens=cap.embed[0].to(dtype),
+            n_layers=n_layers,
+            n_pos=n_pos,
+        )
 
     @property
     def n_features(self) -> int:
