@@ -21,6 +21,14 @@ class UsageError(Exception):
     """A problem with the user's input; its message says what to do."""
 
 
+def check_at_least(*checks: tuple[str, float | None, float]) -> None:
+    """``UsageError`` for the first ``(flag, value, low)`` whose value is below ``low``
+    (a None value is not given and passes): range checks argparse cannot do, before any work."""
+    for flag, value, low in checks:
+        if value is not None and value < low:
+            raise UsageError(f"{flag} must be at least {low}; got {value}")
+
+
 class _Parser(argparse.ArgumentParser):
     """Flag errors on one line (argparse would print the whole usage first)."""
 

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from . import UsageError
+from . import UsageError, check_at_least
 
 DTYPES = {
     "float32": "float32",
@@ -74,13 +74,11 @@ def add_memory_check_argument(p: argparse.ArgumentParser) -> None:
 
 def check_attribution_arguments(args: argparse.Namespace) -> None:
     """Range checks that argparse cannot do, before anything is loaded."""
-    for flag, value, low in (
+    check_at_least(
         ("--max_n_logits", args.max_n_logits, 1),
         ("--batch_size", args.batch_size, 1),
         ("--max_feature_nodes", args.max_feature_nodes, 1),
-    ):
-        if value < low:
-            raise UsageError(f"{flag} must be at least {low}, got {value}")
+    )
     if not 0.0 < args.desired_logit_prob <= 1.0:
         raise UsageError(f"--desired_logit_prob must be in (0, 1], got {args.desired_logit_prob}")
 

@@ -79,18 +79,16 @@ def run(args: argparse.Namespace) -> int:
     from ..replacement import ReplacementModel
     from ..transcoders import load_transcoders
     from ..transcoders.evaluation import evaluate_transcoders, held_out_split
-    from . import UsageError
+    from . import UsageError, check_at_least
 
-    for flag, value, low in (
+    check_at_least(
         ("--n-tokens", args.n_tokens, 1),
         ("--context", args.context, 3),
         ("--batch-size", args.batch_size, 1),
         ("--score-prompts", args.score_prompts, 0),
         ("--score-length", args.score_length, 2),
         ("--max-feature-nodes", args.max_feature_nodes, 1),
-    ):
-        if value < low:
-            raise UsageError(f"{flag} must be at least {low}; got {value}")
+    )
     json_path = check_output_file(args.json, "--json")
     plot_path = check_output_file(args.plot, "--plot")
     if plot_path is not None:

@@ -81,9 +81,9 @@ def _build(args: argparse.Namespace) -> int:
     from ..features.stats import StatsConfig
     from ..replacement import ReplacementModel
     from ..transcoders import load_transcoders
-    from . import UsageError
+    from . import UsageError, check_at_least
 
-    for flag, value, low in (
+    check_at_least(
         ("--n-tokens", args.n_tokens, 1),
         ("--context", args.context, 2),
         ("--batch-size", args.batch_size, 1),
@@ -91,9 +91,7 @@ def _build(args: argparse.Namespace) -> int:
         ("--top-k", args.top_k, 1),
         ("--n-bands", args.n_bands, 0),
         ("--per-band", args.per_band, 1),
-    ):
-        if value < low:
-            raise UsageError(f"{flag} must be at least {low}; got {value}")
+    )
     check_output_dir(args.out, "-o/--out")
     dtype = getattr(torch, args.dtype)
     texts = open_corpus(args.corpus)

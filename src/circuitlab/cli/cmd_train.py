@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     from ..features.corpus import open_corpus
     from ..models.hub import resolve_model_ref
     from ..transcoders.training import TrainConfig, TrainingInterrupted, train_transcoders
-    from . import UsageError
+    from . import UsageError, check_at_least
 
     if args.export:
         return _export(args)
@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
         if not value:
             raise UsageError(f"{flag} is required (except with --export)")
 
-    for flag, value, low in (
+    check_at_least(
         ("--d-transcoder", args.d_transcoder, 1),
         ("--tokens", args.tokens, 1),
         ("--batch-size", args.batch_size, 1),
@@ -135,9 +135,7 @@ def run(args: argparse.Namespace) -> int:
         ("--eval-every", args.eval_every, 0),
         ("--eval-tokens", args.eval_tokens, 1),
         ("--cache-tokens", args.cache_tokens, 0),
-    ):
-        if value < low:
-            raise UsageError(f"{flag} must be at least {low}; got {value}")
+    )
     if args.extend and args.restart:
         raise UsageError("--extend continues a checkpoint and --restart discards it: pass one")
     if args.cache_tokens and not args.cache_activations:
