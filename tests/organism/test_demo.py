@@ -10,9 +10,11 @@ import time
 from pathlib import Path
 
 import httpx
+import jsonschema
 import pytest
 
 from circuitlab.cli import main
+from server.helpers import NEURONPEDIA_SCHEMA
 
 
 def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
@@ -24,6 +26,7 @@ def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "circuitlab serve --graph_file_dir" in out
     graph = json.loads((tmp_path / "graphs" / "organism-dallas.json").read_text())
     assert graph["metadata"]["slug"] == "organism-dallas"
+    jsonschema.validate(graph, NEURONPEDIA_SCHEMA)  # uploads to Neuronpedia as it is
     clerps = [n.get("clerp", "") for n in graph["nodes"]]
     assert any("Texas (state)" in c for c in clerps)
     assert (tmp_path / "features" / "index.json.gz").is_file()

@@ -336,3 +336,85 @@ def diff_record(a: str = "small", b: str = "ct-graph") -> dict[str, Any]:
             "only_b": [edge("0_5", "logit_9", [], [["0_5_1", "3_9_1"]], 0.0, 0.4)],
         },
     }  # fmt: skip
+
+
+# The constraints of Neuronpedia's published graph schema (apps/webapp/app/api/graph/
+# graph-schema.json in its repository): required keys and value types; extra keys are allowed.
+STRING = {"type": "string"}
+SETTINGS_TYPES = {
+    "max_n_logits": {"type": "integer"},
+    "desired_logit_prob": {"type": "number"},
+    "batch_size": {"type": "integer"},
+    "max_feature_nodes": {"type": "integer"},
+}
+NEURONPEDIA_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["metadata", "qParams", "nodes", "links"],
+    "properties": {
+        "metadata": {
+            "type": "object",
+            "required": ["slug", "scan", "prompt_tokens", "prompt"],
+            "properties": {
+                "slug": STRING,
+                "scan": STRING,
+                "prompt": STRING,
+                "prompt_tokens": {"type": "array", "items": STRING},
+                "node_threshold": {"type": "number"},
+                "feature_details": {"type": "object"},
+                "info": {"type": "object", "properties": {"create_time_ms": {"type": "number"}}},
+                "generation_settings": {"type": "object", "properties": SETTINGS_TYPES},
+                "pruning_settings": {
+                    "type": "object",
+                    "properties": {
+                        "node_threshold": {"type": "number"},
+                        "edge_threshold": {"type": "number"},
+                    },
+                },
+            },
+        },
+        "qParams": {
+            "type": "object",
+            "properties": {
+                "pinnedIds": {"type": "array", "items": STRING},
+                "supernodes": {"type": "array"},
+                "linkType": STRING,
+                "clickedId": STRING,
+                "sg_pos": STRING,
+            },
+        },
+        "nodes": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": [
+                    "node_id",
+                    "feature",
+                    "layer",
+                    "ctx_idx",
+                    "feature_type",
+                    "jsNodeId",
+                    "clerp",
+                ],
+                "properties": {
+                    "node_id": STRING,
+                    "feature": {"type": ["integer", "null"]},
+                    "layer": {"type": ["string", "integer"]},
+                    "ctx_idx": {"type": "integer"},
+                    "feature_type": STRING,
+                    "jsNodeId": STRING,
+                    "clerp": STRING,
+                    "influence": {"type": ["number", "null"]},
+                    "activation": {"type": ["number", "null"]},
+                },
+            },
+        },
+        "links": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["source", "target", "weight"],
+                "properties": {"source": STRING, "target": STRING, "weight": {"type": "number"}},
+            },
+        },
+    },
+}

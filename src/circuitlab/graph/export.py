@@ -221,7 +221,9 @@ def graph_metadata(
         },
         "n_layers": g.n_layers,
         "pruning_settings": {"node_threshold": node_threshold, "edge_threshold": edge_threshold},
-        "generation_settings": _json_safe(g.settings),
+        # Neuronpedia's graph schema types these settings (max_feature_nodes: integer), so a
+        # setting that was not set (None, e.g. an uncapped graph) is left out, not written null.
+        "generation_settings": _json_safe({k: v for k, v in g.settings.items() if v is not None}),
         "info": {
             "generator": {"name": "circuitlab", "version": __version__},
             "create_time_ms": int(time.time() * 1000),
