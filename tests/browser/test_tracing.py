@@ -49,3 +49,31 @@ def test_steering_pinned_nodes_from_the_page(page: Any, tracing_lab: LabServer) 
     assert cols.count() == 2
     assert cols.nth(0).locator("tr").count() == 8 and cols.nth(1).locator("tr").count() == 8
     assert f"on {len(ids)} nodes" in cols.nth(1).inner_text()
+
+
+def test_a_job_finished_before_its_post_answers_still_opens(
+    page: Any, tracing_lab: LabServer
+) -> None:
+    """The websocket's "done" can overtake the POST's answer on a fast job; the answer's older
+    snapshot (running) must not hide that the job is done."""
+    import time
+
+    import httpx
+
+    def late_answer(route: Any) -> None:
+        response = route.fetch()
+        job = response.json()["job"]
+        for _ in range(200):  # hold the answer until the server has finished the job
+            jobs = httpx.get(tracing_lab.url.rstrip("/") + "/api/jobs").json()["jobs"]
+            if any(j["id"] == job["id"] and j["status"] == "done" for j in jobs):
+                break
+            time.sleep(0.05)
+        time.sleep(0.3)  # and until the websocket has told the page
+        route.fulfill(response=response, json={"job": {**job, "status": "running"}})
+
+    open_lab(page, tracing_lab.url + "?slug=small")
+    page.route("**/api/trace", late_answer)
+    page.fill("#trace-prompt", "the capital of")
+    page.click("#trace-go")
+    page.wait_for_function("window.__lab.state.slug.startsWith('trace-')", timeout=20_000)
+    page.wait_for_selector("#jobs .job-done")

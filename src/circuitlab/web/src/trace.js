@@ -46,11 +46,16 @@ function connect(onDone) {
   ws.onclose = () => setTimeout(() => connect(onDone), 1000);
 }
 
+const FINISHED = new Set(["done", "failed", "cancelled"]);
+
 function update(job, onDone) {
   const before = jobs.get(job.id);
+  // A fast job's "done" can come over the websocket before the POST that made it answers; that
+  // answer's older snapshot must not turn the finished job back into a running one.
+  if (before && FINISHED.has(before.status) && !FINISHED.has(job.status)) job = before;
   jobs.set(job.id, job);
   render();
-  if (job.status === "done" && mine.has(job.id) && (!before || before.status !== "done")) {
+  if (job.status === "done" && mine.has(job.id)) {
     mine.delete(job.id);
     onDone(job);
   }
