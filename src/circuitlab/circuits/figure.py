@@ -8,12 +8,13 @@ negative, width by |weight|). Error nodes are left out of the picture (not of th
 from __future__ import annotations
 
 import html
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from circuitlab.atomic import write_atomic
+
+from ..plotting import import_pyplot
 
 if TYPE_CHECKING:
     from circuitlab.circuits.circuit import Circuit
@@ -114,14 +115,11 @@ def _svg(circuit: Circuit, nodes: list[_Node], edges: list[tuple[int, int, float
 def _png(
     circuit: Circuit, nodes: list[_Node], edges: list[tuple[int, int, float]], path: Path
 ) -> None:
-    try:  # optional: imported by name so that circuitlab never depends on it
-        matplotlib = importlib.import_module("matplotlib")
-        matplotlib.use("Agg")
-        plt = importlib.import_module("matplotlib.pyplot")
-    except ImportError:
+    plt = import_pyplot()
+    if plt is None:
         raise ValueError(
             "writing a PNG needs matplotlib (pip install 'circuitlab[plots]'); or write an .svg"
-        ) from None
+        )
     at = {n.group: _xy(circuit, n) for n in nodes}
     top = max((abs(w) for _, _, w in edges), default=1.0) or 1.0
     fig, ax = plt.subplots(figsize=(_W / 100, _H / 100))

@@ -6,11 +6,11 @@ lets a command refuse early, before any model runs.
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from types import ModuleType
 
 from ..atomic import atomic_path
+from ..plotting import import_pyplot
 from .evaluation import TranscoderEval
 
 MISSING = "writing a PNG plot needs matplotlib: pip install 'circuitlab[plots]' (or drop --plot)"
@@ -18,12 +18,10 @@ MISSING = "writing a PNG plot needs matplotlib: pip install 'circuitlab[plots]' 
 
 def require_matplotlib() -> ModuleType:
     """``matplotlib.pyplot`` with the Agg backend; ImportError naming the extra if missing."""
-    try:  # imported by name so that circuitlab never depends on it
-        matplotlib = importlib.import_module("matplotlib")
-        matplotlib.use("Agg")
-        return importlib.import_module("matplotlib.pyplot")
-    except ImportError:
-        raise ImportError(MISSING) from None
+    plt = import_pyplot()
+    if plt is None:
+        raise ImportError(MISSING)
+    return plt
 
 
 def plot_eval(ev: TranscoderEval, path: str | Path, *, title: str = "") -> Path:

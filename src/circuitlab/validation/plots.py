@@ -9,7 +9,6 @@ dependency of circuitlab).
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,6 +17,8 @@ from pathlib import Path
 
 from circuitlab.atomic import write_atomic
 from circuitlab.validation.faithfulness import Faithfulness
+
+from ..plotting import import_pyplot
 
 COLORS = {"necessity": "#d62728", "sufficiency": "#1f77b4", "clean": "#555555",
           "all ablated": "#999999", "replacement": "#2ca02c", "completeness": "#9467bd"}  # fmt: skip
@@ -181,14 +182,11 @@ def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
 
 
 def _png(panels: Sequence[Panel], title: str, path: Path) -> None:
-    try:  # optional: imported by name so that circuitlab never depends on it
-        matplotlib = importlib.import_module("matplotlib")
-        matplotlib.use("Agg")
-        plt = importlib.import_module("matplotlib.pyplot")
-    except ImportError:
+    plt = import_pyplot()
+    if plt is None:
         raise ValueError(
             "writing a PNG needs matplotlib (pip install 'circuitlab[plots]'); or write an .svg"
-        ) from None
+        )
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
     for ax, panel in zip(axes[0], panels, strict=True):
         for s in panel.series:
