@@ -20,7 +20,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 
@@ -121,25 +121,13 @@ class ReplacementModel(NativeReplacementModel):
     @classmethod
     def from_native(cls, model: NativeReplacementModel) -> ReplacementModel:
         """The same model and transcoders (shared, not copied) with this API."""
-        return cls(
-            model.model,
-            model.transcoders,
-            model.adapter,
-            model.tokenizer,
-            zero_positions=model.zero_positions,
-        )
+        return _sharing(cls, model)
 
     @property
     def native(self) -> NativeReplacementModel:
         """The same model and transcoders (shared) with circuitlab's own methods, for native
         code that calls ``get_activations`` or ``feature_intervention`` expecting its results."""
-        return NativeReplacementModel(
-            self.model,
-            self.transcoders,
-            self.adapter,
-            self.tokenizer,
-            zero_positions=self.zero_positions,
-        )
+        return _sharing(NativeReplacementModel, self)
 
     # ---- circuit-tracer's attributes ---------------------------------------------------
     @property
@@ -345,3 +333,17 @@ def _default_device(device: torch.device | str | None) -> torch.device | str:
     if device is not None:
         return device
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+_M = TypeVar("_M", bound=NativeReplacementModel)
+
+
+def _sharing(cls: type[_M], model: NativeReplacementModel) -> _M:
+    """A ``cls`` over ``model``'s own modules, transcoders and tokenizer (nothing copied)."""
+    return cls(
+        model.model,
+        model.transcoders,
+        model.adapter,
+        model.tokenizer,
+        zero_positions=model.zero_positions,
+    )
