@@ -11,6 +11,10 @@ The JSON is the schema circuit-tracer and Neuronpedia read (``metadata``, ``qPar
 
 Only the pruned graph is written: nodes that survive ``prune_graph`` and touch a kept edge, plus
 every token and logit node; links are the kept edges with their raw weights.
+
+With ``suggestions`` the file also carries ``circuit_suggestions``: the automatic supernodes of
+``circuitlab.circuits`` (their hierarchy and labels, ``circuits/suggestions.py``), which the
+page loads as editable suggestions. Off by default: grouping costs seconds on big graphs.
 """
 
 from __future__ import annotations
@@ -25,13 +29,16 @@ import warnings
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from circuitlab.atomic import write_atomic
 from circuitlab.graph.graph import Graph
 from circuitlab.graph.pruning import prune_graph
+
+if TYPE_CHECKING:
+    from circuitlab.circuits.circuit import Circuit
 
 SCHEMA_VERSION = 1
 FEATURE_TYPE = "cross layer transcoder"  # what circuit-tracer and Neuronpedia call any feature
@@ -66,6 +73,7 @@ def create_graph_files(
     tokenizer: Any = None,
     labels: Mapping[tuple[int, int], str] | None = None,
     features_dir: str | Path | None = None,
+    suggestions: bool | Circuit = False,
 ) -> Path:
     """Write ``{output_dir}/{slug}.json`` and upsert ``{output_dir}/graph-metadata.json``.
 
@@ -74,6 +82,10 @@ def create_graph_files(
     ``<id>``). Feature labels (``clerp``), first found wins: ``graph.feature_labels``,
     ``labels[(layer, feature)]``, the ``label`` field of the feature's dashboard record in
     ``features_dir``. Both files are replaced atomically. Returns the graph file's path.
+
+    ``suggestions``: ``True`` adds ``circuit_suggestions`` from ``find_circuit`` at the same
+    thresholds (labels from ``features_dir``; no decoder term); a ``Circuit`` of this graph
+    (e.g. ``find_circuit(graph, model=model, ...)``) adds that one. Off by default.
     """
     if not isinstance(graph, Graph):
         graph = Graph.load(graph)
@@ -89,6 +101,7 @@ def create_graph_files(
         tokenizer=tokenizer,
         labels=labels,
         features_dir=features_dir,
+        suggestions=suggestions,
     )
     path = out / f"{slug}.json"
     write_atomic(path, json.dumps(data, separators=(",", ":"), allow_nan=False).encode())
@@ -106,6 +119,7 @@ def graph_json(
     tokenizer: Any = None,
     labels: Mapping[tuple[int, int], str] | None = None,
     features_dir: str | Path | None = None,
+    suggestions: bool | Circuit = False,
 ) -> dict[str, Any]:
     """The graph-file dict ``create_graph_files`` writes (see the module docstring)."""
     pruned = prune_graph(graph, node_threshold=node_threshold, edge_threshold=edge_threshold)
@@ -134,7 +148,7 @@ def graph_json(
         {"source": ids[s], "target": ids[t], "weight": float(f"{w:.6g}")}
         for s, t, w in zip(sources, targets, weights, strict=True)
     ]
-    return {
+    data: dict[str, Any] = {
         "metadata": graph_metadata(g, slug, scan, tokens, node_threshold, edge_threshold),
         "qParams": {
             "pinnedIds": [],
@@ -146,6 +160,40 @@ def graph_json(
         "nodes": nodes,
         "links": links,
     }
+    if suggestions is not False:
+        data["circuit_suggestions"] = circuit_suggestions(
+            g, suggestions, node_threshold, edge_threshold, features_dir
+        )
+    return data
+
+
+def circuit_suggestions(
+    g: Graph,
+    circuit: bool | Circuit,
+    node_threshold: float,
+    edge_threshold: float,
+    features_dir: str | Path | None,
+) -> dict[str, Any]:
+    """The ``circuit_suggestions`` block: ``circuit``'s, or (``True``) ``find_circuit``'s at
+    these thresholds. Imported lazily: ``graph/`` does not depend on ``circuits/``."""
+    from circuitlab.circuits.circuit import find_circuit
+    from circuitlab.circuits.suggestions import suggestions_json
+
+    if circuit is True:
+        circuit = find_circuit(
+            g, node_threshold=node_threshold, edge_threshold=edge_threshold,
+            features_dir=features_dir,
+        )  # fmt: skip
+    elif circuit is False:
+        raise ValueError("circuit_suggestions needs suggestions=True or a Circuit")
+    elif circuit.graph.n_nodes != g.n_nodes or not torch.equal(
+        circuit.graph.input_tokens.cpu(), g.input_tokens.cpu()
+    ):
+        raise ValueError(
+            "suggestions= was given a Circuit of another graph: pass find_circuit(graph, ...) "
+            "of the graph being written, or suggestions=True"
+        )
+    return suggestions_json(circuit)
 
 
 def node_ids(g: Graph) -> list[str]:
@@ -203,7 +251,7 @@ def graph_metadata(
     edge_threshold: float,
 ) -> dict[str, Any]:
     """``metadata``: circuit-tracer's required keys plus Neuronpedia's optional ones."""
-    from circuitlab import __version__
+    from circuitlab._version import __version__
 
     return {
         "slug": slug,
