@@ -3,6 +3,9 @@
 The public API is re-exported here; everything else is internal to its subpackage.
 """
 
+from typing import Any
+
+from ._version import __version__ as __version__
 from .attention import (
     HeadLoadings,
     QKAttribution,
@@ -22,6 +25,7 @@ from .graph import (
     load_graph,
     prune_graph,
 )
+from .graph.graph import set_viewer as _set_viewer
 from .models.adapters import supported_model_types
 from .replacement import Activations, ReplacementModel
 from .transcoders import (
@@ -40,7 +44,17 @@ from .validation import (
     plot_faithfulness,
 )
 
-__version__ = "0.1.0"
+
+def _show_in_lab(graph: Graph, slug: str | None = None, **kwargs: Any) -> Any:
+    """``Graph.show``'s viewer: the web lab (imported on first use: FastAPI stays unloaded)."""
+    from .server.notebook import show
+
+    return show(graph, slug, **kwargs)
+
+
+# Lower layers never import higher ones (docs/architecture.md); the root wires the few calls
+# that go upward: Graph.show opens the web lab.
+_set_viewer(_show_in_lab)
 
 __all__ = [
     "Activations",

@@ -21,6 +21,7 @@ scores, export, validation) reads the blocks. For circuit-tracer users ``edges``
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -288,10 +289,33 @@ class Graph:
         return load_graph(path, device=device, mmap=mmap)
 
     def show(self, slug: str | None = None, **kwargs: Any) -> Any:
-        """Render the web lab on this graph inline in Jupyter (see ``circuitlab.server.show``)."""
-        from circuitlab.server.notebook import show
+        """Render the web lab on this graph inline in Jupyter (see ``circuitlab.server.show``).
 
-        return show(self, slug, **kwargs)
+        The view comes from the viewer installed with ``set_viewer``: ``import circuitlab``
+        installs the web lab's ``circuitlab.server.show``; ``graph/`` never imports the server.
+        """
+        if _viewer is None:
+            raise RuntimeError(
+                "Graph.show has no viewer installed: `import circuitlab` installs the web lab's "
+                "(circuitlab.server.show), or call circuitlab.graph.graph.set_viewer(your_function)"
+            )
+        return _viewer(self, slug, **kwargs)
+
+
+Viewer = Callable[..., Any]
+"""What ``Graph.show`` calls: ``viewer(graph, slug, **kwargs)`` returning a notebook display."""
+
+_viewer: Viewer | None = None
+
+
+def set_viewer(viewer: Viewer) -> None:
+    """Install what ``Graph.show`` calls, ``viewer(graph, slug, **kwargs)``.
+
+    The web lab sits above ``graph/`` (docs/architecture.md), so the root package installs
+    ``circuitlab.server.show`` here rather than ``Graph`` importing the server.
+    """
+    global _viewer
+    _viewer = viewer
 
 
 def _check_range(what: str, value: int, size: int) -> None:

@@ -210,7 +210,7 @@ def create_app(
     # ---- tracing ----------------------------------------------------------------------------
     @app.get("/api/info")
     def info() -> dict[str, Any]:
-        from circuitlab import __version__
+        from circuitlab._version import __version__
 
         return {
             "version": __version__,
