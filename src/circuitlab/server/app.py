@@ -25,6 +25,8 @@ Routes (all relative, so the page also works behind a path prefix or in a notebo
   ``Tracer.max_pending`` jobs wait; 422 for a prompt longer than the model's context.
 * Bodies are typed (``server/requests.py``): a field that does not fit is 422 with ``detail``
   ``"field.path: what is wrong"``; NaN, Infinity and nesting past 32 levels are 422 anywhere.
+* ``POST /api/attention/loadings|qk|flows`` (with a ``Tracer``): head loadings and QK
+  attributions of a graph, cached per graph (``server/attention.py``).
 * With a ``HeadsLab``: ``GET /api/heads/presets``, ``WS /api/heads/ws`` (head analysis and
   patching sweeps, streamed layer by layer; see ``server/heads.py``).
 
@@ -50,6 +52,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 
 from circuitlab.atomic import remove_stale_temporaries
 from circuitlab.graph.export import check_slug
+from circuitlab.server.attention import register_attention_routes
 from circuitlab.server.dashboards import DashboardStores, FeatureDirs
 from circuitlab.server.files import (
     AnnotationStore,
@@ -221,6 +224,7 @@ def create_app(
             "steering": tracer is not None and _can_steer(tracer),
             "heads": heads is not None,
             "heads_models": sorted(heads.models) if heads else [],
+            "attention": tracer is not None,
         }
 
     def need_tracer() -> Tracer:
@@ -318,6 +322,8 @@ def create_app(
             pass
         finally:
             unsubscribe()
+
+    register_attention_routes(app, graph_dir, tracer)  # /api/attention/*: server/attention.py
 
     # ---- heads ------------------------------------------------------------------------------
     @app.get("/api/heads/presets")
