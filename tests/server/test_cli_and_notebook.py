@@ -1,19 +1,13 @@
-"""``circuitlab serve`` / ``attribute`` graph-file flags: validation before any model loads;
-``show(graph)`` for notebooks."""
+"""``circuitlab serve`` / ``attribute`` graph-file flags: validation before any model loads.
+(``show(graph)`` for notebooks: test_notebook.py.)"""
 
 from __future__ import annotations
 
-import json
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from circuitlab.cli import main
-from circuitlab.server import LabFrame
-from circuitlab.server.notebook import show, stop_all
-
-from .helpers import small_graph
 
 
 def test_serve_refuses_a_missing_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -46,19 +40,3 @@ def test_attribute_warns_when_only_a_slug_is_given(capsys: pytest.CaptureFixture
     assert main(["attribute", "-p", "x", "-t", "/nope", "--slug", "a"]) == 2
     err = capsys.readouterr().err
     assert "need both --slug and --graph_file_dir" in err and "nothing would be saved" in err
-
-
-def test_show_serves_the_graph_inline(tmp_path: Path) -> None:
-    try:
-        frame = show(small_graph(), "nb", graph_file_dir=tmp_path)
-        assert isinstance(frame, LabFrame)  # IPython is not installed here
-        src = frame.src
-        assert src.startswith("http://127.0.0.1:") and src.endswith("?slug=nb")
-        assert "<iframe" in frame._repr_html_()
-        base = src.split("?")[0]
-        with urllib.request.urlopen(base + "data/nb.json", timeout=10) as r:
-            assert json.loads(r.read())["metadata"]["slug"] == "nb"
-        again = small_graph().show("nb2", graph_file_dir=tmp_path)  # the same server
-        assert again.src.split("?")[0] == base
-    finally:
-        stop_all()

@@ -85,18 +85,20 @@ def create_app(
     allowed_hosts: Iterable[str] | None = LOOPBACK_HOSTS,
     max_body: int = DEFAULT_MAX_BODY,
     token: str | None = None,
+    allowed_origins: Iterable[str] = (),
 ) -> FastAPI:
     """The lab application over ``graph_file_dir``.
 
     ``allowed_hosts``: the ``Host`` names accepted (``None``: any, only with a ``token``);
-    ``token``: when set, every request and websocket must carry it (``guard.Guard``).
+    ``token``: when set, every request and websocket must carry it (``guard.Guard``);
+    ``allowed_origins``: pages of other origins let in (a notebook proxy's, ``notebook.py``).
     """
     graph_dir = Path(graph_file_dir)
     if not graph_dir.is_dir():
         raise NotADirectoryError(f"graph file directory {graph_dir} does not exist")
     stores = DashboardStores.open(features_dir)  # one or more; served per graph
     feature_roots = [s.root for s in stores.stores]
-    guard = Guard.make(allowed_hosts, token)
+    guard = Guard.make(allowed_hosts, token, allowed_origins)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

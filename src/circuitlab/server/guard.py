@@ -6,7 +6,11 @@ Every HTTP request and websocket handshake passes ``Guard.check``:
   loopback bind; the bound address and ``--allow-host`` names otherwise) or the very address
   the connection arrived on (an IP literal, which no other site's page can share an origin with).
 * **Origin** (other sites' pages): when present it must be this server itself, scheme, host and
-  port: ``null`` (sandboxed iframes, ``file:`` pages) and every other origin are refused.
+  port: ``null`` (sandboxed iframes, ``file:`` pages) and every other origin are refused. Two
+  additions for a lab a notebook shows through a proxy (``server/notebook.py``): ``origins``
+  the guard names outright (Colab's proxy page), and, when any ``Host`` is allowed (which needs
+  the token), an origin naming the same host and port as ``Host`` under its own scheme (a proxy
+  that ends TLS forwards an ``https`` page's requests over ``http``).
 * **Token** (beyond loopback): ``?token=``, ``Authorization: token ...`` (or ``Bearer``) or the
   cookie this server sets when the page is first opened with its token (``HttpOnly``,
   ``SameSite=Strict``), compared in constant time.
@@ -35,6 +39,7 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 TOKEN_ENV = "CIRCUITLAB_TOKEN"
 _DEFAULT_PORT = {"http": 80, "https": 443}
 _TOKEN_CHARS = re.compile(r"[A-Za-z0-9._~-]{8,}")
+_COOKIE_PATH = re.compile(r"(/[A-Za-z0-9._~%@+-]+)+")
 
 
 def is_loopback(host: str) -> bool:
@@ -74,6 +79,9 @@ class Guard:
 
     hosts: frozenset[str] | None = frozenset(LOOPBACK_HOSTS)  # None: any name (token required)
     token: str | None = None
+    origins: frozenset[tuple[str, str, int | None]] = (
+        frozenset()
+    )  # (scheme, host, port) also let in
 
     def __post_init__(self) -> None:
         if self.hosts is None and not self.token:
@@ -82,9 +90,18 @@ class Guard:
             check_token(self.token)
 
     @classmethod
-    def make(cls, hosts: Iterable[str] | None, token: str | None) -> Guard:
+    def make(
+        cls, hosts: Iterable[str] | None, token: str | None, origins: Iterable[str] = ()
+    ) -> Guard:
+        """``origins``: pages (``scheme://host[:port]``) allowed besides the server's own."""
         names = None if hosts is None else frozenset(_hostname(h) for h in hosts)
-        return cls(names, token or None)
+        keys = set()
+        for origin in origins:
+            key = _origin_key(origin)
+            if key is None:
+                raise ValueError(f"{origin!r} is not an origin: give scheme://host[:port]")
+            keys.add(key)
+        return cls(names, token or None, frozenset(keys))
 
     @property
     def cookie_name(self) -> str:
@@ -94,7 +111,8 @@ class Guard:
 
     def check(self, conn: HTTPConnection) -> HTTPProblem | None:
         """None when ``conn`` (a request or a websocket handshake) may proceed."""
-        return check_host_and_origin(conn.headers, self.hosts, conn.scope) or self.check_token(conn)
+        problem = check_host_and_origin(conn.headers, self.hosts, conn.scope, self.origins)
+        return problem or self.check_token(conn)
 
     def check_token(self, conn: HTTPConnection) -> HTTPProblem | None:
         if self.token is None:
@@ -127,17 +145,30 @@ class Guard:
             httponly=True,
             samesite="strict",
             secure=conn.url.scheme == "https",
-            path="/",
+            path=self.cookie_path(conn),
         )
+
+    def cookie_path(self, conn: HTTPConnection) -> str:
+        """``/``; behind jupyter-server-proxy (any ``Host``) the prefix it forwards the lab
+        under (``X-Forwarded-Context: /user/NAME/proxy/PORT``), so the cookie stays with this
+        lab instead of going to every path of the Jupyter server's origin."""
+        prefix = conn.headers.get("x-forwarded-context", "") if self.hosts is None else ""
+        return prefix if _COOKIE_PATH.fullmatch(prefix) else "/"
 
 
 def check_host_and_origin(
-    headers: Any, hosts: frozenset[str] | set[str] | None, scope: Any = None
+    headers: Any,
+    hosts: frozenset[str] | set[str] | None,
+    scope: Any = None,
+    origins: Iterable[tuple[str, str, int | None]] = (),
 ) -> HTTPProblem | None:
-    """None when the ``Host`` is allowed and any ``Origin`` is this same server.
+    """None when the ``Host`` is allowed and any ``Origin`` is this same server or one of
+    ``origins`` (``(scheme, host, port)``).
 
     ``scope`` (the ASGI scope) gives the scheme served and the address the connection arrived
-    on; without it the scheme is taken to be ``http``.
+    on; without it the scheme is taken to be ``http``. With ``hosts=None`` (any name: a lab
+    behind a proxy, token required) the origin's own scheme is used, since the proxy may have
+    ended TLS: its host and port must still be the ``Host``'s.
     """
     scope = scope or {}
     host = headers.get("host", "")
@@ -150,8 +181,13 @@ def check_host_and_origin(
     origin = headers.get("origin")
     if origin is None:
         return None  # not sent by a browser page (or a same-origin GET)
+    key = _origin_key(origin)
+    if key is not None and key in origins:
+        return None
     scheme = "https" if scope.get("scheme") in ("https", "wss") else "http"
-    if _origin_key(origin) != (scheme, name, _port(own, scheme)):
+    if hosts is None and key is not None:
+        scheme = key[0]
+    if key != (scheme, name, _port(own, scheme)):
         return HTTPProblem(403, f"cross-origin request from {origin[:100]!r} refused")
     return None
 
