@@ -2,11 +2,14 @@
 // Panes: the layers x heads grid (coloured by class or a score), the attention heatmap of the
 // selected head with token labels, the head inspector, the logit-lens table and the patching
 // heatmaps with a bar chart of the heads that recover most, and path patching from every head to
-// the logits or to the selected head's q/k/v. Requests run one at a time: the page queues them
+// the logits or to the selected head's q/k/v. On a graph's prompt, a key of the selected head
+// (the heatmap's cells, the "attends to" rows) opens its QK attribution (qk.js). Requests run one at a time: the page queues them
 // (analysis, then patching) and the server stops a run on "cancel".
 import { format } from "d3-format";
 import { el } from "./dom.js";
 import { CLASS_COLORS, diverging, drawHeatmap, maxAbs, sequential } from "./heatmap.js";
+import { attentionAvailable, showQK } from "./qk.js";
+import { state } from "./state.js";
 
 const $ = (id) => document.getElementById(id);
 const f3 = format(".3f");
@@ -58,6 +61,10 @@ export function setupHeads(labInfo, { openGraph }) {
   new ResizeObserver(() => { if (!$("heads-view").hidden) renderAll(); }).observe($("heads-view"));
   $("attn").addEventListener("mousemove", attnHover);
   $("attn").addEventListener("mouseleave", () => { $("attn-tip").hidden = true; });
+  $("attn").addEventListener("click", (e) => {
+    const hit = attnHit && attnHit(e);
+    if (hit && hit.j <= hit.i && hs.selected) explain(hs.selected[0], hs.selected[1], hit.i, hit.j);
+  });
   loadPresets();
   return true;
 }
@@ -548,11 +555,28 @@ function renderInspector() {
       return el("tr", {}, el("td", {}, name.replace("_", "-")), el("td", {}, bar), el("td", { class: "w" }, v == null ? "n/a" : f3(v)));
     })),
     el("h3", {}, `Last query (${JSON.stringify(hs.start.tokens[last.length - 1] ?? "")}) attends to`),
-    el("table", { class: "links" }, ...top.map(([v, k]) => el("tr", {},
+    el("table", { class: "links", id: "head-keys" }, ...top.map(([v, k]) => el("tr", {
+      class: canExplain() ? "link-row head-key" : "",
+      "data-key": k,
+      title: canExplain() ? "click: why it attends there (QK attribution)" : "",
+      onclick: () => explain(l, h, last.length - 1, k),
+    },
       el("td", { class: "name" }, el("span", { class: "chip pos" }, JSON.stringify(hs.start.tokens[k]))),
       el("td", { class: "w" }, `@${k}`),
       el("td", { class: "w" }, pct(v || 0))))),
+    el("p", { class: "muted" }, canExplain()
+      ? "click a key (or a heatmap cell) for its QK attribution: which query- and key-side nodes make the head attend there"
+      : "QK attributions: analyse the open graph's prompt (source: graph) in a lab with a model or precomputed results"),
   );
+}
+
+// QK attributions need the analysed prompt to be the open graph's (its node ids).
+function canExplain() {
+  return Boolean(hs.source && hs.source.slug === state.slug && state.graph && attentionAvailable());
+}
+
+function explain(layer, head, query, key) {
+  if (canExplain()) showQK(layer, head, query, key);
 }
 
 // ---- logit lens -------------------------------------------------------------------------

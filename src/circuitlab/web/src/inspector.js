@@ -1,9 +1,11 @@
 // The node inspector: what the clicked node is, and its strongest inputs and outputs. While the
 // pointer rests on another node of the graph it shows that one (the hover card), with a note.
+// An edge's "heads" button opens its head loadings in the attention panel (qk.js).
 import { format } from "d3-format";
 import { KIND, labelOf, nodeTitle, tokenText } from "./data.js";
 import { cardId, emit, isVisible, setClerp, state, togglePin } from "./state.js";
 import { el } from "./dom.js";
+import { attentionAvailable, showEdge } from "./qk.js";
 
 const num = format(".3~g");
 const pct = format(".0%");
@@ -83,6 +85,17 @@ function linkTable(title, links, other, absIn) {
       el("td", { class: "name" }, nodeTitle(state.graph, n, state.clerps)),
       el("td", { class: "muted" }, absIn ? pct(Math.abs(w) / absIn) : ""),
     );
+    if (attentionAvailable() && (l.target.kind === KIND.feature || l.target.kind === KIND.logit)) {
+      row.append(el("td", {}, el("button", {
+        class: "edge-heads",
+        title: "which attention heads carry this edge (head loadings)",
+        onclick: (e) => {
+          e.stopPropagation();
+          const g = state.graph;
+          showEdge([[l.source.id, l.target.id]], `${nodeTitle(g, l.source, state.clerps)} → ${nodeTitle(g, l.target, state.clerps)}`);
+        },
+      }, "heads")));
+    }
     row.addEventListener("click", (e) => {
       if (e.ctrlKey || e.metaKey) return togglePin(n.id);
       state.clickedId = n.id;

@@ -11,6 +11,7 @@ import { setupTrace } from "./trace.js";
 import { analyseGraph, applyUrl as applyHeadsUrl, hs, moveSelection, setGraph, setupHeads } from "./heads.js";
 import { loadFaithfulness, loadValidationList, renderFaithfulness, showDiff, validation } from "./validation.js";
 import { el } from "./dom.js";
+import { attn, setupAttention } from "./qk.js";
 
 const $ = (id) => document.getElementById(id);
 let info = { features: false, tracing: false, models: [] };
@@ -108,6 +109,7 @@ async function loadGraph(slug, url, { session = true } = {}) {
   state.missing = "";
   state.slug = slug;
   state.graph = parseGraph(data);
+  state.graph.attention = data.attention || null; // precomputed attention results (qk.js)
   state.hoveredId = "";
   state.hoverFrozen = false;
   applyQParams(state.graph.qParams, url);
@@ -401,6 +403,7 @@ async function main() {
     },
   });
   setupSteer(info);
+  setupAttention(info);
   if (setupHeads(info, { openGraph: (s) => openGraph(s, null) })) {
     $("tabs").hidden = false;
     $("graph-heads").hidden = false;
@@ -436,6 +439,7 @@ function showError(e) {
 window.__lab = {
   state,
   heads: hs,
+  attention: attn,
   validation,
   timings,
   screenPos: (id) => view && view.screenPos(id),
