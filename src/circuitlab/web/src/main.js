@@ -12,6 +12,7 @@ import { analyseGraph, applyUrl as applyHeadsUrl, hs, moveSelection, setGraph, s
 import { loadFaithfulness, loadValidationList, renderFaithfulness, showDiff, validation } from "./validation.js";
 import { el } from "./dom.js";
 import { attn, setupAttention } from "./qk.js";
+import { setupCircuitView } from "./circuitview.js";
 
 const $ = (id) => document.getElementById(id);
 let info = { features: false, tracing: false, models: [] };
@@ -110,6 +111,7 @@ async function loadGraph(slug, url, { session = true } = {}) {
   state.slug = slug;
   state.graph = parseGraph(data);
   state.graph.attention = data.attention || null; // precomputed attention results (qk.js)
+  state.graph.suggestions = data.circuit_suggestions || null; // circuitview.js
   state.hoveredId = "";
   state.hoverFrozen = false;
   applyQParams(state.graph.qParams, url);
@@ -367,6 +369,7 @@ function keys() {
 async function main() {
   view = new GraphView($("graph-wrap"));
   on(render);
+  setupCircuitView();
   keys();
   $("save").addEventListener("click", save);
   $("help-toggle").addEventListener("click", () => { $("help").hidden = !$("help").hidden; });
