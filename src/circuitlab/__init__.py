@@ -26,8 +26,10 @@ from .graph import (
     prune_graph,
 )
 from .graph.graph import set_viewer as _set_viewer
+from .interventions import feature_intervention as _intervene
+from .interventions import feature_intervention_generate as _generate
 from .models.adapters import supported_model_types
-from .replacement import Activations, ReplacementModel
+from .replacement import Activations, InterventionFunctions, ReplacementModel, install_interventions
 from .transcoders import (
     CrossLayerTranscoder,
     SingleLayerTranscoder,
@@ -53,8 +55,10 @@ def _show_in_lab(graph: Graph, slug: str | None = None, **kwargs: Any) -> Any:
 
 
 # Lower layers never import higher ones (docs/architecture.md); the root wires the few calls
-# that go upward: Graph.show opens the web lab.
+# that go upward: Graph.show opens the web lab, and ReplacementModel's circuit-tracer-style
+# methods run circuitlab.interventions.
 _set_viewer(_show_in_lab)
+install_interventions(InterventionFunctions(_intervene, _generate))
 
 __all__ = [
     "Activations",

@@ -8,10 +8,10 @@ transcoder reconstruction plus an error term that is a constant. Its map from no
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,10 +22,6 @@ from .models.loading import ModelSpec, load_model, model_spec, spec_from_config
 from .models.session import Capture, Plan, check_hook_names, hooked
 from .models.tokens import Prompt, tokenize
 from .transcoders.base import SparseActivations, Transcoders
-
-if TYPE_CHECKING:
-    from .interventions.generate import GenerationResult
-    from .interventions.intervene import InterventionResult
 
 
 @dataclass(frozen=True)
@@ -48,6 +44,81 @@ class Activations:
         """Activations ``[layer, pos, feature]``."""
         n_pos = self.logits.shape[0]
         return self.features.to_dense(self.n_layers, n_pos, self.d_transcoder)
+
+
+@dataclass(frozen=True)
+class InterventionResult:
+    """Logits ``[pos, vocab]`` and activations ``[layer, pos, feature]`` after an intervention
+    (``ReplacementModel.feature_intervention``; see ``circuitlab.interventions``).
+
+    ``activations`` are what each transcoder reads from the (changed) residual stream, with
+    intervened features showing the value they were given; dense unless ``sparse=True``, None
+    with ``return_activations=False``. Unpacks like circuit-tracer's tuple:
+    ``logits, activations = model.feature_intervention(...)``, but ``logits`` has no batch
+    axis: the last position is ``logits[-1]``, and circuit-tracer's ``logits[0, -1]`` would
+    read one number of position 0. ``circuitlab.compat.circuit_tracer`` returns
+    circuit-tracer's ``[1, pos, vocab]`` (docs/migrating.md).
+    """
+
+    logits: torch.Tensor
+    activations: torch.Tensor | SparseActivations | None
+
+    def __iter__(self) -> Iterator[torch.Tensor | SparseActivations | None]:
+        return iter((self.logits, self.activations))
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """A steered generation (``ReplacementModel.feature_intervention_generate``).
+
+    * ``text``: prompt and continuation decoded (``completion``: the continuation only);
+    * ``tokens [n_prompt + n_new]``: every token id, prompt first;
+    * ``logits [n_new, vocab]``: ``logits[i]`` is the distribution new token ``i`` came from;
+    * ``activations [layer, n_prompt + n_new - 1, feature]`` (or sparse, or None): transcoder
+      activations at every position the model ran on.
+
+    Unpacks like circuit-tracer's tuple: ``text, logits, activations = result``.
+    """
+
+    text: str
+    completion: str
+    tokens: torch.Tensor
+    logits: torch.Tensor
+    activations: torch.Tensor | SparseActivations | None
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.text, self.logits, self.activations))
+
+
+@dataclass(frozen=True)
+class InterventionFunctions:
+    """The functions behind ``ReplacementModel``'s intervention methods:
+    ``circuitlab.interventions.feature_intervention`` and ``feature_intervention_generate``.
+
+    ``interventions/`` sits above this module (docs/architecture.md), so this module never
+    imports it: the root package installs them with ``install_interventions``.
+    """
+
+    intervene: Callable[..., InterventionResult]
+    generate: Callable[..., GenerationResult]
+
+
+_interventions: InterventionFunctions | None = None
+
+
+def install_interventions(functions: InterventionFunctions) -> None:
+    """Install what ``feature_intervention`` / ``feature_intervention_generate`` call."""
+    global _interventions
+    _interventions = functions
+
+
+def _installed() -> InterventionFunctions:
+    if _interventions is None:
+        raise RuntimeError(
+            "ReplacementModel's intervention methods are not installed: `import circuitlab` "
+            "installs them, or call circuitlab.interventions.feature_intervention(model, ...)"
+        )
+    return _interventions
 
 
 class ReplacementModel(nn.Module):
@@ -241,9 +312,7 @@ class ReplacementModel(nn.Module):
     ) -> InterventionResult:
         """Logits ``[pos, vocab]`` and activations after ``interventions``; see
         ``circuitlab.interventions.feature_intervention``."""
-        from .interventions.intervene import feature_intervention
-
-        return feature_intervention(
+        return _installed().intervene(
             self,
             prompt,
             interventions,
@@ -259,9 +328,7 @@ class ReplacementModel(nn.Module):
     ) -> GenerationResult:
         """Steered generation with a KV cache; see
         ``circuitlab.interventions.feature_intervention_generate`` for the options."""
-        from .interventions.generate import feature_intervention_generate
-
-        return feature_intervention_generate(self, prompt, interventions, **kwargs)
+        return _installed().generate(self, prompt, interventions, **kwargs)
 
     def replacement_plan(
         self, capture: Capture, features: SparseActivations | None = None, *, frozen: bool = True

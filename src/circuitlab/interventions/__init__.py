@@ -7,9 +7,10 @@ the ids the graph UI uses (``node_interventions``), and check circuits by ablati
 ``ablation_means``). See ``docs/interventions.md`` and ``docs/validation.md``.
 """
 
+from ..replacement import GenerationResult, InterventionResult
 from .checks import CircuitCheck, TokenShift, ablate_nodes, ablate_outside, check_interventions
-from .generate import GenerationResult, feature_intervention_generate
-from .intervene import InterventionResult, feature_intervention
+from .generate import feature_intervention_generate
+from .intervene import feature_intervention
 from .means import AblationMeans, ablation_means, mean_ablations
 from .nodes import (
     NodeRef,

@@ -10,8 +10,7 @@ tokens either way.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -19,33 +18,9 @@ import torch
 from ..models.kvcache import cache_kwargs, output_cache
 from ..models.session import Plan, hooked
 from ..models.tokens import Prompt, check_context_length
-from ..replacement import ReplacementModel
-from ..transcoders.base import SparseActivations
+from ..replacement import GenerationResult, ReplacementModel
 from .intervene import prepare
 from .spec import InterventionLike
-
-
-@dataclass(frozen=True)
-class GenerationResult:
-    """A steered generation.
-
-    * ``text``: prompt and continuation decoded (``completion``: the continuation only);
-    * ``tokens [n_prompt + n_new]``: every token id, prompt first;
-    * ``logits [n_new, vocab]``: ``logits[i]`` is the distribution new token ``i`` came from;
-    * ``activations [layer, n_prompt + n_new - 1, feature]`` (or sparse, or None): transcoder
-      activations at every position the model ran on.
-
-    Unpacks like circuit-tracer's tuple: ``text, logits, activations = result``.
-    """
-
-    text: str
-    completion: str
-    tokens: torch.Tensor
-    logits: torch.Tensor
-    activations: torch.Tensor | SparseActivations | None
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter((self.text, self.logits, self.activations))
 
 
 def _check_sampling(max_new_tokens: int, temperature: float, top_p: float) -> None:

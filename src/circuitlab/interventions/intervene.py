@@ -18,37 +18,16 @@ Three modes, as in circuit-tracer:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 
 from ..models.session import Plan
 from ..models.tokens import Prompt
-from ..replacement import ReplacementModel
-from ..transcoders.base import SparseActivations
+from ..replacement import InterventionResult, ReplacementModel
 from .patcher import Clean, Patcher
 from .spec import InterventionLike, Limits, Resolved, resolve
-
-
-@dataclass(frozen=True)
-class InterventionResult:
-    """Logits ``[pos, vocab]`` and activations ``[layer, pos, feature]`` after an intervention.
-
-    ``activations`` are what each transcoder reads from the (changed) residual stream, with
-    intervened features showing the value they were given; dense unless ``sparse=True``, None
-    with ``return_activations=False``. Unpacks like circuit-tracer's tuple:
-    ``logits, activations = model.feature_intervention(...)``, but ``logits`` has no batch
-    axis: the last position is ``logits[-1]``, and circuit-tracer's ``logits[0, -1]`` would
-    read one number of position 0. ``circuitlab.compat.circuit_tracer`` returns
-    circuit-tracer's ``[1, pos, vocab]`` (docs/migrating.md).
-    """
-
-    logits: torch.Tensor
-    activations: torch.Tensor | SparseActivations | None
-
-    def __iter__(self) -> Iterator[torch.Tensor | SparseActivations | None]:
-        return iter((self.logits, self.activations))
 
 
 @dataclass
