@@ -14,6 +14,8 @@ Routes (all relative, so the page also works behind a path prefix or in a notebo
   read (0 when absent); if another save came since, the answer is 409 ``{"detail", "version",
   "qParams"}`` with the file's current view, for the page to merge (then save with that
   version) or ask. A save without a version always replaces (circuit-tracer's page sends none).
+* ``GET /api/lod/{slug}?links=N`` (the strongest links only) and ``POST /api/lod/{slug}/edges``
+  (links of a node set above a weight): big graphs by level of detail (``lod.py``).
 * ``GET /api/validation``: the faithfulness and diff files beside the graphs (served as graph
   files are, ``GET /data/{slug}.faithfulness.json``, ``/data/{a}__vs__{b}.diff.json``).
 * ``GET /api/info``; with a ``Tracer``: ``POST /api/trace``, ``GET /api/jobs``,
@@ -69,6 +71,7 @@ from circuitlab.server.files import (
 from circuitlab.server.guard import LOOPBACK_HOSTS, Guard, public_text
 from circuitlab.server.heads import HeadsLab, StreamCancelled
 from circuitlab.server.jobs import PromptRefused, SlugTaken, Tracer, TracerBusy
+from circuitlab.server.lod import register_lod_routes
 from circuitlab.server.requests import SaveRequest, SteerRequest, TraceRequest, parse_body
 
 WEB_DIST = Path(__file__).resolve().parent.parent / "web" / "dist"
@@ -167,6 +170,8 @@ def create_app(
     @app.get("/graph_data/{name:path}")
     def graph_data(name: str, request: Request) -> Response:
         return graph_file(name, request)
+
+    register_lod_routes(app, graph_dir)  # /api/lod/{slug}: links by level of detail
 
     @app.get("/api/validation")
     def validation_files() -> dict[str, Any]:
