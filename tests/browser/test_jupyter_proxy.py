@@ -8,6 +8,7 @@ notebook URL of the Jupyter origin, as Jupyter's front end would show it there.
 
 from __future__ import annotations
 
+import html
 import importlib.util
 import json
 import os
@@ -123,13 +124,13 @@ def test_show_renders_through_jupyter_server_proxy(page: Any, jupyter: Jupyter) 
     output = run_cell(jupyter, CELL)
     found = re.search(r'<iframe src="([^"]+)"', output)
     assert found, output
-    src = found.group(1)
+    src = html.unescape(found.group(1))
     assert re.fullmatch(rf"{BASE_URL}proxy/\d+/\?slug=nb&token=[\w-]+", src), src
 
     page.goto(jupyter.url + f"api/status?token={jupyter.token}")  # the Jupyter login cookie
     notebook = jupyter.url + "notebooks/demo.ipynb"
-    html = f"<!doctype html><title>demo</title><body>{output}</body>"
-    page.route(notebook, lambda route: route.fulfill(body=html, content_type="text/html"))
+    document = f"<!doctype html><title>demo</title><body>{output}</body>"
+    page.route(notebook, lambda route: route.fulfill(body=document, content_type="text/html"))
     page.goto(notebook)
     frame = page.frame_locator("iframe")
     frame.locator("body[data-ready='1']").wait_for()

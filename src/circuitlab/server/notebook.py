@@ -16,6 +16,7 @@ choose. What ``show`` returns renders through ``_repr_html_`` (IPython is not ne
 
 from __future__ import annotations
 
+import html
 import tempfile
 import uuid
 from pathlib import Path
@@ -57,7 +58,8 @@ class LabFrame:
         if self.srcdoc is not None:
             return srcdoc_iframe(self.srcdoc, self.width, self.height)
         return (
-            f'<iframe src="{self.src}" width="{self.width}" height="{self.height}" '
+            f'<iframe src="{html.escape(self.src or "")}" width="{self.width}" '
+            f'height="{self.height}" '
             'style="border:1px solid #ddd" loading="lazy"></iframe>'
         )
 

@@ -17,10 +17,10 @@ machine. A ``Route`` says how the browser gets to the kernel's port instead:
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -85,12 +85,10 @@ def choose_route(proxy: str = "auto") -> Route | None:
 
 
 def in_colab() -> bool:
-    """Whether this kernel runs in Google Colab (its ``google.colab.output`` is importable)."""
-    try:
-        importlib.import_module("google.colab.output")
-    except ImportError:
-        return False
-    return True
+    """Whether this kernel runs in Google Colab, whose kernel imports ``google.colab`` at start.
+    (A ``google-colab`` package merely installed elsewhere does not count: its ``eval_js`` would
+    wait for a Colab front end that is not there.)"""
+    return "google.colab" in sys.modules
 
 
 def colab_proxy_url(port: int) -> str:
