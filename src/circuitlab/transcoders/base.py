@@ -13,6 +13,7 @@ so the engine treats them alike.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -91,13 +92,20 @@ class Transcoders(nn.Module, ABC):
     @abstractmethod
     def has_skip(self) -> bool: ...
 
-    @abstractmethod
     def save(self, directory: str, *, overwrite: bool = False) -> None:
         """Writes circuit-tracer's on-disk layout (``config.yaml`` + safetensors).
 
         Refuses a non-empty ``directory`` unless ``overwrite``; an interrupted save leaves the
-        old contents in place.
+        old contents in place. The writer is the one registered for this class (see
+        ``register_writer``; ``circuitlab.transcoders`` registers circuit-tracer's).
         """
+        for kind in type(self).__mro__:
+            if kind in _writers:
+                return _writers[kind](self, directory, overwrite=overwrite)
+        raise NotImplementedError(
+            f"No on-disk writer for {type(self).__name__}: register one with "
+            "circuitlab.transcoders.base.register_writer(cls, write)."
+        )
 
     # ---- shared logic ---------------------------------------------------------------------
     def encode(self, layer: int, x: torch.Tensor) -> torch.Tensor:
@@ -141,3 +149,18 @@ class Transcoders(nn.Module, ABC):
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """Dense round trip: MLP inputs ``[n_layers, n_pos, d]`` -> reconstructions."""
         return self.decode_sparse(self.encode_sparse(inputs, slice(0, 0)), inputs)
+
+
+Writer = Callable[..., None]
+"""``write(transcoders, directory, *, overwrite)``: writes one family to disk."""
+
+_writers: dict[type, Writer] = {}
+
+
+def register_writer(kind: type[Transcoders], write: Writer) -> None:
+    """Make ``kind.save`` (and its subclasses') call ``write(self, directory, overwrite=...)``.
+
+    The on-disk formats (``transcoders/formats/``) build these classes when reading, so they sit
+    above them; the classes reach their writer through this table instead of importing it.
+    """
+    _writers[kind] = write

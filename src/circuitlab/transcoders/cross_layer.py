@@ -88,8 +88,3 @@ class CrossLayerTranscoder(Transcoders):
     @property
     def has_skip(self) -> bool:
         return self.W_skip is not None
-
-    def save(self, directory: str, *, overwrite: bool = False) -> None:
-        from .formats.circuit_tracer import save_cross_layer_transcoder
-
-        save_cross_layer_transcoder(self, directory, overwrite=overwrite)

@@ -149,8 +149,3 @@ class TranscoderSet(Transcoders):
     def activation(self) -> Activation:
         """The activation of layer 0 (all layers share its kind)."""
         return self._layer(0).activation
-
-    def save(self, directory: str, *, overwrite: bool = False) -> None:
-        from .formats.circuit_tracer import save_transcoder_set
-
-        save_transcoder_set(self, directory, overwrite=overwrite)
