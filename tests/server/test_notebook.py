@@ -22,7 +22,7 @@ from circuitlab.server.inline_page import inline_page
 from circuitlab.server.notebook import LabFrame, show, start_notebook_server, stop_all
 from circuitlab.server.notebook_proxy import Route, choose_route, jupyter_base_url
 
-from .helpers import small_graph
+from .helpers import feature_record, small_graph, write_feature_store
 
 COLAB_URL = "https://abc123-{port}-colab.googleusercontent.com/"
 
@@ -73,6 +73,13 @@ def test_inline_page_keeps_graph_text_inside_its_script() -> None:
     page = inline_page(graph, "x")
     assert page.count("</script") == 3  # the embedded files, the fetch shim, the bundle
     assert "<!--" not in page
+
+
+def test_inline_page_takes_labels_from_the_dashboards(tmp_path: Path) -> None:
+    store = write_feature_store(tmp_path / "tc", {0: {4: feature_record(0, 4, "Paris-ish")}}, 8)
+    assert "Paris-ish" not in (show(small_graph(), "nb", inline=True).srcdoc or "")
+    frame = show(small_graph(), "nb", inline=True, features_dir=store)
+    assert "Paris-ish" in (frame.srcdoc or "")
 
 
 def test_inline_frame_saves_as_a_file(tmp_path: Path) -> None:

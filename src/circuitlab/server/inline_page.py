@@ -23,8 +23,7 @@ from typing import Any
 
 from circuitlab.graph.export import check_slug, graph_json
 from circuitlab.graph.graph import Graph
-
-WEB_DIST = Path(__file__).resolve().parent.parent / "web" / "dist"
+from circuitlab.server.app import WEB_DIST
 
 # Runs before the bundle: fetch answered from the embedded files; history writes the document
 # may not make (a srcdoc or sandboxed frame may change only its fragment) dropped, not thrown.
@@ -78,18 +77,27 @@ def inline_page(
     edge_threshold: float = 0.98,
     *,
     tokenizer: Any = None,
+    features_dir: str | Path | None = None,
 ) -> str:
     """The lab on ``graph`` as one HTML document that needs no server (see the module doc).
 
-    ``graph`` is a ``Graph`` (pruned at the thresholds, like ``create_graph_files``) or a graph
-    file's dict already made. Write the result to a ``.html`` file to share it, or show it in a
-    notebook with ``show(graph, inline=True)``.
+    ``graph`` is a ``Graph`` (pruned at the thresholds, like ``create_graph_files``, with
+    feature labels from ``features_dir``) or a graph file's dict already made. Write the result
+    to a ``.html`` file to share it, or show it in a notebook with ``show(graph, inline=True)``.
     """
-    data = (
-        graph_json(graph, slug, node_threshold, edge_threshold, tokenizer=tokenizer)
-        if isinstance(graph, Graph)
-        else graph
-    )
+    if isinstance(graph, Graph):
+        data = graph_json(
+            graph,
+            slug,
+            node_threshold,
+            edge_threshold,
+            tokenizer=tokenizer,
+            features_dir=features_dir,
+        )
+    else:
+        data = graph
+    if not (WEB_DIST / "app.js").is_file():
+        raise RuntimeError("the page bundle is missing; see docs/web-lab.md (npm run build)")
     page = (WEB_DIST / "index.html").read_text(encoding="utf-8")
     css = (WEB_DIST / "app.css").read_text(encoding="utf-8")
     js = (WEB_DIST / "app.js").read_text(encoding="utf-8")

@@ -112,7 +112,14 @@ def show(
     if route is None and inline is False:
         route = Route("local")
     if route is None:
-        page = inline_page(graph, slug, node_threshold, edge_threshold, tokenizer=tokenizer)
+        page = inline_page(
+            graph,
+            slug,
+            node_threshold,
+            edge_threshold,
+            tokenizer=tokenizer,
+            features_dir=features_dir,
+        )
         return LabFrame(srcdoc=page, height=height)
     server, base = _server_for(route, graph_file_dir, features_dir)
     create_graph_files(
