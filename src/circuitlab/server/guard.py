@@ -75,13 +75,12 @@ def check_token(token: str) -> str:
 
 @dataclass(frozen=True)
 class Guard:
-    """The checks one app applies: allowed ``Host`` names and an optional token."""
+    """The checks one app applies: allowed ``Host`` names, an optional token, other origins."""
 
     hosts: frozenset[str] | None = frozenset(LOOPBACK_HOSTS)  # None: any name (token required)
     token: str | None = None
-    origins: frozenset[tuple[str, str, int | None]] = (
-        frozenset()
-    )  # (scheme, host, port) also let in
+    # (scheme, host, port) of pages let in besides the server's own (a notebook proxy's page)
+    origins: frozenset[tuple[str, str, int | None]] = frozenset()
 
     def __post_init__(self) -> None:
         if self.hosts is None and not self.token:
