@@ -63,7 +63,7 @@ def _cases(tmp: Path, tc: Path, model: Path) -> list[tuple[list[str], str]]:
         (["attribute", "-p", "x", "-t", str(empty_dir), "-o", "g.safetensors"], "no config.yaml"),
         (["attribute", "-p", "x", *t, "-m", "/nope/model", "-o", "g.safetensors"], "-m/--model"),
         (["attribute", "-p", "x", *t, "-m", str(empty_dir), "-o", "g"], "no config.json"),
-        (["attribute", "-p", "x", *t, "-o", "g.pt"], "never pickles"),
+        (["attribute", "-p", "x", *t, "-o", "g", "--backend", "tl"], "invalid choice: 'tl'"),
         (["attribute", "-p", "x", *t, "-m", "nobody/no-model", "-o", "g"], "Hugging Face hub"),
         (["attribute", "-p", "x", "-t", str(garbage_tc), *m, "-o", "g"], "not readable"),
         (["attribute", "-p", "x", "-t", str(odd_tc), *m, "-o", "g"], "unknown model_kind"),

@@ -20,9 +20,13 @@ DTYPES = {
     "fp64": "float64",
 }
 
+# circuit-tracer's `--backend` values; circuitlab runs both on its one engine (docs/migrating.md).
+BACKENDS = ("transformerlens", "nnsight")
+
 
 def add_model_arguments(p: argparse.ArgumentParser, *, transcoders_required: bool = True) -> None:
-    """``-t/--transcoder_set``, ``-m/--model``, ``--dtype`` and the lazy-loading switches."""
+    """``-t/--transcoder_set``, ``-m/--model``, ``--dtype``, the lazy-loading switches and
+    ``--backend``, with circuit-tracer's spellings."""
     p.add_argument(
         "-t",
         "--transcoder_set",
@@ -38,10 +42,24 @@ def add_model_arguments(p: argparse.ArgumentParser, *, transcoders_required: boo
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     p.add_argument("--lazy-encoder", action="store_true", help="read encoder rows on demand")
     p.add_argument(
+        "--lazy-decoder",
+        dest="lazy_decoder",
+        action="store_true",
+        default=True,
+        help="read active decoder rows on demand (the default; circuit-tracer's flag)",
+    )
+    p.add_argument(
         "--no-lazy-decoder",
         dest="lazy_decoder",
         action="store_false",
         help="load whole decoders instead of reading active rows on demand",
+    )
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="transformerlens",
+        help="circuit-tracer's backend choice, accepted for its command lines: circuitlab has "
+        "one engine on the Hugging Face model, so both names give the same graph",
     )
 
 

@@ -1,12 +1,14 @@
 """``circuitlab attribute``: trace a prompt and save its attribution graph.
 
-Flags follow circuit-tracer's ``attribute`` command (same names and defaults) plus targets.
+Flags follow circuit-tracer's ``attribute`` command (same names and defaults; ``--backend``
+accepted, ``-o NAME.pt`` writes circuit-tracer's ``.pt`` graph) plus targets.
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ._attribution import (
     add_attribution_arguments,
@@ -18,6 +20,10 @@ from ._attribution import (
 )
 from ._output import check_output_dir, check_output_file
 
+if TYPE_CHECKING:
+    from ..graph import Graph
+    from ..replacement import ReplacementModel
+
 NAME = "attribute"
 HELP = "build the attribution graph of a prompt"
 EXAMPLES = """examples:
@@ -26,13 +32,19 @@ EXAMPLES = """examples:
       --target " Austin" --logit-diff " Austin" " Dallas" -o dallas.safetensors --verbose
   circuitlab attribute -p "The capital of France is" -t ./my-transcoders --slug france \\
       --graph_file_dir ./graphs --server
+  circuitlab attribute -p "The capital of France is" -t ./my-transcoders -o france.pt  # circuit-tracer's .pt
 """
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-p", "--prompt", required=True, help="the prompt text")
     add_model_arguments(p)
-    p.add_argument("-o", "--graph_output_path", help="where to save the graph (.safetensors)")
+    p.add_argument(
+        "-o",
+        "--graph_output_path",
+        help="where to save the graph: NAME.safetensors (circuitlab's format), or NAME.pt "
+        "(circuit-tracer's, readable by its Graph.from_pt; holds a dense [N, N] matrix)",
+    )
     add_attribution_arguments(p)
     add_memory_check_argument(p)
     p.add_argument(
@@ -74,11 +86,6 @@ def run(args: argparse.Namespace) -> int:
             "nothing would be saved: pass -o/--graph_output_path GRAPH.safetensors "
             "and/or --slug NAME --graph_file_dir DIR"
         )
-    if out is not None and Path(out).suffix == ".pt":
-        raise UsageError(
-            "circuitlab saves graphs as safetensors, never pickles: use -o NAME.safetensors "
-            "(circuit-tracer .pt graphs can be imported with circuitlab.import_circuit_tracer_pt)"
-        )
     check_attribution_arguments(args)
     check_output_file(out, "-o/--graph_output_path")
     if files:
@@ -93,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         **attribution_kwargs(args),
     )
     if out is not None:
-        graph.save(out)
+        save_graph(graph, model, out)
     scores = compute_graph_scores(graph)
     print(f"{graph.n_selected} features of {graph.n_active} active, {graph.n_nodes} nodes")
     print(
@@ -109,6 +116,17 @@ def run(args: argparse.Namespace) -> int:
     if files:
         write_graph_files(args, graph, model.tokenizer)
     return 0
+
+
+def save_graph(graph: Graph, model: ReplacementModel, out: str) -> None:
+    """``-o``: circuit-tracer's ``.pt`` (through the compatibility layer's ``Graph.to_pt``, with
+    ``cfg`` from ``model``) for a ``.pt`` name, circuitlab's safetensors otherwise."""
+    if Path(out).suffix == ".pt":
+        from ..compat.circuit_tracer.graph import Graph as CircuitTracerGraph
+
+        CircuitTracerGraph.from_native(graph, model).to_pt(out)
+    else:
+        graph.save(out)
 
 
 def check_graph_file_flags(args: argparse.Namespace) -> bool:

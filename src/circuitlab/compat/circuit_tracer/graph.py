@@ -21,9 +21,10 @@ from circuitlab.graph.pruning import find_threshold as native_find_threshold
 from circuitlab.graph.pruning import prune_graph as native_prune_graph
 from circuitlab.graph.scores import compute_graph_scores as native_compute_graph_scores
 from circuitlab.graph.targets import LogitTarget
+from circuitlab.replacement import ReplacementModel as NativeReplacementModel
 
 from ._pt_file import write_pt
-from .utils.tl_nnsight_mapping import UnifiedConfig
+from .utils.tl_nnsight_mapping import UnifiedConfig, config_from_hf
 
 _DTYPES = {
     str(d).removeprefix("torch."): d
@@ -36,11 +37,24 @@ class Graph(NativeGraph):
     and in-place ``to``. Every native attribute and method is there too."""
 
     @classmethod
-    def from_native(cls, graph: NativeGraph) -> Graph:
-        """The same graph (tensors shared, ``settings`` copied) as a compatibility ``Graph``."""
+    def from_native(cls, graph: NativeGraph, model: NativeReplacementModel | None = None) -> Graph:
+        """The same graph (tensors shared, ``settings`` copied) as a compatibility ``Graph``.
+
+        With ``model`` (the one the graph was traced in), ``cfg`` records that model's config,
+        as circuit-tracer's ``attribute`` does; ``to_pt`` writes it, and circuit-tracer reads
+        the tokenizer to decode the prompt from its ``tokenizer_name``.
+        """
         new = cls.__new__(cls)
         new.__dict__.update(vars(graph))
         new.settings = dict(graph.settings)
+        if model is not None:
+            cfg = config_from_hf(
+                model.model.config,
+                name=model.name,
+                dtype=model.dtype,
+                architecture=type(model.model).__name__,
+            )
+            new.settings["cfg"] = {k: _jsonable(v) for k, v in vars(cfg).items()}
         return new
 
     @property
@@ -119,6 +133,12 @@ class Graph(NativeGraph):
         if cfg.get("model_name") and not graph.model_name:
             graph.model_name = str(cfg["model_name"])
         return graph.to(map_location)
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value).removeprefix("torch.")
 
 
 class PruneResult(NamedTuple):

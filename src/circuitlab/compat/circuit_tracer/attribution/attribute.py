@@ -16,7 +16,6 @@ from circuitlab.models.tokens import Prompt
 from circuitlab.replacement import ReplacementModel as NativeReplacementModel
 
 from ..graph import Graph
-from ..utils.tl_nnsight_mapping import config_from_hf
 from .targets import native_targets
 
 
@@ -59,18 +58,4 @@ def attribute(
         verbose=verbose,
         update_interval=update_interval,
     )
-    compat = Graph.from_native(graph)
-    cfg = config_from_hf(
-        model.model.config,
-        name=model.name,
-        dtype=model.dtype,
-        architecture=type(model.model).__name__,
-    )
-    compat.settings["cfg"] = {k: _jsonable(v) for k, v in vars(cfg).items()}
-    return compat
-
-
-def _jsonable(value: Any) -> Any:
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    return str(value).removeprefix("torch.")
+    return Graph.from_native(graph, model)
