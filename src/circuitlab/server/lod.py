@@ -33,7 +33,7 @@ from starlette.responses import Response
 from circuitlab.graph.export import check_slug
 from circuitlab.server.files import HTTPProblem, read_json_body, resolve_under
 
-DEFAULT_LINKS = 60_000
+DEFAULT_LINKS = 100_000
 MAX_LINKS = 2_000_000
 MAX_NODES_ASKED = 50_000
 

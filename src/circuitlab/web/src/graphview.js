@@ -5,6 +5,11 @@
 // Zoom and pan (wheel, drag; resetZoom) are a transform {k, x, y} from layout coordinates to
 // the screen: the links' 16 paths are built once per layout and only re-stroked under the new
 // transform; nodes keep their screen size (growing a little as you zoom) so crowded cells open.
+// Big graphs (30,000 nodes and more): while a zoom or pan is under way each frame only moves a
+// snapshot of the links and nodes layers (one image draw, whatever the graph's size); once it
+// settles both are drawn again for real (then onSettle, which lod.js uses to fetch the links of
+// what is on screen). Nodes are filled in a few batched paths (one per kind and opacity step)
+// and only where they are on screen.
 import { quadtree } from "d3-quadtree";
 import { KIND, nodeTitle, tokenText } from "./data.js";
 import { emit, isVisible, state, togglePin } from "./state.js";
@@ -14,6 +19,8 @@ const COLOR = { feature: "#3b6fb6", error: "#8c8c8c", token: "#2e9d5b", logit: "
 const POS = "37,99,235"; // positive links
 const NEG = "220,38,38"; // negative links
 const BUCKETS = 8;
+const ALPHAS = 6; // opacity steps of feature and error nodes
+const SETTLE_MS = 160; // a zoom or pan this long without input has settled
 
 export const timings = { layout: 0, links: 0, nodes: 0, overlay: 0 };
 
@@ -28,6 +35,8 @@ export class GraphView {
     this.frozen = false;
     this.zoom = { k: 1, x: 0, y: 0 };
     this.linkPaths = null;
+    this.snap = null; // the links and nodes layers when a zoom or pan began, with its zoom
+    this.onSettle = null; // called when a zoom or pan settles
     new ResizeObserver(() => this.redraw()).observe(wrap);
     const top = this.canvases[2];
     top.addEventListener("mousemove", (e) => this.onMove(e));
@@ -49,13 +58,52 @@ export class GraphView {
     // keep some of the graph on screen: the layout box may not leave the pane
     x = Math.min(0, Math.max(width * (1 - k), x));
     y = Math.min(0, Math.max(height * (1 - k), y));
+    if (!this.snap && this.linkPaths) this.snap = this.snapshot();
     this.zoom = { k, x, y };
     if (!this.zoomFrame) {
       this.zoomFrame = requestAnimationFrame(() => {
         this.zoomFrame = 0;
-        this.repaint();
+        if (this.snap) this.moveSnapshot();
+        else this.repaint();
       });
     }
+    clearTimeout(this.settleTimer);
+    this.settleTimer = setTimeout(() => this.settle(), SETTLE_MS);
+  }
+
+  // The zoom or pan has stopped: draw for real, then tell lod.js.
+  settle() {
+    this.snap = null;
+    this.repaint();
+    if (this.onSettle) this.onSettle();
+  }
+
+  // Copies of the links and nodes layers, and the zoom they were drawn at.
+  snapshot() {
+    const layers = this.canvases.slice(0, 2).map((c) => {
+      const copy = document.createElement("canvas");
+      copy.width = c.width;
+      copy.height = c.height;
+      copy.getContext("2d").drawImage(c, 0, 0);
+      return copy;
+    });
+    return { layers, zoom: { ...this.zoom } };
+  }
+
+  // A frame of a zoom or pan: the snapshot moved from its zoom to the current one
+  // (screen point s at zoom 1 goes to (s - x1) * k2 / k1 + x2).
+  moveSnapshot() {
+    const { layers, zoom } = this.snap;
+    const dpr = window.devicePixelRatio || 1;
+    const r = this.zoom.k / zoom.k;
+    this.canvases.slice(0, 2).forEach((c, i) => {
+      const ctx = c.getContext("2d");
+      ctx.setTransform(1, 0, 0, 1, 0, 0);
+      ctx.clearRect(0, 0, c.width, c.height);
+      ctx.setTransform(r, 0, 0, r, dpr * (this.zoom.x - zoom.x * r), dpr * (this.zoom.y - zoom.y * r));
+      ctx.drawImage(layers[i], 0, 0);
+    });
+    this.drawOverlay();
   }
 
   resetZoom() {
@@ -98,6 +146,7 @@ export class GraphView {
   // Everything but the layout (zoom, pan): re-stroke the cached link paths, redraw nodes.
   repaint() {
     if (!state.graph || !this.linkPaths) return this.redraw();
+    this.snap = null;
     const [links, nodes] = this.contexts();
     this.linkCtx = links;
     this.nodeCtx = nodes;
@@ -182,6 +231,7 @@ export class GraphView {
   // ---- drawing ----------------------------------------------------------------------------
   redraw() {
     if (!state.graph || !this.size.width) return;
+    this.snap = null;
     this.layout();
     const [links, nodes] = this.contexts();
     this.linkCtx = links;
@@ -208,6 +258,7 @@ export class GraphView {
   }
 
   strokeLinks() {
+    const paths = this.linkPaths;
     const ctx = this.linkCtx;
     const { width, height } = this.size;
     const dpr = window.devicePixelRatio || 1;
@@ -223,9 +274,9 @@ export class GraphView {
     for (let b = 0; b < BUCKETS; b++) {
       const alpha = (0.04 + 0.5 * ((b + 1) / BUCKETS) ** 2) * dim;
       ctx.strokeStyle = `rgba(${POS},${alpha})`;
-      ctx.stroke(this.linkPaths[0][b]);
+      ctx.stroke(paths[0][b]);
       ctx.strokeStyle = `rgba(${NEG},${alpha})`;
-      ctx.stroke(this.linkPaths[1][b]);
+      ctx.stroke(paths[1][b]);
     }
     ctx.restore();
   }
@@ -239,23 +290,34 @@ export class GraphView {
     drawAxes(ctx, g, this);
     ctx.save();
     if (this.zoom.k > 1) clipPlot(ctx, this.size);
+    // One path per kind and opacity step (a fill per node stalls at tens of thousands).
+    const kinds = [KIND.token, KIND.error, KIND.feature, KIND.logit];
+    const paths = new Map(kinds.map((k) => [k, Array.from({ length: ALPHAS }, () => new Path2D())]));
+    const pins = new Path2D();
     const pinned = new Set(state.pinned);
-    for (const kind of [KIND.token, KIND.error, KIND.feature, KIND.logit]) {
-      for (const n of this.visible) {
-        if (n.kind !== kind) continue;
-        const imp = n.influence == null ? 0.6 : Math.max(0, 1 - n.influence);
-        ctx.globalAlpha = kind === KIND.feature || kind === KIND.error ? 0.35 + 0.65 * imp : 0.95;
-        ctx.fillStyle = COLOR[kind];
-        shape(ctx, n, this);
-        ctx.fill();
-        if (pinned.has(n.id)) {
-          ctx.globalAlpha = 1;
-          ctx.lineWidth = 1.6;
-          ctx.strokeStyle = "#111";
-          ctx.stroke();
-        }
-      }
+    const pad = 12;
+    for (const n of this.visible) {
+      const x = this.sx(n.x);
+      const y = this.sy(n.y);
+      if (x < -pad || y < -pad || x > width + pad || y > height + pad) continue; // off screen
+      const faded = n.kind === KIND.feature || n.kind === KIND.error;
+      const imp = n.influence == null ? 0.6 : Math.max(0, 1 - n.influence);
+      const step = faded ? Math.min(ALPHAS - 1, Math.floor(imp * ALPHAS)) : ALPHAS - 1;
+      shape(paths.get(n.kind)[step], n, this);
+      if (pinned.has(n.id)) shape(pins, n, this);
     }
+    for (const kind of kinds) {
+      const faded = kind === KIND.feature || kind === KIND.error;
+      ctx.fillStyle = COLOR[kind];
+      paths.get(kind).forEach((p, step) => {
+        ctx.globalAlpha = faded ? 0.35 + 0.65 * ((step + 0.5) / ALPHAS) : 0.95;
+        ctx.fill(p);
+      });
+    }
+    ctx.globalAlpha = 1;
+    ctx.lineWidth = 1.6;
+    ctx.strokeStyle = "#111";
+    ctx.stroke(pins);
     ctx.restore();
     ctx.globalAlpha = 1;
     timings.nodes = performance.now() - t0;
@@ -370,6 +432,25 @@ export class GraphView {
     emit("select");
   }
 
+  // The shown nodes inside the pane at the current zoom and pan (layout-space quadtree search).
+  onScreen() {
+    if (!this.tree) return [];
+    const { k, x, y } = this.zoom;
+    const { width, height } = this.size;
+    const [x0, y0, x1, y1] = [-x / k, -y / k, (width - x) / k, (height - y) / k];
+    const out = [];
+    this.tree.visit((node, ax, ay, bx, by) => {
+      if (!node.length) {
+        for (let d = node; d; d = d.next) {
+          const n = d.data;
+          if (n.x >= x0 && n.x <= x1 && n.y >= y0 && n.y <= y1) out.push(n);
+        }
+      }
+      return ax > x1 || bx < x0 || ay > y1 || by < y0;
+    });
+    return out;
+  }
+
   // Page coordinates of a node's centre (for tests and the subgraph's "show in graph").
   screenPos(id) {
     const n = state.graph && state.graph.byId.get(id);
@@ -396,11 +477,11 @@ function radius(n, rMax) {
   return 1.5 + (rMax - 1.5) * imp * imp;
 }
 
+// Add a node's shape to `ctx` (a Path2D or a context's current path) as its own sub-path.
 function shape(ctx, node, view) {
   const x = view.sx(node.x);
   const y = view.sy(node.y);
   const r = view.sr(node.r);
-  ctx.beginPath();
   if (node.kind === KIND.error) {
     ctx.rect(x - r, y - r, 2 * r, 2 * r);
   } else if (node.kind === KIND.token) {
@@ -411,6 +492,7 @@ function shape(ctx, node, view) {
     ctx.lineTo(x - r * 1.1, y + r * 0.8);
     ctx.closePath();
   } else {
+    ctx.moveTo(x + r, y);
     ctx.arc(x, y, r, 0, 2 * Math.PI);
   }
 }

@@ -13,6 +13,7 @@ import { loadFaithfulness, loadValidationList, renderFaithfulness, showDiff, val
 import { el } from "./dom.js";
 import { attn, setupAttention } from "./qk.js";
 import { setupCircuitView } from "./circuitview.js";
+import { attachLod, fetchGraph, setupLod } from "./lod.js";
 
 const $ = (id) => document.getElementById(id);
 let info = { features: false, tracing: false, models: [] };
@@ -99,7 +100,7 @@ async function loadGraph(slug, url, { session = true } = {}) {
   state.loading = true; // no URL writes for the graph being left while this one loads
   let data;
   try {
-    data = await getJSON(`data/${encodeURIComponent(slug)}.json`);
+    data = await fetchGraph(slug); // big graphs: the strongest links only (lod.js)
   } catch (e) {
     if (e.status === 404) return showMissing(slug);
     throw e;
@@ -110,6 +111,7 @@ async function loadGraph(slug, url, { session = true } = {}) {
   state.missing = "";
   state.slug = slug;
   state.graph = parseGraph(data);
+  attachLod(state.graph, data);
   state.graph.attention = data.attention || null; // precomputed attention results (qk.js)
   state.graph.suggestions = data.circuit_suggestions || null; // circuitview.js
   state.hoveredId = "";
@@ -263,7 +265,8 @@ async function currentView(slug, body) {
 function updateCounts() {
   const g = state.graph;
   if (!g || !view.visible) return;
-  $("counts").textContent = `${view.visible.length}/${g.nodes.length} nodes · ${view.links.length}/${g.links.length} links`;
+  const total = g.lod ? g.lod.links_total : g.links.length; // big graphs: not all links loaded
+  $("counts").textContent = `${view.visible.length}/${g.nodes.length} nodes · ${view.links.length}/${total} links`;
   $("prune-value").textContent = state.pruning.toFixed(2);
 }
 
@@ -370,6 +373,7 @@ async function main() {
   view = new GraphView($("graph-wrap"));
   on(render);
   setupCircuitView();
+  setupLod(view);
   keys();
   $("save").addEventListener("click", save);
   $("help-toggle").addEventListener("click", () => { $("help").hidden = !$("help").hidden; });
@@ -448,6 +452,7 @@ window.__lab = {
   screenPos: (id) => view && view.screenPos(id),
   zoom: () => view && { ...view.zoom },
   repaint: () => { const t0 = performance.now(); view.repaint(); return performance.now() - t0; },
+  onScreen: () => view.onScreen().length,
   redraw: () => { const t0 = performance.now(); view.redraw(); return performance.now() - t0; },
 };
 
