@@ -19,12 +19,15 @@ layout: use it with `circuitlab attribute -t OUT/transcoders`), OUT/metrics.json
 FVU, L0, dead features over training) and OUT/checkpoint.pt (every --checkpoint-every steps,
 on SIGTERM/Ctrl-C, and at the end): rerun the same command to resume an interrupted run, add
 --extend with a larger --tokens to train a finished one further, or write any checkpoint as
-transcoders with --export CKPT -o DIR. See docs/training.md."""
+transcoders with --export CKPT -o DIR. Under torchrun (--nproc_per_node N, with
+--cache-activations) N processes share each batch: see docs/training.md."""
 EXAMPLES = """examples:
   circuitlab train --model smollm2 --corpus wikipedia --out ./smollm2-plt \\
       --kind plt --activation jump_relu --d-transcoder 2048 --tokens 200000
   circuitlab train -m ./model --corpus notes.txt --out ./clt --kind clt --activation topk --k 16
   circuitlab train --export ./clt/checkpoint.pt -o ./clt-so-far
+  torchrun --standalone --nproc_per_node 2 -m circuitlab train -m smollm2 --corpus wikipedia \
+      --out ./plt --activation batchtopk --k 16 --cache-activations ~/.cache/cl-acts
 """
 
 
@@ -100,6 +103,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=0,
         help="tokens to cache and train on, in epochs when --tokens is larger (default --tokens)",
     )
+    p.add_argument(
+        "--train-dtype",
+        choices=("float32", "float64"),
+        default="float32",
+        help="dtype of the trained parameters and Adam's state (float64: for exactness checks; "
+        "the saved transcoders are float32)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--restart", action="store_true", help="discard a checkpoint and start over")
     p.add_argument(
@@ -171,7 +181,9 @@ def run(args: argparse.Namespace) -> int:
         corpus=args.corpus,
         cache_dir=args.cache_activations,
         cache_tokens=args.cache_tokens,
+        dtype=args.train_dtype,
     )
+    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun: rank 0 alone reports
     try:
         train_transcoders(
             model_ref,
@@ -184,8 +196,11 @@ def run(args: argparse.Namespace) -> int:
             verbose=not args.quiet,
         )
     except TrainingInterrupted as e:
-        print(f"circuitlab train: {e}", file=sys.stderr)
+        if main_rank:
+            print(f"circuitlab train: {e}", file=sys.stderr)
         return 128 + e.signum  # the shell's code for a process ended by that signal
+    if not main_rank:
+        return 0
     out = Path(args.out)
     metrics = json.loads((out / "metrics.json").read_text())
     final = metrics["final"]

@@ -18,6 +18,13 @@ holds tokens ``[i·B, (i+1)·B)`` modulo ``ring`` (``B = buffer_tokens``; past t
 around: epochs), shuffled with the same seeded generator as the streaming
 ``ActivationBuffer``. A buffer depends only on its index, so resuming needs only
 ``fills_done``.
+
+Data-parallel training (``distributed.py``): with ``world_size`` processes, minibatch ``j`` of
+a fill is still buffer positions ``[j·b, (j+1)·b)`` (``b = batch_size``, the global batch),
+and rank ``r`` trains on its ``r``-th slice of ``b / world_size`` of them. Its ``fill()``
+returns only those rows, in that order (``ActivationCache.take``: a gather from the memory
+maps, so each rank reads its own part of the activations); a trailing partial minibatch is
+left out, as the single process leaves it unused.
 """
 
 from __future__ import annotations
@@ -196,6 +203,25 @@ class ActivationCache:
                 break
         return torch.cat(xs, 1), torch.cat(ys, 1)
 
+    def take(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The tokens at corpus positions ``idx [m]`` (any order, < ``tokens``), in that
+        order: ``x, y [n_layers, m, d]``, read from the memory maps row by row."""
+        order = idx.argsort()
+        wanted = idx[order].numpy()
+        xs, ys, offset = [], [], 0
+        for i, n in enumerate(self.meta["shards"]):
+            lo, hi = np.searchsorted(wanted, [offset, offset + n])
+            if lo < hi:
+                x_map, y_map = self._map(i)
+                rows = wanted[lo:hi] - offset
+                xs.append(torch.from_numpy(x_map[:, rows]))
+                ys.append(torch.from_numpy(y_map[:, rows]))
+            offset += n
+        x, y = torch.cat(xs, 1), torch.cat(ys, 1)
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(len(order))
+        return x[:, inverse], y[:, inverse]
+
     def _map(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         if i not in self._maps:
             self._maps[i] = (
@@ -219,24 +245,43 @@ class CachedBuffer:
         buffer_tokens: int,
         seed: int = 0,
         fills_done: int = 0,
+        batch_size: int = 1,
+        rank: int = 0,
+        world_size: int = 1,
     ):
         if ring < 1:
             raise ValueError("The activation cache holds no tokens: the corpus is empty.")
+        if batch_size % world_size:
+            raise ValueError(
+                f"A batch of {batch_size} tokens does not split evenly over {world_size} "
+                f"processes: make --batch-size a multiple of {world_size}."
+            )
         self.cache, self.ring = cache, ring
         self.buffer_tokens = min(buffer_tokens, ring)
         self.seed, self.fills_done = seed, fills_done
+        self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
 
     def fill(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Buffer ``fills_done``: ``(x, y)``, each ``[n_layers, buffer_tokens, d]``."""
+        """Buffer ``fills_done``: ``(x, y)``, each ``[n_layers, buffer_tokens, d]`` (with
+        several processes, this rank's rows only: module docstring)."""
         b, ring = self.buffer_tokens, self.ring
         start = (self.fills_done * b) % ring
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.fills_done)
+        perm = torch.randperm(b, generator=g)
+        self.fills_done += 1
+        if self.world_size > 1:
+            return self.cache.take((start + perm[self._rank_positions()]) % ring)
         parts = [(start, min(start + b, ring))]
         if start + b > ring:  # wraps around: the next epoch begins
             parts.append((0, start + b - ring))
         pieces = [self.cache.read(lo, hi) for lo, hi in parts]
         x = torch.cat([p[0] for p in pieces], 1)
         y = torch.cat([p[1] for p in pieces], 1)
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.fills_done)
-        perm = torch.randperm(b, generator=g)
-        self.fills_done += 1
         return x[:, perm], y[:, perm]
+
+    def _rank_positions(self) -> torch.Tensor:
+        """The buffer positions this rank trains on, in order: its slice of each minibatch."""
+        n_batches = self.buffer_tokens // self.batch_size
+        share = self.batch_size // self.world_size
+        grid = torch.arange(n_batches * self.batch_size).view(n_batches, self.world_size, share)
+        return grid[:, self.rank].flatten()

@@ -30,6 +30,11 @@ weight ``auxk_alpha``. Dead features thus get a gradient towards what the live o
 
 With ``sparse=True`` (TopK kinds) the step runs on ``sparse.py``'s kernels: the same gradients,
 at a cost set by the active features instead of all of them.
+
+With a ``world`` of several processes (``distributed.py``), ``x, y`` are this rank's slice of
+the global batch and the forward makes every loss term decompose over slices: BatchTopK keeps
+the entries at or above the global batch's ``n·k``-th largest pre-activation, and AuxK divides
+by the global ``||e − ē||²`` (times the world size, undoing the gradient averaging).
 """
 
 from __future__ import annotations
@@ -44,8 +49,16 @@ from ..activations import Activation, JumpReLU, ReLU, TopK
 from ..base import Transcoders
 from ..cross_layer import CrossLayerTranscoder
 from ..per_layer import SingleLayerTranscoder, TranscoderSet
+from .distributed import World
 from .jumprelu import jump_relu
-from .sparse import Codes, batch_topk_codes, masked_topk_codes, sparse_decode, topk_codes
+from .sparse import (
+    Codes,
+    batch_topk_codes,
+    masked_topk_codes,
+    sparse_decode,
+    threshold_codes,
+    topk_codes,
+)
 
 KINDS = ("plt", "clt")
 ACTIVATIONS = ("relu", "jump_relu", "topk", "batchtopk")
@@ -142,8 +155,9 @@ class TrainableTranscoders(nn.Module):
             return pre * (pre > theta)
         return self._activate(pre)
 
-    def _activate(self, pre: torch.Tensor) -> torch.Tensor:
-        """Dense training activations ``[L, n, F]`` of pre-activations ``[L, n, F]``."""
+    def _activate(self, pre: torch.Tensor, theta: torch.Tensor | None = None) -> torch.Tensor:
+        """Dense training activations ``[L, n, F]`` of pre-activations ``[L, n, F]``
+        (BatchTopK with ``theta [L]``: the entries at or above it, see ``_batch_thresholds``)."""
         if self.activation == "relu":
             return torch.relu(pre)
         if self.activation == "jump_relu":
@@ -152,6 +166,8 @@ class TrainableTranscoders(nn.Module):
         if self.activation == "topk":
             values, idx = pre.topk(self.k, dim=-1)
             return torch.zeros_like(pre).scatter(-1, idx, torch.relu(values))
+        if theta is not None:
+            return torch.relu(pre) * (pre >= theta[:, None, None])
         n = pre.shape[1]  # batchtopk: the n·k largest of each layer's batch
         flat = pre.flatten(1)
         values, idx = flat.topk(n * self.k, dim=-1)
@@ -218,6 +234,19 @@ class TrainableTranscoders(nn.Module):
         return weighted.sum(-1).mean(-1)
 
     # ---- training ---------------------------------------------------------------------------
+    def forward(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        sparse: bool = False,
+        dead: torch.Tensor | None = None,
+        k_aux: int = 0,
+        world: World | None = None,
+    ) -> TrainOutput:
+        """``forward_train`` (what ``DistributedDataParallel`` calls)."""
+        return self.forward_train(x, y, sparse=sparse, dead=dead, k_aux=k_aux, world=world)
+
     def forward_train(
         self,
         x: torch.Tensor,
@@ -226,20 +255,26 @@ class TrainableTranscoders(nn.Module):
         sparse: bool = False,
         dead: torch.Tensor | None = None,
         k_aux: int = 0,
+        world: World | None = None,
     ) -> TrainOutput:
         """The training forward on normalised ``x, y [L, n, d]`` (module docstring).
 
         ``dead [L, F]`` (TopK kinds, with ``k_aux > 0``) switches on the AuxK loss.
         ``sparse`` (TopK kinds) uses the sparse kernels; the result and gradients are the
-        dense ones to float tolerance.
+        dense ones to float tolerance. ``world``: the processes sharing the global batch,
+        of which ``x, y`` are this one's slice (default: this process alone).
         """
+        world = world or World()
         L, n, _ = x.shape
         topk_kind = self.activation in TOPK_KINDS
+        theta = None  # BatchTopK over several processes: the global selection threshold
+        if self.activation == "batchtopk" and world.size > 1:
+            with torch.no_grad():
+                theta = self._batch_thresholds(self.preactivations(x), world)
         if sparse and topk_kind:
             with torch.no_grad():
                 pre = self.preactivations(x)
-            make = topk_codes if self.activation == "topk" else batch_topk_codes
-            codes = [make(pre[l], self.k, self.W_enc[l], self.b_enc[l], x[l]) for l in range(L)]  # noqa: E741
+            codes = [self._codes(pre, x, l, theta) for l in range(L)]  # noqa: E741
             recon = self.decode_codes(codes, x)
             with torch.no_grad():
                 on = [c.vals > 0 for c in codes]
@@ -251,7 +286,7 @@ class TrainableTranscoders(nn.Module):
             sparsity = x.new_zeros(L)
         else:
             pre = self.preactivations(x)
-            acts = self._activate(pre)
+            acts = self._activate(pre, theta)
             recon = self.decode(acts, x)
             sparsity = self.sparsity(acts)
             with torch.no_grad():
@@ -260,11 +295,29 @@ class TrainableTranscoders(nn.Module):
                 fired = on_dense.any(1)
                 kept = [acts[l][on_dense[l]] for l in range(L)]  # noqa: E741
         if self.activation == "batchtopk" and torch.is_grad_enabled():
-            self._update_threshold(kept)
+            self._update_threshold(kept, world)
         aux = x.new_zeros(L)
         if topk_kind and dead is not None and k_aux > 0 and bool(dead.any()):
-            aux = self._auxk(pre, x, y, recon, dead, k_aux, sparse)
+            aux = self._auxk(pre, x, y, recon, dead, k_aux, sparse, world)
         return TrainOutput(recon, sparsity, aux, l0, fired)
+
+    def _codes(
+        self, pre: torch.Tensor, x: torch.Tensor, layer: int, theta: torch.Tensor | None
+    ) -> Codes:
+        """Layer ``layer``'s sparse codes of ``pre [L, n, F]`` (``theta``: see ``_activate``)."""
+        W, b = self.W_enc[layer], self.b_enc[layer]
+        if theta is not None:
+            return threshold_codes(pre[layer], theta[layer], W, b, x[layer])
+        make = topk_codes if self.activation == "topk" else batch_topk_codes
+        return make(pre[layer], self.k, W, b, x[layer])
+
+    @torch.no_grad()
+    def _batch_thresholds(self, pre: torch.Tensor, world: World) -> torch.Tensor:
+        """BatchTopK across processes: per layer ``[L]``, the ``N·k``-th largest
+        pre-activation of the global batch of ``N = n · world.size`` tokens (``pre [L, n, F]``
+        is this rank's slice)."""
+        count = pre.shape[1] * world.size * self.k
+        return torch.stack([world.kth_largest(p.flatten(), count) for p in pre])
 
     def _auxk(
         self,
@@ -275,6 +328,7 @@ class TrainableTranscoders(nn.Module):
         dead: torch.Tensor,
         k_aux: int,
         sparse: bool,
+        world: World,
     ) -> torch.Tensor:
         """AuxK loss ``[L]`` (module docstring)."""
         L, n, _ = x.shape
@@ -307,17 +361,28 @@ class TrainableTranscoders(nn.Module):
             if self.W_skip is not None:
                 err_hat = err_hat - torch.einsum("lnd,led->lne", x, self.W_skip)
         sse = (err_hat - err).pow(2).sum((1, 2))
-        var = (err - err.mean(1, keepdim=True)).pow(2).sum((1, 2)).clamp(min=1e-12)
+        if world.size == 1:
+            var = (err - err.mean(1, keepdim=True)).pow(2).sum((1, 2))
+        else:  # the global batch's ||e − ē||², from the slices' sums; no gradient (e is data)
+            stats = torch.cat([err.sum(1), err.pow(2).sum((1, 2))[:, None]], 1).double()
+            world.all_sum(stats)
+            total = n * world.size
+            mean_sq = stats[:, :-1].pow(2).sum(-1) / total
+            var = (stats[:, -1] - mean_sq).to(x.dtype) / world.size  # × size: see docstring
         scale = (n_dead.to(x.dtype) / k_aux).clamp(max=1.0)
-        return scale * sse / var
+        return scale * sse / var.clamp(min=1e-12)
 
     @torch.no_grad()
-    def _update_threshold(self, kept: list[torch.Tensor]) -> None:
-        """BatchTopK: running mean of the smallest activation kept per layer."""
-        for l, v in enumerate(kept):  # noqa: E741
-            if v.numel() == 0:
+    def _update_threshold(self, kept: list[torch.Tensor], world: World) -> None:
+        """BatchTopK: running mean of the smallest activation kept per layer (over every
+        process's slice of the batch)."""
+        like = self.batch_threshold
+        inf = torch.tensor(float("inf"), dtype=like.dtype, device=like.device)
+        lows = torch.stack([v.min().to(like.dtype) if v.numel() else inf for v in kept])
+        world.all_min(lows)
+        for l, low in enumerate(lows):  # noqa: E741
+            if torch.isinf(low):
                 continue
-            low = v.min()
             old = self.batch_threshold[l]
             new = low if old == 0 else THRESHOLD_MOMENTUM * old + (1 - THRESHOLD_MOMENTUM) * low
             self.batch_threshold[l] = new

@@ -142,6 +142,18 @@ def batch_topk_codes(
     return Codes(feat, vals, offsets, tok)
 
 
+def threshold_codes(
+    pre: torch.Tensor, theta: torch.Tensor, W: torch.Tensor, b: torch.Tensor, x: torch.Tensor
+) -> Codes:
+    """The entries of ``pre [n, F]`` at or above ``theta`` (ReLU'd): BatchTopK when the
+    ``n·k``-th largest value was found over a batch split across processes."""
+    n = pre.shape[0]
+    tok, feat = (pre >= theta).nonzero(as_tuple=True)  # row-major: grouped by token
+    vals = torch.relu(selected_pre(pre, W, b, x, tok, feat))
+    counts = torch.bincount(tok, minlength=n)
+    return Codes(feat, vals, torch.cumsum(counts, 0) - counts, tok)
+
+
 def _batch_topk_indices(pre: torch.Tensor, k: int, spread: int = 2) -> torch.Tensor:
     """Flat indices (sorted, so token-major) of the ``n·k`` largest entries of ``pre [n, F]``.
 

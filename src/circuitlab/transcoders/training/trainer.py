@@ -34,6 +34,16 @@ continues exactly as the uninterrupted run would have, ``metrics.json`` included
 state stays in ``checkpoint.pt`` so that ``extend=True`` can train a finished run to a larger
 ``n_tokens`` (the schedule becomes that of the new total from the step reached), and
 ``export_checkpoint`` writes any checkpoint as circuit-tracer's layout.
+
+Data-parallel (``torchrun --nproc_per_node N -m circuitlab train ... --cache-activations DIR``;
+``distributed.py``): every rank runs this loop on the same schedule with its slice of each
+global batch (read from the activation cache), gradients averaged by
+``DistributedDataParallel``; the weights are those of one process on the same data.
+``--batch-size`` stays the global batch. The ranks agree after every step whether any got a
+stop signal, so all stop at the same step; rank 0 alone evaluates, logs and writes
+``metrics.json``, checkpoints and the transcoders, and the others wait for it before they
+return or raise. ``dtype="float64"`` trains in double precision (checks of exactness; the
+saved transcoders are float32 either way).
 """
 
 from __future__ import annotations
@@ -51,6 +61,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from ...models.loading import load_model, model_spec
@@ -58,12 +69,14 @@ from ..base import Transcoders
 from ..evaluation import ReconstructionStats, held_out_split
 from .activations import ActivationBuffer, mlp_io
 from .cache import ActivationCache, CachedBuffer, activation_key
+from .distributed import World, world
 from .model import TOPK_KINDS, TrainableTranscoders
 
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.json"
 TRANSCODERS_DIR = "transcoders"
 
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
 DEFAULT_SPARSITY = {"relu": 3e-4, "jump_relu": 3e-3, "topk": 0.0, "batchtopk": 0.0}
 # settings that change neither the data nor the math (to float tolerance): a checkpoint
 # resumes under other values
@@ -104,10 +117,17 @@ class TrainConfig:
     sparse_kernels: bool = True  # topk/batchtopk: sparse encoder backward and decoder
     cache_dir: str | None = None  # activation cache (training/cache.py); None: stream
     cache_tokens: int = 0  # tokens to cache (then epochs over them); 0: n_tokens
+    dtype: str = "float32"  # of the parameters and Adam's state: float32 or float64
 
     @property
     def sparsity_coefficient(self) -> float:
         return DEFAULT_SPARSITY[self.activation] if self.sparsity is None else self.sparsity
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"Unknown training dtype {self.dtype!r}; use float32 or float64.")
+        return DTYPES[self.dtype]
 
     @property
     def in_hook(self) -> str:
@@ -201,13 +221,36 @@ class _Metrics:
         l0: torch.Tensor,
         fired: torch.Tensor,
         tokens: int,
+        world: World | None = None,
     ) -> None:
-        """One step: reconstructions and targets ``[L, n, d]``, L0 ``[L]``, fired ``[L, F]``."""
-        self.err += ((recon - y) ** 2).sum((1, 2)).double()
-        self.var += ((y - y.mean(1, keepdim=True)) ** 2).sum((1, 2)).double()
-        self.l0 += l0
+        """One step: reconstructions and targets ``[L, n, d]``, L0 ``[L]``, fired ``[L, F]``
+        (with several processes: this rank's slice, summed over ranks into the global step)."""
+        world = world or World()
+        L, n, _ = y.shape
+        err, sq = torch.zeros(L, dtype=torch.float64), torch.zeros(L, dtype=torch.float64)
+        for layer in range(L):  # float64, one layer at a time
+            t = y[layer].double()
+            err[layer] = (recon[layer].double() - t).pow(2).sum()
+            sq[layer] = t.pow(2).sum()
+        packed = torch.cat(
+            [
+                err,
+                sq,
+                y.sum(1).double().flatten(),  # [L * d]
+                l0.double() / world.size,
+                fired.flatten().double(),
+                torch.tensor([float(n)], dtype=torch.float64),
+            ]
+        )
+        world.all_sum(packed)
+        err, sq, rest = packed[:L], packed[L : 2 * L], packed[2 * L :]
+        sums, rest = rest[: y.shape[-1] * L].view(L, -1), rest[y.shape[-1] * L :]
+        l0_all, fired_all, n_all = rest[:L], rest[L:-1].view(fired.shape) > 0, rest[-1]
+        self.err += err
+        self.var += sq - sums.pow(2).sum(-1) / n_all  # Σ||y − ȳ||² over the global batch
+        self.l0 += l0_all
         self.n += 1
-        self.last_fire[fired] = tokens
+        self.last_fire[fired_all] = tokens
 
     def dead(self, tokens: int, window: int) -> torch.Tensor:
         """Dead features per layer ``[L]``: none fired in the last ``window`` tokens."""
@@ -241,12 +284,24 @@ def _write_json_atomic(obj: Any, path: Path) -> None:
 
 
 @torch.no_grad()
-def _init_from_buffer(tc: TrainableTranscoders, x: torch.Tensor, y: torch.Tensor) -> None:
-    """Sets the normalisation scales and ``b_dec`` (the mean normalised output)."""
-    d = x.shape[-1]
-    tc.in_scale.copy_((x.pow(2).sum(-1).mean(-1) / d).sqrt().clamp(min=1e-8))
-    tc.out_scale.copy_((y.pow(2).sum(-1).mean(-1) / d).sqrt().clamp(min=1e-8))
-    tc.b_dec.copy_(y.mean(1) / tc.out_scale[:, None])
+def _init_from_buffer(
+    tc: TrainableTranscoders, x: torch.Tensor, y: torch.Tensor, w: World | None = None
+) -> None:
+    """Sets the normalisation scales and ``b_dec`` (the mean normalised output) from the first
+    buffer ``x, y [L, n, d]`` (with several processes: of all ranks' rows together)."""
+    w = w or World()
+    L, n, d = x.shape
+    sums = torch.zeros(L, d + 2, dtype=torch.float64)  # per layer: Σy [d], Σ||x||², Σ||y||²
+    for layer in range(L):  # float64 sums, one layer at a time (the buffer is large)
+        xl, yl = x[layer].double(), y[layer].double()
+        sums[layer, :d] = yl.sum(0)
+        sums[layer, d] = xl.pow(2).sum()
+        sums[layer, d + 1] = yl.pow(2).sum()
+    count = w.all_sum(torch.tensor([float(n)], dtype=torch.float64))
+    w.all_sum(sums)
+    tc.in_scale.copy_((sums[:, d] / (count * d)).sqrt().clamp(min=1e-8))
+    tc.out_scale.copy_((sums[:, d + 1] / (count * d)).sqrt().clamp(min=1e-8))
+    tc.b_dec.copy_(sums[:, :d] / count / tc.out_scale[:, None])
 
 
 def train_transcoders(
@@ -267,11 +322,49 @@ def train_transcoders(
     An existing ``out_dir/checkpoint.pt`` of the same configuration is resumed unless
     ``restart``; one with another ``n_tokens`` only with ``extend`` (train a finished or
     interrupted run to the new total). SIGTERM/SIGINT write a checkpoint and raise
-    ``TrainingInterrupted``.
+    ``TrainingInterrupted``. Launched by ``torchrun`` (``WORLD_SIZE > 1``), each process trains
+    its slice of every batch (module docstring; needs ``cache_dir``).
     """
     cfg = config or TrainConfig()
-    out = Path(out_dir)
+    with world() as w:
+        _check_world(cfg, w)
+        return _train(
+            model_ref, texts, Path(out_dir), cfg, w, tokenizer, model_name, restart, extend, verbose
+        )
+
+
+def _check_world(cfg: TrainConfig, w: World) -> None:
+    cfg.torch_dtype  # noqa: B018 (validates the name)
+    if w.size == 1:
+        return
+    if cfg.cache_dir is None:
+        raise ValueError(
+            f"Training with {w.size} processes reads each one's share of the activations from "
+            "the activation cache: pass --cache-activations DIR (cache_dir=), a folder every "
+            "process can read."
+        )
+    if cfg.batch_size % w.size:
+        raise ValueError(
+            f"--batch-size {cfg.batch_size} (the global batch) does not split evenly over "
+            f"{w.size} processes: make it a multiple of {w.size}."
+        )
+
+
+def _train(
+    model_ref: str | torch.nn.Module,
+    texts: Iterable[str],
+    out: Path,
+    cfg: TrainConfig,
+    w: World,
+    tokenizer: Any,
+    model_name: str | None,
+    restart: bool,
+    extend: bool,
+    verbose: bool,
+) -> Transcoders:
+    """``train_transcoders`` in process ``w.rank`` of ``w.size``."""
     out.mkdir(parents=True, exist_ok=True)
+    verbose = verbose and w.main
     hf, tok, adapter = load_model(model_ref, tokenizer=tokenizer)
     if tok is None:
         raise ValueError("Training on text needs the model's tokenizer; pass tokenizer=.")
@@ -284,16 +377,17 @@ def train_transcoders(
                 f"The corpus is too small to hold out {cfg.eval_tokens} tokens and train on the "
                 "rest: lower --eval-tokens or use a larger corpus."
             )
-    tc = new_trainable(cfg, spec.n_layers, spec.d_model)
+    tc = new_trainable(cfg, spec.n_layers, spec.d_model).to(cfg.torch_dtype)
     opt = torch.optim.Adam(tc.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
     prog = Progress()
     metrics = _Metrics(spec.n_layers, cfg.d_transcoder)
     ckpt = out / CHECKPOINT_NAME
     if ckpt.is_file() and not restart:
         _resume(ckpt, cfg, tc, opt, prog, metrics, extend=extend)
+    module = w.wrap(tc)
     buf: ActivationBuffer | CachedBuffer
     if cfg.cache_dir is not None:
-        buf = _cached_buffer(cfg, hf, adapter, tok, texts, prog, verbose)
+        buf = _cached_buffer(cfg, hf, adapter, tok, texts, prog, verbose, w)
     else:
         buf = ActivationBuffer(
             hf,
@@ -310,13 +404,19 @@ def train_transcoders(
             fills_done=prog.fills,
         )
     total = cfg.total_steps
+    batch = cfg.batch_size // w.size  # this rank's slice of each global batch
     bar = tqdm(total=total, initial=prog.step, desc="training transcoders", disable=not verbose)
     start = time.perf_counter() - prog.seconds
     exhausted = False
 
     def checkpoint() -> None:
         prog.seconds = time.perf_counter() - start
-        _checkpoint(ckpt, cfg, tc, opt, prog, metrics, model_name)
+        if w.main:
+            _checkpoint(ckpt, cfg, tc, opt, prog, metrics, model_name)
+
+    def evaluate() -> None:
+        if w.main and held_out is not None:
+            _evaluate(tc, hf, adapter, held_out, cfg, prog, bar if verbose else None, out)
 
     with _stop_signals() as stop:
         while prog.step < total and not exhausted:
@@ -324,22 +424,23 @@ def train_transcoders(
             if data is None:
                 exhausted = True
                 break
-            x, y = data
+            x, y = (t.to(cfg.torch_dtype) for t in data)
             if prog.step == 0 and prog.fills == 0:
-                _init_from_buffer(tc, x, y)
+                _init_from_buffer(tc, x, y, w)
             x.div_(tc.in_scale[:, None, None])  # in place: the buffer is the big allocation
             y.div_(tc.out_scale[:, None, None])
-            n_batches = x.shape[1] // cfg.batch_size
+            n_batches = x.shape[1] // batch
             while prog.offset < n_batches and prog.step < total and not stop:
-                s = prog.offset * cfg.batch_size
-                xb, yb = x[:, s : s + cfg.batch_size], y[:, s : s + cfg.batch_size]
-                _step(tc, opt, cfg, prog, metrics, xb, yb, total)
+                s = prog.offset * batch
+                xb, yb = x[:, s : s + batch], y[:, s : s + batch]
+                _step(tc, opt, cfg, prog, metrics, xb, yb, total, world=w, module=module)
+                _agree_on_stop(stop, w)
                 prog.offset += 1
                 bar.update(1)
                 if prog.step % cfg.log_every == 0 or prog.step == total:
-                    _log(prog, metrics, cfg, bar, time.perf_counter() - start, out)
-                if held_out is not None and prog.step % cfg.eval_every == 0:
-                    _evaluate(tc, hf, adapter, held_out, cfg, prog, bar if verbose else None, out)
+                    _log(prog, metrics, cfg, bar, time.perf_counter() - start, out, w)
+                if cfg.eval_every > 0 and prog.step % cfg.eval_every == 0:
+                    evaluate()
                 if prog.step % cfg.checkpoint_every == 0 and prog.step < total:
                     checkpoint()
             if prog.offset >= n_batches:  # drained: the next buffer begins here
@@ -347,27 +448,27 @@ def train_transcoders(
             if stop:
                 checkpoint()
                 bar.close()
-                _write_metrics(out, cfg, prog, False, partial=True)
+                if w.main:
+                    _write_metrics(out, cfg, prog, False, partial=True)
+                w.barrier()  # the others leave only once rank 0's checkpoint is written
                 raise TrainingInterrupted(stop[0], prog.step, total, ckpt)
     bar.close()
     prog.seconds = time.perf_counter() - start
     if metrics.n:
-        _log(prog, metrics, cfg, bar, prog.seconds, out)
-    if (
-        held_out is not None
-        and prog.step > 0
-        and (not prog.evals or prog.evals[-1]["step"] != prog.step)
-    ):
-        _evaluate(tc, hf, adapter, held_out, cfg, prog, bar if verbose else None, out)
+        _log(prog, metrics, cfg, bar, prog.seconds, out, w)
+    if prog.step > 0 and (not prog.evals or prog.evals[-1]["step"] != prog.step):
+        evaluate()
     result = tc.to_transcoders(
         input_hook=cfg.in_hook,
         output_hook=cfg.output_hook,
         model_name=model_name,
         name=transcoders_name(cfg),
-    )
-    result.save(str(out / TRANSCODERS_DIR), overwrite=True)
-    _write_metrics(out, cfg, prog, exhausted)
-    _checkpoint(ckpt, cfg, tc, opt, prog, metrics, model_name)  # kept: extend, export
+    ).to(torch.float32)
+    if w.main:
+        result.save(str(out / TRANSCODERS_DIR), overwrite=True)
+        _write_metrics(out, cfg, prog, exhausted)
+        _checkpoint(ckpt, cfg, tc, opt, prog, metrics, model_name)  # kept: extend, export
+    w.barrier()  # every process returns once the files are written
     return result
 
 
@@ -379,6 +480,7 @@ def _cached_buffer(
     texts: Iterable[str],
     prog: Progress,
     verbose: bool,
+    w: World,
 ) -> CachedBuffer:
     """The run's buffers from the activation cache under ``cfg.cache_dir``, after caching
     the first ``cache_tokens`` (default ``n_tokens``) tokens if they are not there yet."""
@@ -414,7 +516,14 @@ def _cached_buffer(
             "larger corpus or a smaller --batch-size."
         )
     return CachedBuffer(
-        cache, ring=ring, buffer_tokens=cfg.buffer_tokens, seed=cfg.seed, fills_done=prog.fills
+        cache,
+        ring=ring,
+        buffer_tokens=cfg.buffer_tokens,
+        seed=cfg.seed,
+        fills_done=prog.fills,
+        batch_size=cfg.batch_size,
+        rank=w.rank,
+        world_size=w.size,
     )
 
 
@@ -470,14 +579,20 @@ def _step(
     x: torch.Tensor,
     y: torch.Tensor,
     total: int,
+    *,
+    world: World | None = None,
+    module: nn.Module | None = None,
 ) -> None:
+    """One optimiser step on the normalised batch ``x, y [L, n, d]`` (this rank's slice of
+    it with several processes; ``module`` is then ``tc`` in ``DistributedDataParallel``)."""
+    world = world or World()
     lr_f, sp_f = schedule(prog.step, total)
     for group in opt.param_groups:
         group["lr"] = cfg.lr * lr_f
     auxk = tc.activation in TOPK_KINDS and cfg.auxk_alpha > 0
     dead = metrics.aux_dead(prog.tokens, cfg.dead_window) if auxk else None
     k_aux = cfg.k_aux or x.shape[-1] // 2
-    out = tc.forward_train(x, y, sparse=cfg.sparse_kernels, dead=dead, k_aux=k_aux)
+    out = (module or tc)(x, y, sparse=cfg.sparse_kernels, dead=dead, k_aux=k_aux, world=world)
     mse = ((out.recon - y) ** 2).sum(-1).mean(-1) / x.shape[-1]  # [L]
     loss = mse + cfg.sparsity_coefficient * sp_f * out.sparsity
     if auxk:
@@ -488,8 +603,18 @@ def _step(
     opt.step()
     tc.clamp_()
     prog.step += 1
-    prog.tokens += x.shape[1]
-    metrics.add_counts(out.recon.detach(), y, out.l0, out.fired, prog.tokens)
+    prog.tokens += x.shape[1] * world.size
+    metrics.add_counts(out.recon.detach(), y, out.l0, out.fired, prog.tokens, world)
+
+
+def _agree_on_stop(stop: list[int], w: World) -> None:
+    """With several processes, a stop signal any of them got (the largest number) becomes
+    every process's, so that all stop after the same step."""
+    if w.size == 1:
+        return
+    flag = w.all_max(torch.tensor([stop[0] if stop else 0], dtype=torch.long))
+    if flag.item() and not stop:
+        stop.append(int(flag.item()))
 
 
 @torch.no_grad()
@@ -539,7 +664,13 @@ def _evaluate(
 
 
 def _log(
-    prog: Progress, metrics: _Metrics, cfg: TrainConfig, bar: Any, seconds: float, out: Path
+    prog: Progress,
+    metrics: _Metrics,
+    cfg: TrainConfig,
+    bar: Any,
+    seconds: float,
+    out: Path,
+    w: World | None = None,
 ) -> None:
     if metrics.n == 0:
         return
@@ -551,7 +682,8 @@ def _log(
     bar.set_postfix(
         fvu=f"{sum(s['fvu']) / n:.3f}", l0=f"{sum(s['l0']) / n:.1f}", dead=sum(s["dead"])
     )
-    _write_metrics(out, cfg, prog, False, partial=True)
+    if w is None or w.main:
+        _write_metrics(out, cfg, prog, False, partial=True)
 
 
 def _write_metrics(
