@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,7 @@ class LinkIndex:
     target: np.ndarray
     weight: np.ndarray
     abs_weight: np.ndarray
+    answers: dict[int, bytes] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def read(cls, path: Path) -> LinkIndex:
@@ -100,6 +101,14 @@ class LinkIndex:
         weakest = float(self.abs_weight[n - 1]) if n else 0.0
         lod = {"links_total": len(self), "links_sent": n, "min_abs_weight": weakest}
         return {**self.head, "links": links, "lod": lod}
+
+    def strongest_json(self, n: int) -> bytes:
+        """``strongest(n)`` as JSON, kept for the next ask (a reload, another tab)."""
+        if n not in self.answers:
+            if len(self.answers) >= 4:
+                self.answers.pop(next(iter(self.answers)))
+            self.answers[n] = json.dumps(self.strongest(n), separators=(",", ":")).encode()
+        return self.answers[n]
 
     def touching(self, nodes: list[int] | None, min_abs: float, limit: int) -> dict[str, Any]:
         """Links touching ``nodes`` (all when None) with ``|weight| >= min_abs``, strongest
@@ -163,7 +172,7 @@ def register_lod_routes(app: FastAPI, graph_dir: Path) -> None:
     def lod_graph(slug: str, links: int = DEFAULT_LINKS) -> Response:
         if not 0 <= links <= MAX_LINKS:
             raise HTTPProblem(400, f"links must be between 0 and {MAX_LINKS}, got {links}")
-        body = json.dumps(index_of(slug).strongest(links), separators=(",", ":"))
+        body = index_of(slug).strongest_json(links)
         return Response(body, media_type="application/json", headers={"Cache-Control": "no-cache"})
 
     @app.post("/api/lod/{slug}/edges")
