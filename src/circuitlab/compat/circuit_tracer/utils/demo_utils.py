@@ -1,13 +1,14 @@
 """The notebook helpers circuit-tracer's demos import, with the same names and arguments.
 
-The ``display_*`` helpers render a small HTML table in Jupyter (IPython) and print plain text
-elsewhere; the ``get_*`` helpers return the same values circuit-tracer's do.
+The ``display_*`` helpers render a small HTML table in a Jupyter kernel and print plain text
+elsewhere (scripts, terminal IPython); the ``get_*`` helpers return the same values circuit-tracer's do.
 """
 
 from __future__ import annotations
 
 import gc
 import html
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -163,14 +164,23 @@ def _last_probs(logits: torch.Tensor) -> torch.Tensor:
     return torch.softmax(logits.squeeze()[-1].double(), dim=-1)
 
 
+def _in_notebook() -> bool:
+    """True inside a Jupyter-like kernel (one that renders HTML); False in a plain script or a
+    terminal IPython, even where IPython is installed."""
+    if "IPython" not in sys.modules:  # every kernel has imported it already
+        return False
+    shell = sys.modules["IPython"].get_ipython()
+    return shell is not None and type(shell).__name__ != "TerminalInteractiveShell"
+
+
 def _show(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    try:
-        from IPython.display import HTML, display  # pyright: ignore[reportMissingImports]
-    except ImportError:
+    if not _in_notebook():
         print(title)
         for row in [header, *rows]:
             print("  " + " | ".join(row))
         return
+    from IPython.display import HTML, display  # pyright: ignore[reportMissingImports]
+
     cells = "".join(
         "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows
     )
