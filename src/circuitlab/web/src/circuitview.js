@@ -215,24 +215,38 @@ function reduced() {
 function place(units, width, height) {
   const g = state.graph;
   const rows = g.nLayers + 2;
+  const col = (width - 2 * PAD) / g.nPos;
   const boxW = Math.max(70, Math.min(150, (width - 2 * PAD) / Math.max(4, Math.ceil(units.length / 3))));
   for (const u of units) {
     const ns = u.ids.map((id) => g.byId.get(id));
     const row = ns.reduce((a, n) => a + rowOf(n, rows), 0) / ns.length;
     const pos = ns.reduce((a, n) => a + n.pos, 0) / ns.length;
-    u.w = u.kind === "group" ? boxW : Math.min(boxW, 80);
-    u.x = PAD + ((pos + 0.5) / g.nPos) * (width - 2 * PAD) - u.w / 2;
-    u.y = PAD + (1 - (row + 0.5) / rows) * (height - 2 * PAD) - BOX_H / 2;
+    u.w = u.kind === "group" ? boxW : Math.max(30, Math.min(80, col - 4));
+    u.x0 = PAD + (pos + 0.5) * col - u.w / 2;
+    u.y0 = PAD + (1 - (row + 0.5) / rows) * (height - 2 * PAD) - BOX_H / 2;
   }
-  // Boxes in one band that overlap move right (then wrap to the left edge), as the subgraph does.
+  // Tokens and logits first (their own columns), then groups, each at the free spot nearest to
+  // where its members sit: sideways first, then a band up or down.
   const placed = [];
-  const hit = (u) => placed.some((v) => Math.abs(v.y - u.y) < BOX_H + 2 && u.x < v.x + v.w + 4 && v.x < u.x + u.w + 4);
-  for (const u of [...units].sort((a, b) => a.y - b.y || a.x - b.x)) {
-    u.x = Math.max(PAD / 2, Math.min(width - u.w - PAD / 2, u.x));
-    u.y = Math.max(PAD / 2, Math.min(height - BOX_H - PAD / 2, u.y));
-    for (let tries = 0; hit(u) && tries < 400; tries++) {
-      u.x += 12;
-      if (u.x + u.w > width - PAD / 2) { u.x = PAD / 2; u.y = Math.min(height - BOX_H, u.y + 8); }
+  const hit = (u) => placed.some((v) => Math.abs(v.y - u.y) < BOX_H + 3 && u.x < v.x + v.w + 4 && v.x < u.x + u.w + 4);
+  const clampX = (x, u) => Math.max(PAD / 2, Math.min(width - u.w - PAD / 2, x));
+  const clampY = (y) => Math.max(PAD / 2, Math.min(height - BOX_H - PAD / 2, y));
+  const order = [...units].sort((a, b) => (a.kind === "group") - (b.kind === "group"));
+  for (const u of order) {
+    const spots = [];
+    for (let band = 0; band < 8; band++) {
+      for (const dy of band ? [band, -band] : [0]) {
+        for (let j = 0; j * 16 < width; j++) {
+          for (const dx of j ? [j * 16, -j * 16] : [0]) spots.push([dx, dy * (BOX_H + 4)]);
+        }
+      }
+    }
+    u.x = clampX(u.x0, u);
+    u.y = clampY(u.y0);
+    for (const [dx, dy] of spots) {
+      u.x = clampX(u.x0 + dx, u);
+      u.y = clampY(u.y0 + dy);
+      if (!hit(u)) break;
     }
     placed.push(u);
   }
