@@ -81,8 +81,10 @@ def test_circuit_tracer_files_with_repeated_ids_index_the_first(tmp_path: Path) 
         {"source": "a", "target": "b", "weight": 2.0},
         {"source": "b", "target": "b", "weight": 5.0},  # a self-loop: skipped, as the page does
         {"source": "x", "target": "b", "weight": 9.0},  # an unknown node: skipped
+        {"source": "b", "target": "a"},  # no weight: 0, as the page reads it
     ]
     path = tmp_path / "g.json"
     path.write_text(json.dumps({"nodes": nodes, "links": links}))
     index = LinkIndex.read(path)
-    assert len(index) == 1 and index.source.tolist() == [0] and index.target.tolist() == [1]
+    assert index.source.tolist() == [0, 1] and index.target.tolist() == [1, 0]
+    assert index.weight.tolist() == [2.0, 0.0]

@@ -69,11 +69,7 @@ class LinkIndex:
         index: dict[str, int] = {}
         for i, node_id in enumerate(ids):
             index.setdefault(node_id, i)  # a repeated id (old circuit-tracer files): the first
-        n = len(links)
-        get = index.get
-        source = np.fromiter((get(str(x.get("source")), -1) for x in links), np.int64, n)
-        target = np.fromiter((get(str(x.get("target")), -1) for x in links), np.int64, n)
-        weight = np.fromiter((x.get("weight") or 0.0 for x in links), np.float64, n)
+        source, target, weight = _columns(links, index)
         ok = (source >= 0) & (target >= 0) & (source != target)  # data.js skips the others too
         source, target, weight = source[ok], target[ok], weight[ok]
         order = np.argsort(-np.abs(weight), kind="stable")
@@ -127,6 +123,27 @@ class LinkIndex:
             "weight": w[:limit].tolist(),
             "truncated": truncated,
         }
+
+
+def _columns(links: list[Any], index: dict[str, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(source, target, weight)`` of the file's links: node indices (-1 where the id names no
+    node) and weights. The fast path reads each field with one comprehension; links missing a
+    key, or with ids that are not strings, take the slow path, as the page reads them."""
+    n = len(links)
+    try:
+        get = index.get
+        source = np.array([get(x["source"], -1) for x in links], dtype=np.int64).reshape(n)
+        target = np.array([get(x["target"], -1) for x in links], dtype=np.int64).reshape(n)
+        weight = np.array([x["weight"] for x in links], dtype=np.float64).reshape(n)
+        if (source >= 0).all() and (target >= 0).all():
+            return source, target, weight
+    except (KeyError, TypeError, ValueError):
+        pass
+    get = index.get
+    source = np.fromiter((get(str(x.get("source")), -1) for x in links), np.int64, n)
+    target = np.fromiter((get(str(x.get("target")), -1) for x in links), np.int64, n)
+    weight = np.fromiter((x.get("weight") or 0.0 for x in links), np.float64, n)
+    return source, target, weight
 
 
 class LinkIndexCache:
