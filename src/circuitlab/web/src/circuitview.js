@@ -46,8 +46,8 @@ export function setupCircuitView() {
 }
 
 // Show the circuit (true) or the full graph (false).
-export function show(on_) {
-  cv.shown = Boolean(on_ && cv.h);
+export function show(visible) {
+  cv.shown = Boolean(visible && cv.h);
   $.root.hidden = !cv.shown;
   $.toggle.textContent = cv.shown ? "full graph" : "circuit view";
   $.toggle.classList.toggle("on", cv.shown);
