@@ -65,6 +65,8 @@ def test_the_circuit_opens_first_and_expands_in_place(page: Any, circuit_lab: La
     assert [r["key"] for r in rows(page)] == [r["key"] for r in after]
     page.locator("#circuit-list button.cv-collapse").first.click()
     assert [r["n"] for r in rows(page)] == [4]  # back to the one group
+    page.click("#circuit-draw g.cv-box.group text.cv-glyph")  # ▸ on the box itself
+    assert len(rows(page)) == 2 and page.locator("#circuit-draw g.cv-box.group").count() == 2
     set_groups(page, 4)
     assert [r["n"] for r in rows(page)] == [1, 1, 1, 1]
     page.click("#circuit-list .cv-row:nth-child(2) input.cv-pick")
