@@ -17,6 +17,7 @@ from .attention import (
 )
 from .attribution import CustomTarget, LogitDiff, attribute
 from .circuits import Circuit, Supernode, find_circuit
+from .circuits.suggestions import suggestions_block as _suggestions_block
 from .graph import (
     Graph,
     LogitTarget,
@@ -25,6 +26,7 @@ from .graph import (
     load_graph,
     prune_graph,
 )
+from .graph.export import set_suggestions_builder as _set_suggestions_builder
 from .graph.graph import set_viewer as _set_viewer
 from .interventions import feature_intervention as _intervene
 from .interventions import feature_intervention_generate as _generate
@@ -56,8 +58,9 @@ def _show_in_lab(graph: Graph, slug: str | None = None, **kwargs: Any) -> Any:
 
 # Lower layers never import higher ones (docs/architecture.md); the root wires the few calls
 # that go upward: Graph.show opens the web lab, and ReplacementModel's circuit-tracer-style
-# methods run circuitlab.interventions.
+# methods run circuitlab.interventions; graph files' circuit suggestions come from circuits/.
 _set_viewer(_show_in_lab)
+_set_suggestions_builder(_suggestions_block)
 install_interventions(InterventionFunctions(_intervene, _generate))
 
 __all__ = [

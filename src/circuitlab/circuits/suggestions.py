@@ -18,10 +18,14 @@ file serves every number of groups:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from circuitlab.circuits.circuit import Circuit
+import torch
+
+from circuitlab.circuits.circuit import Circuit, find_circuit
 from circuitlab.graph.export import node_ids
+from circuitlab.graph.graph import Graph
 
 SUGGESTIONS_VERSION = 1
 MAX_GROUPS = 64
@@ -55,3 +59,32 @@ def suggestions_json(circuit: Circuit, max_groups: int = MAX_GROUPS) -> dict[str
         "max_groups": top,
         "labels": labels,
     }
+
+
+def suggestions_block(
+    graph: Graph,
+    circuit: bool | Any,
+    node_threshold: float,
+    edge_threshold: float,
+    features_dir: str | Path | None,
+) -> dict[str, Any]:
+    """``create_graph_files``' ``circuit_suggestions`` block for ``graph``: ``circuit``'s (a
+    ``Circuit`` of this graph), or with ``True`` ``find_circuit``'s at these thresholds.
+    Installed into ``graph.export`` by ``import circuitlab`` (``set_suggestions_builder``)."""
+    if circuit is True:
+        circuit = find_circuit(
+            graph, node_threshold=node_threshold, edge_threshold=edge_threshold,
+            features_dir=features_dir,
+        )  # fmt: skip
+    elif not isinstance(circuit, Circuit):
+        raise ValueError(
+            f"suggestions= takes True or a Circuit (find_circuit(graph, ...)); got {circuit!r}"
+        )
+    elif circuit.graph.n_nodes != graph.n_nodes or not torch.equal(
+        circuit.graph.input_tokens.cpu(), graph.input_tokens.cpu()
+    ):
+        raise ValueError(
+            "suggestions= was given a Circuit of another graph: pass find_circuit(graph, ...) "
+            "of the graph being written, or suggestions=True"
+        )
+    return suggestions_json(circuit)

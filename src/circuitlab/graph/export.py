@@ -27,9 +27,9 @@ import threading
 import time
 import warnings
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
@@ -37,8 +37,23 @@ from circuitlab.atomic import write_atomic
 from circuitlab.graph.graph import Graph
 from circuitlab.graph.pruning import prune_graph
 
-if TYPE_CHECKING:
-    from circuitlab.circuits.circuit import Circuit
+
+class Circuit(Protocol):
+    """What ``create_graph_files(suggestions=...)`` takes: a ``circuitlab.circuits.Circuit``
+    (named structurally here: ``graph/`` does not import ``circuits/``)."""
+
+    graph: Graph
+
+
+SuggestionsBuilder = Callable[[Graph, "bool | Circuit", float, float, "str | Path | None"], dict]
+_suggestions_builder: list[SuggestionsBuilder] = []
+
+
+def set_suggestions_builder(builder: SuggestionsBuilder) -> None:
+    """Installs what builds the ``circuit_suggestions`` block (``import circuitlab`` installs
+    ``circuits.suggestions.suggestions_block``; lower layers never import higher ones)."""
+    _suggestions_builder[:] = [builder]
+
 
 SCHEMA_VERSION = 1
 FEATURE_TYPE = "cross layer transcoder"  # what circuit-tracer and Neuronpedia call any feature
@@ -175,25 +190,13 @@ def circuit_suggestions(
     features_dir: str | Path | None,
 ) -> dict[str, Any]:
     """The ``circuit_suggestions`` block: ``circuit``'s, or (``True``) ``find_circuit``'s at
-    these thresholds. Imported lazily: ``graph/`` does not depend on ``circuits/``."""
-    from circuitlab.circuits.circuit import find_circuit
-    from circuitlab.circuits.suggestions import suggestions_json
-
-    if circuit is True:
-        circuit = find_circuit(
-            g, node_threshold=node_threshold, edge_threshold=edge_threshold,
-            features_dir=features_dir,
-        )  # fmt: skip
-    elif circuit is False:
-        raise ValueError("circuit_suggestions needs suggestions=True or a Circuit")
-    elif circuit.graph.n_nodes != g.n_nodes or not torch.equal(
-        circuit.graph.input_tokens.cpu(), g.input_tokens.cpu()
-    ):
-        raise ValueError(
-            "suggestions= was given a Circuit of another graph: pass find_circuit(graph, ...) "
-            "of the graph being written, or suggestions=True"
+    these thresholds, built by the installed ``set_suggestions_builder`` function."""
+    if not _suggestions_builder:
+        raise RuntimeError(
+            "circuit_suggestions needs circuitlab.circuits: `import circuitlab` installs it "
+            "(or call circuitlab.graph.export.set_suggestions_builder yourself)"
         )
-    return suggestions_json(circuit)
+    return _suggestions_builder[0](g, circuit, node_threshold, edge_threshold, features_dir)
 
 
 def node_ids(g: Graph) -> list[str]:
