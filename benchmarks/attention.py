@@ -1,43 +1,52 @@
 """QK attributions and head loadings on SmolLM2-135M: cost against one attribution target row,
 and the induction example of docs/attention.md.
 
-    python benchmarks/attention.py [--tokens 32 256] [--repeats 3]
+    python benchmarks/attention.py [--tokens 32 256] [--repeats 3] [--no-example]
 
-Builds SmolLM2-135M with fitted transcoders (``circuitlab.examples``, cached after the first
-run). For each prompt length: the time of one logit target row (one ``FrozenBackward.rows``
-call, batch 1) and of a batch of 256 rows; a QK sweep with pairs (every key up to 64 tokens,
-else the top 16 keys) and a marginals-only sweep over every key (``pairs=False``) of one head
-from the last position; one
-``path_head_loadings`` of a strong edge. Then, on the repeated-random-token probe, the best
-induction head's QK attribution from the last token to its induction key.
+Costs use ``benchmarks/fixtures.py``'s ``smollm2()`` (SmolLM2-135M, fitted transcoders of
+4,096 features, Wikipedia text prompts). For each prompt length: one logit target row (one
+``FrozenBackward.rows`` call, batch 1) and a batch of 256 rows; the full QK sweep of one
+head from the last position over every key (marginals and bias terms, ``pairs=False``, the
+20 largest marginals a side kept); a sweep with pairs (every key up to 64 tokens, else the
+top 16 keys); one ``path_head_loadings``. Timings are the fastest of ``--repeats`` runs,
+taken in turn (the machine is shared: the fastest is the least disturbed). The induction
+example uses ``circuitlab.examples``' 2,048-feature transcoders on the repeated-random-token
+probe: the best induction heads' QK attributions from the last token to the induction key.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).parent))
+
+from circuitlab import ReplacementModel  # noqa: E402
 from circuitlab.attention import FrozenPrompt, path_head_loadings, qk_attribution, qk_sweep
 from circuitlab.examples import smollm2_replacement_model
 from circuitlab.heads.classes import head_scores
-from circuitlab.heads.presets import repeated_tokens
+from circuitlab.heads.presets import repeated_tokens  # noqa: E402
+
+from fixtures import smollm2  # noqa: E402
 
 
-def timed(fn: Callable[[], object], repeats: int) -> float:
-    times = []
+def fastest(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """The fastest of ``repeats`` runs of each function, run in turn."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: min(t) for name, t in times.items()}
 
 
-def costs(model, n_tokens: int, repeats: int) -> None:
-    ids = repeated_tokens(n_tokens // 2, vocab=model.spec.vocab_size, bos=1)[:n_tokens]
+def costs(model, ids: list[int], repeats: int) -> None:
     fp = FrozenPrompt.build(model, ids)
     n_layers, n_pos = model.n_layers, fp.n_pos
     U = model.unembed_weight.to(fp.dtype)
@@ -51,23 +60,36 @@ def costs(model, n_tokens: int, repeats: int) -> None:
             vec.expand(b, -1).contiguous(),
         )
 
-    one, batch = timed(lambda: rows(1), repeats), timed(lambda: rows(256), repeats)
     layer, head = n_layers // 2, 0
     n_keys = n_pos if n_pos <= 64 else 16  # long prompts: pairs for the top 16 keys only
-    full = timed(lambda: qk_sweep(model, fp, layer, head, -1, keys=n_keys, top_k=20), 1)
-    fast = timed(lambda: qk_sweep(model, fp, layer, head, -1, pairs=False), repeats)
     src = f"E_{ids[1]}_1"
     # a feature of the highest active layer at the last position (logit nodes need a graph)
     last = fp.features.indices[fp.features.indices[:, 1] == n_pos - 1]
     top = last[last[:, 0] == last[:, 0].max()][0].tolist()
     target = f"{top[0]}_{top[2]}_{top[1]}"
-    loads = timed(lambda: path_head_loadings(model, fp, src, target), 1)
+    t = fastest(
+        {
+            "row": lambda: rows(1),
+            "sweep": lambda: qk_sweep(model, fp, layer, head, -1, pairs=False, top_marginals=20),
+            "loadings": lambda: path_head_loadings(model, fp, src, target),
+        },
+        repeats,
+    )
+    t |= fastest(
+        {
+            "batch": lambda: rows(256),
+            "pairs": lambda: qk_sweep(model, fp, layer, head, -1, keys=n_keys, top_k=20),
+        },
+        1,
+    )
+    one = t["row"]
     print(
-        f"{n_pos} tokens: target row {one * 1e3:.1f} ms, 256 rows {batch * 1e3:.0f} ms; "
-        f"QK pairs for {n_keys} keys {full:.2f} s ({full / one:.0f}x one row, "
-        f"{full / batch:.1f}x 256 rows); marginals for all {n_pos} keys {fast * 1e3:.0f} ms "
-        f"({fast / one:.1f}x one row); path_head_loadings {loads:.2f} s ({loads / one:.0f}x "
-        "one row)"
+        f"{n_pos} tokens ({fp.sources.n_features} active features): target row "
+        f"{one * 1e3:.0f} ms, 256 rows {t['batch']:.2f} s; full QK sweep (marginals, all "
+        f"{n_pos} keys) {t['sweep']:.2f} s = {t['sweep'] / one:.1f}x one row; pairs for "
+        f"{n_keys} keys {t['pairs']:.2f} s = {t['pairs'] / one:.0f}x one row, "
+        f"{t['pairs'] / t['batch']:.1f}x 256 rows; path_head_loadings {t['loadings']:.2f} s = "
+        f"{t['loadings'] / one:.1f}x one row"
     )
 
 
@@ -102,11 +124,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     torch.set_grad_enabled(False)
-    model = smollm2_replacement_model(verbose=False)
     if not args.no_example:
-        induction_example(model)
+        induction_example(smollm2_replacement_model(verbose=False))
+    fx = smollm2()
+    model = ReplacementModel.from_pretrained(str(fx.model_dir), str(fx.transcoder_dir))
     for n in args.tokens:
-        costs(model, n, args.repeats)
+        costs(model, fx.prompt(n), args.repeats)
 
 
 if __name__ == "__main__":

@@ -25,13 +25,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import cast
 
 import torch
 
 from ..graph.graph import Graph
 from ..models.norms import norm_transpose
 from ..replacement import ReplacementModel
+from .forward import forward_fields, source_writes
 from .frozen import FrozenPrompt
 
 Edge = tuple[str, str]  # (source node id, target node id)
@@ -182,70 +182,13 @@ def _loadings(
             fp.sources, torch.tensor([t_layer]), torch.tensor([t_pos]), vec[None]
         )
         total += float(row[0, col])
-        f_pre = _source_field(fp, col, t_pos + 1)
+        writes, embed = source_writes(fp, col, t_pos + 1)
+        f_pre = forward_fields(fp, writes, embed, fp.model.n_layers - 1)
         heads += _split(fp, f_pre, _target_gradients(fp, t_layer, t_pos, vec))
     sel = torch.tensor(layers)
     heads = heads[sel]
     bypass = total - heads.sum(1)
     return HeadLoadings(edges=edges, layers=layers, heads=heads, bypass=bypass, edge=total)
-
-
-def _lin_norm(fp: FrozenPrompt, name: str, layer: int, x: torch.Tensor, scale: torch.Tensor):
-    """A frozen norm's linear part applied forward: ``C(x) * s * w`` (no bias)."""
-    ad = fp.model.adapter
-    module = fp.model.block(layer).get_submodule(name)
-    w = cast(torch.Tensor, module.weight).to(x.dtype)
-    w = 1.0 + w if ad.norm == "rms_gemma" else w
-    if ad.norm == "layernorm":
-        x = x - x.mean(-1, keepdim=True)
-    return x * scale.to(x.dtype) * w
-
-
-def _source_field(fp: FrozenPrompt, col: int, p: int) -> list[torch.Tensor]:
-    """``f_pre[L] [p, d]``: the source's contribution to the residual entering each layer,
-    carried forward through the frozen model (positions ``< p``)."""
-    model, bw, src = fp.model, fp.backward, fp.sources
-    ad, tc = model.adapter, model.transcoders
-    d = src.tokens.shape[1]
-    writes = torch.zeros(model.n_layers, p, d, dtype=fp.dtype)  # the source's own writes
-    f = torch.zeros(p, d, dtype=fp.dtype)
-    n_feat = src.n_features
-    if col < n_feat:
-        layer, pos, feat = fp.features.indices[col].tolist()
-        if pos < p:
-            dec = tc.decoder_rows(layer, torch.tensor([feat]))[0].to(fp.dtype)  # [n_out, d]
-            writes[layer : layer + dec.shape[0], pos] = float(fp.features.values[col]) * dec
-    elif col < src.token_col:
-        layer, pos = divmod(col - n_feat, src.n_pos)
-        if pos < p:
-            writes[layer, pos] = src.errors[layer, pos]
-    elif col - src.token_col < p:
-        f[col - src.token_col] = src.tokens[col - src.token_col]
-    fields = []
-    for layer, lay in enumerate(bw.layers):
-        fields.append(f.clone())
-        v = f @ lay.W_V.T  # ln1's w and centring folded in; its scale is in pattern_t
-        a = _heads_forward(fp, lay.pattern_t[:, :p, :p], v) @ lay.W_O.T
-        if lay.post_attn is not None:
-            a = _lin_norm(fp, ad.post_attn_norm, layer, a, lay.post_attn[:p])  # type: ignore[arg-type]
-        f = f + a
-        w = writes[layer]
-        if tc.has_skip:
-            read = f if lay.ln2 is None else _lin_norm(fp, ad.ln2, layer, f, lay.ln2[:p])
-            w = w + tc.skip(layer, read.to(model.dtype)).to(fp.dtype)  # type: ignore[union-attr]
-        if lay.post_mlp is not None and not bw.write_after_post_norm:
-            w = _lin_norm(fp, ad.post_mlp_norm, layer, w, lay.post_mlp[:p])  # type: ignore[arg-type]
-        f = f + w
-    return fields
-
-
-def _heads_forward(fp: FrozenPrompt, pattern_t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """``z [p, n_heads * d_head]``: every head's pattern applied to values ``v [p, kv * d]``."""
-    spec = fp.model.spec
-    p = v.shape[0]
-    vh = v.view(p, spec.n_kv_heads, spec.d_head)
-    vh = vh.repeat_interleave(spec.n_heads // spec.n_kv_heads, dim=1)
-    return torch.einsum("hkq,khd->qhd", pattern_t, vh).reshape(p, -1)
 
 
 def _target_gradients(

@@ -31,8 +31,9 @@ import torch
 from ..graph.graph import Graph
 from ..models.tokens import Prompt
 from ..replacement import ReplacementModel
+from .forward import forward_fields, node_writes
 from .frozen import FrozenPrompt
-from .qk_maps import QKSide, qk_side, score_scale, score_softcap
+from .qk_maps import QKSide, qk_side, qk_sides, score_scale, score_softcap
 
 
 @dataclass(frozen=True)
@@ -60,8 +61,8 @@ class QKAttribution:
     Sum rule: ``sum(pair_matrix()) + sum(bias_terms.values()) == total``, and
     ``sum(query_marginals) + query_bias*key_bias + query_bias*key_nodes == total``.
     ``query_vectors [n_query_nodes, d_head]`` and ``key_vectors`` are the nodes' contributions
-    to ``q`` and ``k`` (named in ``query_nodes``/``key_nodes``), ``query_bias``/``key_bias``
-    the rest (``key_vectors``/``key_bias`` None when computed with ``pairs=False``).
+    to ``q`` and ``k`` (named in ``query_nodes``/``key_nodes``; both None when computed with
+    ``pairs=False``), ``query_bias``/``key_bias`` the rest.
     """
 
     layer: int
@@ -79,14 +80,14 @@ class QKAttribution:
     softcap: float | None
     query_nodes: list[str]
     key_nodes: list[str]
-    query_vectors: torch.Tensor
+    query_vectors: torch.Tensor | None
     key_vectors: torch.Tensor | None
     query_bias: torch.Tensor
-    key_bias: torch.Tensor | None
+    key_bias: torch.Tensor
 
     def pair_matrix(self) -> torch.Tensor:
         """Every pair term ``[n_query_nodes, n_key_nodes]`` (``scale c_q[n].c_k[m]``)."""
-        if self.key_vectors is None:
+        if self.query_vectors is None or self.key_vectors is None:
             raise ValueError("This attribution was computed with pairs=False: it has no pairs.")
         return self.scale * self.query_vectors @ self.key_vectors.T
 
@@ -144,6 +145,7 @@ def qk_sweep(
     top_k: int | None = 50,
     batch_size: int = 256,
     pairs: bool = True,
+    top_marginals: int | None = None,
 ) -> list[QKAttribution]:
     """QK attributions of one head and query position for many key positions at once.
 
@@ -152,10 +154,15 @@ def qk_sweep(
     and the key sides of all keys share backward sweeps of ``batch_size`` rows. Results are
     in the order of ``keys`` (ascending position for None, decreasing weight for an int).
 
-    ``pairs=False`` computes the marginals and bias terms only (no pairs, ``key_vectors``
-    None): each key side is read along ``q`` and along ``q``'s bias part, 2 backward rows per
-    key instead of ``d_head``; key-side nodes whose contribution is orthogonal to ``q`` (a
-    marginal of exactly 0) are left out of ``key_marginals``.
+    ``pairs=False`` computes the marginals and bias terms only (no pairs, no vectors): one
+    forward sweep of every node through the frozen model gives each side's bias part, then
+    one backward row per key reads its key side along ``q``, and the query side is read along
+    each key's ``k`` (``min(n_keys, d_head)`` rows at the query): ``n_keys + min(n_keys,
+    d_head)`` rows instead of ``d_head (n_keys + 1)``. Nodes whose marginal is exactly 0 are
+    left out of the marginals.
+
+    ``top_marginals``: keep each side's ``n`` largest marginals only (None: every node's; a
+    long prompt has ~10^5 nodes a side, so a sweep of all keys holds ~10^7 named values).
     """
     fp = _frozen(model, graph_or_prompt)
     layer, head, q = _check_request(fp, layer, head, query_pos)
@@ -172,44 +179,151 @@ def qk_sweep(
         key_list = [_check_key(fp, layer, q, k) for k in keys]
     d_head = model.spec.d_head
     query = qk_side(fp, layer, head, q, "query")
-    c_q = _contributions(fp, layer, [q] * d_head, query.directions, batch_size)
-    key_sides = [qk_side(fp, layer, head, k, "key") for k in key_list]
+    keys_ = qk_sides(fp, layer, head, key_list, "key")
     names = fp.node_ids()
     scale, cap = score_scale(fp, layer), score_softcap(fp)
-    if pairs:
-        positions = [k for k in key_list for _ in range(d_head)]
-        directions = torch.cat([side.directions for side in key_sides])
-        c_k = _contributions(fp, layer, positions, directions, batch_size)
-        c_k = c_k.view(len(key_list), d_head, -1)
-    else:  # each key side read along q and along q's bias part only: 2 rows per key
-        q_bias = query.value - c_q.sum(1)
-        directions = torch.cat(
-            [torch.stack([query.value, q_bias]) @ side.directions for side in key_sides]
+    if not pairs:
+        return _marginal_sweep(
+            fp, layer, head, q, key_list, query, keys_, batch_size, top_marginals
         )
-        positions = [k for k in key_list for _ in range(2)]
-        c_k = _contributions(fp, layer, positions, directions, batch_size)
-        c_k = c_k.view(len(key_list), 2, -1)
+    c_q = _contributions(fp, layer, [q] * d_head, query.directions, batch_size)
+    positions = [k for k in key_list for _ in range(d_head)]
+    c_k = _contributions(fp, layer, positions, keys_.directions.flatten(0, 1), batch_size)
+    c_k = c_k.view(len(key_list), d_head, -1)
     q_cols = c_q.abs().sum(0).nonzero(as_tuple=True)[0]
     q_part = (c_q[:, q_cols].T.contiguous(), [names[i] for i in q_cols.tolist()])
     return [
         _assemble(
-            fp, layer, head, q, k, names, query, q_part, side, c_k[i], scale, cap, top_k, pairs
+            fp,
+            layer,
+            head,
+            q,
+            k,
+            names,
+            query,
+            q_part,
+            QKSide(keys_.directions[i], keys_.value[i]),
+            c_k[i],
+            scale,
+            cap,
+            top_k,
+            top_marginals,
         )
-        for i, (k, side) in enumerate(zip(key_list, key_sides, strict=True))
+        for i, k in enumerate(key_list)
     ]
+
+
+#: Rows per backward batch of a marginals sweep (one row per key): batches of keys in order of
+#: position sweep only the positions up to their last key, about half the work of one batch.
+MARGINAL_BATCH = 64
+
+
+def _marginal_sweep(
+    fp: FrozenPrompt,
+    layer: int,
+    head: int,
+    q: int,
+    keys: list[int],
+    query: QKSide,
+    key_sides: QKSide,
+    batch_size: int,
+    top_marginals: int | None,
+) -> list[QKAttribution]:
+    """``qk_sweep(pairs=False)``: bias parts from one forward sweep of every node, then per
+    key one row along ``q`` (key side) and the query side along each ``k``.
+    ``key_sides``: every key's map at once (``qk_sides``)."""
+    writes, embed = node_writes(fp, q + 1)
+    resid = forward_fields(fp, writes, embed, layer)[layer]  # [q + 1, d]: the nodes' part
+    q_bias = query.value - query.directions @ resid[q]
+    k_bias = key_sides.value - torch.einsum("njd,nd->nj", key_sides.directions, resid[keys])
+    key_dirs = torch.einsum("njd,j->nd", key_sides.directions, query.value)  # [n, d]
+    n, d_head = len(keys), query.value.shape[0]
+    batch_size = min(batch_size, MARGINAL_BATCH)
+    if n <= d_head:  # the query side read along each key's k: one row per key
+        q_dirs = key_sides.value @ query.directions  # [n, d]
+        rows = _contributions(fp, layer, keys + [q] * n, torch.cat([key_dirs, q_dirs]), batch_size)
+        along_q, along_k = rows[:n], rows[n:]
+    else:  # the query nodes' vectors once (d_head rows), then read along each k
+        rows = _contributions(
+            fp, layer, keys + [q] * d_head, torch.cat([key_dirs, query.directions]), batch_size
+        )
+        along_q, along_k = rows[:n], key_sides.value @ rows[n:]
+    names = fp.node_ids()
+    scale, cap = score_scale(fp, layer), score_softcap(fp)
+    q_nodes = query.value - q_bias
+    q_sides = _marginal_sides(names, scale * along_k, top_marginals, q_bias[None].expand(n, -1))
+    k_sides = _marginal_sides(names, scale * along_q, top_marginals, k_bias)
+    out = []
+    for i, k in enumerate(keys):
+        kb = k_bias[i]
+        out.append(
+            _result(
+                fp,
+                layer,
+                head,
+                q,
+                k,
+                scale,
+                cap,
+                float(query.value @ key_sides.value[i]),
+                q_sides[i],
+                k_sides[i],
+                [],
+                {
+                    "query_bias*key_bias": scale * float(q_bias @ kb),
+                    "query_nodes*key_bias": scale * float(q_nodes @ kb),
+                    "query_bias*key_nodes": scale * float(q_bias @ (key_sides.value[i] - kb)),
+                },
+            )
+        )
+    return out
+
+
+def _marginal_sides(
+    names: list[str], values: torch.Tensor, top: int | None, bias: torch.Tensor
+) -> list[_Parts]:
+    """Per row of ``values [n, n_cols]``: its nonzero marginals (the ``top`` largest, if
+    given; one ``topk`` for all rows) with their names, and ``bias[row]``."""
+    out: list[_Parts] = []
+    if top is not None and top < values.shape[1]:
+        best = torch.topk(values.abs(), top, dim=1).indices
+        for row, cols, b in zip(values, best, bias, strict=True):
+            cols = cols[row[cols] != 0]
+            named = [names[j] for j in cols.tolist()]
+            out.append((named, row[cols], None, named, b))
+        return out
+    for row, b in zip(values, bias, strict=True):
+        named, vals = _named(names, row, None)
+        out.append((named, vals, None, named, b))
+    return out
+
+
+def _named(
+    names: list[str], values: torch.Tensor, top: int | None
+) -> tuple[list[str], torch.Tensor]:
+    """The nonzero entries of ``values [n_cols]`` (the ``top`` largest by magnitude, if given),
+    with their node names."""
+    if top is not None and top < values.shape[0]:
+        cols = torch.topk(values.abs(), top).indices
+        cols = cols[values[cols] != 0]
+    else:
+        cols = values.nonzero(as_tuple=True)[0]
+    return [names[j] for j in cols.tolist()], values[cols]
 
 
 def _contributions(
     fp: FrozenPrompt, layer: int, positions: list[int], directions: torch.Tensor, batch_size: int
 ) -> torch.Tensor:
-    """``FrozenPrompt.contributions`` in batches of ``batch_size`` rows: ``[rows, n_cols]``."""
+    """``FrozenPrompt.contributions`` of rows ``(positions[i], directions[i])``: ``[rows,
+    n_cols]``, in batches of ``batch_size`` rows taken in order of position, so that a batch
+    of early positions sweeps only the positions up to its last one (causality)."""
     pos = torch.tensor(positions)
-    return torch.cat(
-        [
-            fp.contributions(layer, pos[i : i + batch_size], directions[i : i + batch_size])
-            for i in range(0, len(positions), batch_size)
-        ]
-    )
+    order = torch.argsort(pos, stable=True)
+    out = torch.empty(len(positions), fp.n_cols, dtype=fp.dtype)
+    for i in range(0, len(positions), batch_size):
+        rows = order[i : i + batch_size]
+        out[rows] = fp.contributions(layer, pos[rows], directions[rows])
+    return out
 
 
 def top_attention(
@@ -312,56 +426,78 @@ def _assemble(
     scale: float,
     cap: float | None,
     top_k: int | None,
-    pairs: bool,
+    top_marginals: int | None,
 ) -> QKAttribution:
-    """One ``QKAttribution`` from the query nodes' contributions ``q_part`` (``[n, d_head]``
-    and their names) and the key side's ``c_k``: ``[d_head, n_cols]`` with ``pairs``, else
-    ``[2, n_cols]`` (read along q and q's bias)."""
+    """One ``QKAttribution`` with pairs from the query nodes' contributions ``q_part``
+    (``[n, d_head]`` and their names) and the key side's ``c_k [d_head, n_cols]``;
+    ``top_marginals``: keep each side's largest marginals only."""
     qv, q_names = q_part
     k_cols = c_k.abs().sum(0).nonzero(as_tuple=True)[0]
     q_total, k_total = query.value, key.value
     q_bias = q_total - qv.sum(0)
     k_names = [names[i] for i in k_cols.tolist()]
-    total = scale * float(q_total @ k_total)
-    if pairs:
-        kv: torch.Tensor | None = c_k[:, k_cols].T.contiguous()
-        k_bias: torch.Tensor | None = k_total - kv.sum(0)
-        key_along_q = kv @ q_total
-        qb_knodes = float(q_bias @ kv.sum(0))
-        qb_kb = float(q_bias @ k_bias)
-        qn_kb = float(qv.sum(0) @ k_bias)
-        top = _top_pairs(qv, kv, scale, q_names, k_names, top_k)
-    else:
-        kv = k_bias = None
-        key_along_q = c_k[0, k_cols]
-        qb_knodes = float(c_k[1].sum())
-        qb_kb = float(q_bias @ k_total) - qb_knodes
-        qn_kb = float(q_total @ k_total) - float(c_k[0].sum()) - qb_kb
-        top = []
+    kv = c_k[:, k_cols].T.contiguous()
+    k_bias = k_total - kv.sum(0)
+    return _result(
+        fp,
+        layer,
+        head,
+        q,
+        k,
+        scale,
+        cap,
+        float(q_total @ k_total),
+        (*_named(q_names, scale * (qv @ k_total), top_marginals), qv, q_names, q_bias),
+        (*_named(k_names, scale * (kv @ q_total), top_marginals), kv, k_names, k_bias),
+        _top_pairs(qv, kv, scale, q_names, k_names, top_k),
+        {
+            "query_bias*key_bias": scale * float(q_bias @ k_bias),
+            "query_nodes*key_bias": scale * float(qv.sum(0) @ k_bias),
+            "query_bias*key_nodes": scale * float(q_bias @ kv.sum(0)),
+        },
+    )
+
+
+_Parts = tuple[list[str], torch.Tensor, "torch.Tensor | None", list[str], torch.Tensor]
+
+
+def _result(
+    fp: FrozenPrompt,
+    layer: int,
+    head: int,
+    q: int,
+    k: int,
+    scale: float,
+    cap: float | None,
+    q_dot_k: float,
+    query: _Parts,
+    key: _Parts,
+    pairs: list[QKPair],
+    bias_terms: dict[str, float],
+) -> QKAttribution:
+    """A ``QKAttribution``; each side ``(names, marginals, vectors or None, the vectors' node
+    names, bias)``."""
+    total = scale * q_dot_k
     return QKAttribution(
         layer=layer,
         head=head,
         query_pos=q,
         key_pos=k,
-        pairs=top,
-        query_marginals=_ranked(q_names, scale * (qv @ k_total)),
-        key_marginals=_ranked(k_names, scale * key_along_q),
-        bias_terms={
-            "query_bias*key_bias": scale * qb_kb,
-            "query_nodes*key_bias": scale * qn_kb,
-            "query_bias*key_nodes": scale * qb_knodes,
-        },
+        pairs=pairs,
+        query_marginals=_ranked(query[0], query[1]),
+        key_marginals=_ranked(key[0], key[1]),
+        bias_terms=bias_terms,
         total=total,
         logit=total if cap is None else cap * math.tanh(total / cap),
         attention=float(fp.capture.patterns[layer][0, head, q, k]),
         scale=scale,
         softcap=cap,
-        query_nodes=q_names,
-        key_nodes=k_names,
-        query_vectors=qv,
-        key_vectors=kv,
-        query_bias=q_bias,
-        key_bias=k_bias,
+        query_nodes=query[3],
+        key_nodes=key[3],
+        query_vectors=query[2],
+        key_vectors=key[2],
+        query_bias=query[4],
+        key_bias=key[4],
     )
 
 

@@ -30,7 +30,8 @@ Side = Literal["query", "key"]
 
 @dataclass
 class QKSide:
-    """One head's query or key at one position: ``directions [d_head, d]``, ``value [d_head]``."""
+    """One head's query or key at one position: ``directions [d_head, d]``, ``value [d_head]``
+    (at ``n`` positions: ``[n, d_head, d]`` and ``[n, d_head]``, from ``qk_sides``)."""
 
     directions: torch.Tensor
     value: torch.Tensor
@@ -47,15 +48,23 @@ def _projection(attn: nn.Module, names: tuple[str, ...], side: Side, n_out: int)
     return cast(torch.Tensor, mod.weight), cast("torch.Tensor | None", mod.bias)
 
 
-def _rotate_half_matrix(d_head: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """``P [d_head, d_head]`` with ``P v = rotate_half(v) = cat(-v[half:], v[:half])``."""
-    eye = torch.eye(d_head, dtype=dtype, device=device)
-    half = d_head // 2
-    return torch.cat([-eye[half:], eye[:half]], dim=0)
+def _rotate_half(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """``rotate_half`` along ``dim``: ``cat(-x[half:], x[:half])``."""
+    first, second = x.chunk(2, dim=dim)
+    return torch.cat([-second, first], dim=dim)
 
 
 def qk_side(fp: FrozenPrompt, layer: int, head: int, pos: int, side: Side) -> QKSide:
     """The affine map of ``head``'s query (or key) at ``pos`` in ``layer`` (module docstring)."""
+    many = qk_sides(fp, layer, head, [pos], side)
+    return QKSide(directions=many.directions[0], value=many.value[0])
+
+
+def qk_sides(
+    fp: FrozenPrompt, layer: int, head: int, positions: list[int], side: Side
+) -> QKSide:
+    """``qk_side`` at every position of ``positions`` at once: ``directions [n, d_head, d]``,
+    ``value [n, d_head]``."""
     model, ad, spec = fp.model, fp.model.adapter, fp.model.spec
     dtype = fp.dtype
     block = model.block(layer)
@@ -65,24 +74,24 @@ def qk_side(fp: FrozenPrompt, layer: int, head: int, pos: int, side: Side) -> QK
     W, b = _projection(attn, ad.qkv_proj, side, n_out)
     unit = head if side == "query" else head // (spec.n_heads // spec.n_kv_heads)
     rows = slice(unit * d_head, (unit + 1) * d_head)
-    lin = W[rows].to(dtype)  # [d_head, d]: d(pre)/d(normed input)
-    hidden = fp.inputs.hidden[layer][pos].to(dtype)
-    pre = lin @ hidden
+    pos = torch.tensor(positions)
+    lin = W[rows].to(dtype)[None].expand(len(positions), -1, -1)  # [n, d_head, d]
+    pre = fp.inputs.hidden[layer][pos].to(dtype) @ lin[0].T  # [n, d_head]
     if b is not None:
         pre = pre + b[rows].to(dtype)
     if ad.qk_norm is not None:
         norm = attn.get_submodule(ad.qk_norm[0 if side == "query" else 1])
-        s = norm_scale(ad.norm, norm, pre[None])[0].to(dtype)  # frozen at its value here
+        s = norm_scale(ad.norm, norm, pre).to(dtype)  # [n, 1], frozen at its value here
         pre = norm_apply(ad.norm, norm, pre, s)
-        lin = norm_apply(ad.norm, norm, lin.T, s).T
+        lin = norm_apply(ad.norm, norm, lin.transpose(1, 2), s[:, None]).transpose(1, 2)
     rope = fp.inputs.rope[layer]
     if rope is not None:
-        cos, sin = rope[0][pos].to(dtype), rope[1][pos].to(dtype)
-        R = torch.diag(cos) + torch.diag(sin) @ _rotate_half_matrix(d_head, dtype, lin.device)
-        pre, lin = R @ pre, R @ lin
+        cos, sin = rope[0][pos].to(dtype), rope[1][pos].to(dtype)  # [n, d_head]
+        pre = pre * cos + _rotate_half(pre, 1) * sin
+        lin = lin * cos[:, :, None] + _rotate_half(lin, 1) * sin[:, :, None]
     ln1 = block.get_submodule(ad.ln1)
-    s1 = fp.capture.scales["ln1"][layer][0][pos].to(dtype)  # [1]
-    return QKSide(directions=norm_transpose(ad.norm, ln1, lin, s1), value=pre)
+    s1 = fp.capture.scales["ln1"][layer][0][pos].to(dtype)  # [n, 1]
+    return QKSide(directions=norm_transpose(ad.norm, ln1, lin, s1[:, None]), value=pre)
 
 
 def score_scale(fp: FrozenPrompt, layer: int) -> float:
