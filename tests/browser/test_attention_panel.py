@@ -128,3 +128,27 @@ def test_a_saved_page_shows_precomputed_flows_and_qk_without_a_model(
 def build_model_of(server: LabServer) -> Any:
     """The tracer's model behind a running lab (the same object the server computes with)."""
     return server.app.state.tracer.models["tiny"]
+
+
+def test_a_key_of_a_head_in_the_heads_view_shows_its_qk_pairs(
+    page: Any, attention_lab: tuple[LabServer, Path]
+) -> None:
+    server, _ = attention_lab
+    open_lab(page, f"{server.url}?slug=cap")
+    page.click("#graph-heads")  # the heads of the graph's own prompt
+    page.wait_for_selector("body[data-heads-status='analysis-done']", timeout=60_000)
+    n_tokens = page.evaluate("window.__lab.heads.start.tokens.length")
+    assert n_tokens == len(page.evaluate("window.__lab.state.graph.tokens"))
+    page.click("#heads-grid rect.hcell[data-layer='1'][data-head='0']")
+    key = page.locator("#head-keys tr.head-key").first
+    k = key.get_attribute("data-key")
+    key.click()
+    page.locator("#qk-pairs button.qk-node").first.wait_for()
+    assert page.locator("#attn-qk-title").inner_text().startswith("Why L1H0 attends")
+    assert f"@{n_tokens - 1} to" in page.locator("#attn-qk-title").inner_text()
+    assert page.locator("#attn-qk-title").inner_text().endswith(f"@{k}")
+    side = page.locator("#qk-pairs button.qk-query").first
+    node = side.get_attribute("data-node")
+    side.click()  # in the heads view a side's card shows in the panel
+    page.wait_for_function("id => window.__lab.attention.node?.id === id", arg=node)
+    assert page.locator("#attn-node-title").count() == 1
