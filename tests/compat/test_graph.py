@@ -88,10 +88,13 @@ def test_to_moves_in_place_and_returns_the_same_graph(
     graphs: tuple[Graph, circuitlab.Graph],
 ) -> None:
     graph = Graph.from_native(graphs[1])
-    assert graph.to("cpu") is graph  # circuit-tracer's in-place semantics
+    assert graph.to("meta") is graph  # circuit-tracer's in-place semantics
+    assert graph.active_features.is_meta and graph.logit_probabilities.is_meta
     native = graphs[1]
-    moved = native.to("cpu")
+    assert native.active_features.device.type == "cpu"  # tensors replaced, not modified
+    moved = native.to("meta")
     assert moved is not native and type(moved) is circuitlab.Graph  # native: a moved copy
+    assert moved.active_features.is_meta and native.active_features.device.type == "cpu"
 
 
 def test_to_pt_round_trips_through_the_restricted_reader(
@@ -196,6 +199,27 @@ def test_influence_helpers_match_the_power_series(graphs: tuple[Graph, circuitla
     cut = find_threshold(scores, 0.8)
     kept = scores[scores >= cut].sum() / scores.sum()
     assert kept >= 0.8 and (scores[scores > cut].sum() / scores.sum()) < 0.8
+
+
+def test_partial_influences_from_rows_match_the_whole_matrix(
+    graphs: tuple[Graph, circuitlab.Graph],
+) -> None:
+    from circuitlab.compat.circuit_tracer.graph import (
+        compute_node_influence,
+        compute_partial_influences,
+    )
+
+    graph = graphs[0]
+    A = graph.adjacency_matrix.double()
+    w = torch.zeros(A.shape[0], dtype=A.dtype)
+    w[-graph.n_logits :] = graph.logit_probabilities.to(w)
+    has_inputs = torch.nonzero(A.abs().sum(1)).flatten()  # circuit-tracer's rows: nodes with inputs
+    partial = compute_partial_influences(
+        A[has_inputs], graph.logit_probabilities, has_inputs, device="cpu"
+    )
+    torch.testing.assert_close(partial, compute_node_influence(A, w))
+    with pytest.raises(RuntimeError):
+        compute_partial_influences(A[has_inputs], graph.logit_probabilities, has_inputs, 1, "cpu")
 
 
 def test_attribution_targets_resolve_as_attribute_does(

@@ -198,6 +198,28 @@ def compute_edge_influence(
     return native_influence.edge_influence(normalize_matrix(pruned_matrix), rows, logit_weights)
 
 
+def compute_partial_influences(
+    edge_matrix: torch.Tensor,
+    logit_p: torch.Tensor,
+    row_to_node_index: torch.Tensor,
+    max_iter: int = 128,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Every node's influence ``[N]`` on the logits from the rows of a partial graph.
+
+    ``edge_matrix [n_rows, N]``: row ``r`` holds the inputs of node ``row_to_node_index[r]``
+    (``[n_rows]``); ``logit_p [n_logits]`` weighs the last ``n_logits`` nodes. Rows are
+    normalized (``|A| / rowsum``) and the series ``w A + w A^2 + ...`` summed; a graph whose
+    paths are longer than ``max_iter`` raises ``RuntimeError``. ``device`` defaults to CUDA
+    when there is one, as circuit-tracer's does."""
+    if device is None:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    rows = native_influence.normalize_rows(edge_matrix.to(device))
+    weights = torch.zeros(edge_matrix.shape[1], dtype=rows.dtype, device=rows.device)
+    weights[-len(logit_p) :] = logit_p.to(weights)
+    return native_influence.compute_influence(rows, row_to_node_index, weights, max_iter)
+
+
 def find_threshold(scores: torch.Tensor, threshold: float) -> torch.Tensor:
     """The smallest score among the top scores that hold ``threshold`` of the total."""
     return torch.tensor(native_find_threshold(scores, threshold), dtype=scores.dtype)
@@ -210,6 +232,7 @@ __all__ = [
     "compute_graph_scores",
     "compute_influence",
     "compute_node_influence",
+    "compute_partial_influences",
     "find_threshold",
     "normalize_matrix",
     "prune_graph",
