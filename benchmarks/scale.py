@@ -52,8 +52,9 @@ VARIANTS = {
     "disk": {"offload": "disk"},
 }
 PEER = "circuit-tracer"
-#: Resident memory of the peer before ``attribute`` beyond its edges (runtime, model,
-#: transcoders): measured 0.4-1.4 GiB on these fixtures; the skip test adds it to the edges.
+#: What the skip test adds to the peer's dense matrices. Measured beyond them: 0.6-0.75 GiB on
+#: the tiny Llama, 2.7 GiB (8 tokens) to 3.7 GiB (32) on SmolLM2, where autograd keeps every
+#: layer's activations; so the prediction is a lower bound and a skip is certain.
 PEER_BASE_BYTES = 3 * 2**29
 
 
@@ -176,7 +177,7 @@ def run_point(
     run.n_active, run.n_nodes = ours.n_active, ours.n_nodes
     if need > limit:
         run.skipped = (
-            f"dense [N, N] float32 with N = {ours.n_nodes:,}: needs ~{need / 2**30:.1f} GiB > limit"
+            f"dense float32 [N, N], N = {ours.n_nodes:,}: needs over {need / 2**30:.1f} GiB > limit"
         )
         return runs
     pt = tmp / f"{fx.name}-{n}.pt"
