@@ -6,6 +6,7 @@ import json
 import urllib.request
 from pathlib import Path
 
+import jsonschema
 import pytest
 import torch
 
@@ -15,6 +16,7 @@ from circuitlab.compat.circuit_tracer.frontend.local_server import serve
 from circuitlab.compat.circuit_tracer.utils import create_graph_files
 from circuitlab.graph.export import create_graph_files as native_create_graph_files
 from circuitlab.server.running import free_port
+from server.helpers import NEURONPEDIA_SCHEMA
 
 from .conftest import PROMPT
 
@@ -30,8 +32,16 @@ def _nodes_and_links(path: Path) -> tuple[list[dict], list[dict]]:
     return data["nodes"], data["links"]
 
 
+def _uploadable(path: Path) -> dict:
+    """The graph file, checked against Neuronpedia's upload schema (issue 19 item 6)."""
+    data = json.loads(path.read_text())
+    jsonschema.validate(data, NEURONPEDIA_SCHEMA)
+    return data
+
+
 def test_create_graph_files_matches_the_native_export(disk_graph: Graph, tmp_path: Path) -> None:
     create_graph_files(disk_graph, "compat", tmp_path / "a", node_threshold=0.7)
+    _uploadable(tmp_path / "a" / "compat.json")
     native_create_graph_files(disk_graph, "compat", tmp_path / "b", node_threshold=0.7)
     assert _nodes_and_links(tmp_path / "a" / "compat.json") == _nodes_and_links(
         tmp_path / "b" / "compat.json"
@@ -46,7 +56,7 @@ def test_create_graph_files_reads_a_pt_path_and_decodes_with_its_tokenizer(
     pt = tmp_path / "graph.pt"
     disk_graph.to_pt(pt)
     create_graph_files(str(pt), "from-pt", tmp_path / "out", scan="tiny-scan")
-    data = json.loads((tmp_path / "out" / "from-pt.json").read_text())
+    data = _uploadable(tmp_path / "out" / "from-pt.json")
     # decoded with the tokenizer cfg.tokenizer_name names, not <id> placeholders
     assert data["metadata"]["prompt_tokens"][1:3] == ["the", "capital"]
     assert data["metadata"]["scan"] == "tiny-scan"
@@ -56,7 +66,7 @@ def test_create_graph_files_reads_a_native_saved_graph(disk_graph: Graph, tmp_pa
     path = tmp_path / "graph.safetensors"
     disk_graph.save(path)
     create_graph_files(path, "native", tmp_path / "out")
-    assert (tmp_path / "out" / "native.json").is_file()
+    _uploadable(tmp_path / "out" / "native.json")
     assert isinstance(circuitlab.load_graph(path), circuitlab.Graph)
 
 
@@ -93,7 +103,7 @@ def test_error_ids_in_circuit_tracers_form_on_request(disk_graph: Graph, tmp_pat
         edge_threshold=1.0,
         error_ids="circuit-tracer",
     )
-    ours, ct = (json.loads((tmp_path / f"{s}.json").read_text()) for s in ("ours", "ct"))
+    ours, ct = (_uploadable(tmp_path / f"{s}.json") for s in ("ours", "ct"))
     errors = [n for n in ct["nodes"] if n["feature_type"] == "mlp reconstruction error"]
     assert errors
     for node in errors:
