@@ -84,6 +84,36 @@ def test_graph_scores_are_a_plain_tuple(graphs: tuple[Graph, circuitlab.Graph]) 
     assert (replacement, completeness) == (native.replacement, native.completeness)
 
 
+def test_constructor_takes_circuit_tracers_arguments_in_its_order(
+    graphs: tuple[Graph, circuitlab.Graph],
+) -> None:
+    g = graphs[0]
+    built = Graph(
+        g.input_string,
+        g.input_tokens,
+        g.active_features,
+        g.adjacency_matrix,
+        g.cfg,
+        g.selected_features,
+        g.activation_values,
+        g.logit_targets,
+        g.logit_probabilities,
+        "tiny-scan",
+    )
+    torch.testing.assert_close(built.adjacency_matrix, g.adjacency_matrix)
+    assert built.cfg == g.cfg and built.scan == "tiny-scan"
+    assert built.vocab_size == g.cfg.d_vocab  # vocab_size defaults to cfg.d_vocab
+    assert torch.equal(prune_graph(built).edge_mask, prune_graph(g).edge_mask)
+    assert built.to("meta") is built and built.input_tokens.is_meta
+    bad = g.adjacency_matrix.clone()
+    bad[g.n_selected, 0] = 1.0  # an error node with an input
+    with pytest.raises(ValueError, match="error or token rows"):
+        Graph(
+            g.input_string, g.input_tokens, g.active_features, bad, g.cfg,
+            g.selected_features, g.activation_values, g.logit_targets, g.logit_probabilities,
+        )  # fmt: skip
+
+
 def test_to_moves_in_place_and_returns_the_same_graph(
     graphs: tuple[Graph, circuitlab.Graph],
 ) -> None:

@@ -16,6 +16,7 @@ import torch
 
 from circuitlab.graph import import_circuit_tracer_pt
 from circuitlab.graph import influence as native_influence
+from circuitlab.graph.ct_import import _feature_and_logit_rows  # pyright: ignore[reportPrivateUsage]
 from circuitlab.graph.graph import Graph as NativeGraph
 from circuitlab.graph.pruning import find_threshold as native_find_threshold
 from circuitlab.graph.pruning import prune_graph as native_prune_graph
@@ -24,7 +25,11 @@ from circuitlab.graph.targets import LogitTarget
 from circuitlab.replacement import ReplacementModel as NativeReplacementModel
 
 from ._pt_file import write_pt
-from .utils.tl_nnsight_mapping import UnifiedConfig, config_from_hf
+from .utils.tl_nnsight_mapping import (
+    UnifiedConfig,
+    config_from_hf,
+    convert_nnsight_config_to_transformerlens,
+)
 
 _DTYPES = {
     str(d).removeprefix("torch."): d
@@ -35,6 +40,52 @@ _DTYPES = {
 class Graph(NativeGraph):
     """circuitlab's ``Graph`` with circuit-tracer's ``cfg``, ``scan``, ``to_pt``, ``from_pt``
     and in-place ``to``. Every native attribute and method is there too."""
+
+    def __init__(
+        self,
+        input_string: str,
+        input_tokens: torch.Tensor,
+        active_features: torch.Tensor,
+        adjacency_matrix: torch.Tensor,
+        cfg: UnifiedConfig | Any,
+        selected_features: torch.Tensor,
+        activation_values: torch.Tensor,
+        logit_targets: list[Any],
+        logit_probabilities: torch.Tensor,
+        scan: str | list[str] | None = None,
+        vocab_size: int | None = None,
+    ) -> None:
+        """circuit-tracer's constructor (its argument order): ``adjacency_matrix [N, N]`` in its
+        node order, ``cfg`` a ``UnifiedConfig`` or a transformers config, ``active_features
+        [n_active, 3]``, ``selected_features [n_sel]``, ``activation_values [n_sel]``,
+        ``logit_targets`` ``LogitTarget(token_str, vocab_idx)`` records, ``logit_probabilities
+        [n_logits]``. The graph keeps the feature and logit rows (error and token rows must be
+        zero, as attribution leaves them); ``vocab_size`` defaults to ``cfg.d_vocab``."""
+        unified = convert_nnsight_config_to_transformerlens(cfg)
+        targets = [LogitTarget(str(t[0]), int(t[1])) for t in logit_targets]
+        edges = _feature_and_logit_rows(
+            adjacency_matrix,
+            len(selected_features),
+            unified.n_layers,
+            len(input_tokens),
+            len(targets),
+        )
+        NativeGraph.__init__(
+            self,
+            input_string=input_string,
+            input_tokens=input_tokens,
+            logit_targets=targets,
+            logit_probabilities=logit_probabilities,
+            vocab_size=int(vocab_size if vocab_size is not None else unified.d_vocab),
+            active_features=active_features,
+            activation_values=activation_values,
+            selected_features=selected_features,
+            edges=edges,
+            n_layers=unified.n_layers,
+            model_name=unified.model_name,
+            settings={"cfg": {k: _jsonable(v) for k, v in vars(unified).items()}},
+        )
+        self.scan = scan
 
     @classmethod
     def from_native(cls, graph: NativeGraph, model: NativeReplacementModel | None = None) -> Graph:
@@ -98,7 +149,7 @@ class Graph(NativeGraph):
         """Moves every tensor to ``device`` *in place*, as circuit-tracer does, and returns
         this same graph (so ``graph = graph.to(d)`` works too). circuitlab's native
         ``Graph.to`` returns a moved copy instead and leaves the original as it is."""
-        moved = NativeGraph.to(self, device)
+        moved = NativeGraph.to(_native_view(self), device)
         self.__dict__.update({k: v for k, v in vars(moved).items() if k != "settings"})
         return self
 
@@ -133,6 +184,14 @@ class Graph(NativeGraph):
         if cfg.get("model_name") and not graph.model_name:
             graph.model_name = str(cfg["model_name"])
         return graph.to(map_location)
+
+
+def _native_view(graph: Graph) -> NativeGraph:
+    """A native ``Graph`` over the same attributes (native methods that rebuild a graph with
+    the dataclass constructor call the native one, not the constructor above)."""
+    view = NativeGraph.__new__(NativeGraph)
+    view.__dict__.update(vars(graph))
+    return view
 
 
 def _jsonable(value: Any) -> Any:
