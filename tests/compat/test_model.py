@@ -62,6 +62,17 @@ def test_cfg_has_transformerlens_field_names(model: ReplacementModel) -> None:
     assert UnifiedConfig.from_dict(cfg.to_dict()) == cfg
 
 
+def test_backend_accessors(model: ReplacementModel) -> None:
+    from circuitlab.compat.circuit_tracer.attribution import AttributionTargets
+
+    assert model.unembed_proj.shape == (model.spec.d_model, model.spec.vocab_size)
+    assert model.model_config == model.cfg
+    logits, _ = model.get_activations(PROMPT)
+    targets = AttributionTargets(["Austin"], logits[0, -1], model.unembed_proj, model.tokenizer)
+    want = model.unembed_weight[targets.token_ids[0]]
+    torch.testing.assert_close(targets.logit_vectors[0], want - model.unembed_weight.mean(0))
+
+
 def test_get_activations_unpacks_with_circuit_tracers_shapes(
     model: ReplacementModel, native: NativeReplacementModel
 ) -> None:

@@ -141,6 +141,17 @@ class ReplacementModel(NativeReplacementModel):
         )
 
     @property
+    def model_config(self) -> UnifiedConfig:
+        """circuit-tracer's backend-agnostic accessor: the same as ``cfg``."""
+        return self.cfg
+
+    @property
+    def unembed_proj(self) -> torch.Tensor:
+        """The unembedding ``W_U [d_model, vocab]`` (TransformerLens' orientation, as
+        ``AttributionTargets`` takes it); circuitlab's ``unembed_weight`` is its transpose."""
+        return self.unembed_weight.T
+
+    @property
     def scan(self) -> str | None:
         """The transcoders' identifier, as graphs record it."""
         return getattr(self.transcoders, "name", None)
