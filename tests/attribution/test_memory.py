@@ -126,3 +126,10 @@ def test_the_block_layout_constant_matches_the_graph() -> None:
     from circuitlab.graph import edges
 
     assert memory.POSITION_CHUNKS == edges.POSITION_CHUNKS
+
+
+def test_the_chunk_constants_match_the_engine() -> None:
+    from circuitlab.attribution import backward, cost, memory, sources
+
+    assert memory.READ_CHUNK_ELEMENTS == sources.READ_CHUNK_ELEMENTS
+    assert cost.ATTENTION_BLOCK == backward.ATTENTION_BLOCK

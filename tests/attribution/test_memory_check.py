@@ -17,6 +17,7 @@ from circuitlab.attribution.memory_check import (
     AttributionPlan,
     Available,
     NotEnoughMemoryError,
+    _needs,
     available_memory,
     check_attribution_memory,
     parse_bytes,
@@ -45,15 +46,24 @@ def _phases(rm: ReplacementModel, **kwargs: Any) -> tuple[list[str], Exception |
     return started, None
 
 
+def _sweep_need(rm: ReplacementModel, batch_size: int) -> int:
+    """Bytes the sweep stage of the check asks for on PROMPT with ``batch_size`` rows."""
+    graph = attribute(rm, PROMPT, check_memory=False)
+    plan = AttributionPlan.of(rm, len(PROMPT), batch_size=batch_size)
+    plan.n_active, plan.settings["max_n_logits"] = graph.n_active, graph.n_logits
+    return _needs(plan.estimate(), "sweep", False)["ram"][1]
+
+
 def test_too_little_memory_is_refused_before_any_edge_row(
     rm: ReplacementModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(AVAILABLE_MEMORY_ENV, "100KiB")
+    budget = _sweep_need(rm, 1) - 1  # not even one row per sweep fits
+    monkeypatch.setenv(AVAILABLE_MEMORY_ENV, str(budget))
     started, err = _phases(rm)
     assert isinstance(err, NotEnoughMemoryError)
     assert "logit rows" not in started and "feature rows" not in started
     text = str(err)
-    assert human(err.needed) in text and "100.0 KiB is available" in text
+    assert human(err.needed) in text and f"{human(budget)} is available" in text
     assert AVAILABLE_MEMORY_ENV in text and "check_memory=False" in text
     assert (
         err.suggestions and f"max_feature_nodes={err.suggestions[0]['max_feature_nodes']}" in text
@@ -73,11 +83,13 @@ def test_a_forward_pass_that_cannot_fit_is_refused_before_it_runs(
 
 
 def test_each_suggested_setting_runs(rm: ReplacementModel, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(AVAILABLE_MEMORY_ENV, "600KiB")
+    monkeypatch.setenv(AVAILABLE_MEMORY_ENV, str(_sweep_need(rm, 1) - 1))
     _, err = _phases(rm)
     assert isinstance(err, NotEnoughMemoryError)
     keys = {k for s in err.suggestions for k in s}
-    assert {"max_feature_nodes", "batch_size", "dtype"} <= keys
+    # A smaller batch_size is not suggested: attribute takes one itself when it fits
+    # (test_long_prompts.test_a_sweep_batch_that_does_not_fit_is_made_smaller).
+    assert {"max_feature_nodes", "dtype"} <= keys and "batch_size" not in keys
     for change in err.suggestions:
         if "dtype" in change:
             continue  # needs a reloaded model
@@ -111,7 +123,7 @@ def test_the_check_takes_the_available_bytes_as_an_argument(rm: ReplacementModel
 
 def test_no_suggestion_when_nothing_fits(rm: ReplacementModel) -> None:
     plan = AttributionPlan.of(rm, 8)
-    plan.n_active = 100
+    plan.n_active = 10**7  # one row of edges outweighs what offload frees
     with pytest.raises(NotEnoughMemoryError, match="No setting fits") as e:
         check_attribution_memory(plan, "cpu", stage="sweep", available={"ram": Available(1, "x")})
     assert e.value.suggestions == []

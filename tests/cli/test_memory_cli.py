@@ -12,6 +12,10 @@ import pytest
 from circuitlab.attribution.memory_check import AVAILABLE_MEMORY_ENV
 from circuitlab.cli import main
 
+#: 41 tokens: its edge rows need more than its forward pass, so a small budget is refused
+#: once the features are counted (a short prompt just gets fewer rows per sweep).
+LONG_PROMPT = "the capital of Texas is " * 8
+
 
 def test_attribute_refuses_with_the_numbers_and_flags_that_fit(
     tiny_dirs: tuple[Path, Path],
@@ -21,11 +25,11 @@ def test_attribute_refuses_with_the_numbers_and_flags_that_fit(
 ) -> None:
     _, tc = tiny_dirs
     out = tmp_path / "g.safetensors"
-    argv = ["attribute", "-p", "the capital of Texas is", "-t", str(tc), "-o", str(out)]
-    monkeypatch.setenv(AVAILABLE_MEMORY_ENV, "100KiB")
+    argv = ["attribute", "-p", LONG_PROMPT, "-t", str(tc), "-o", str(out)]
+    monkeypatch.setenv(AVAILABLE_MEMORY_ENV, "400KiB")
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert "not enough memory" in err and "100.0 KiB is available" in err
+    assert "not enough memory" in err and "400.0 KiB is available" in err
     assert "--max_feature_nodes" in err and "--no-memory-check" in err
     assert "check_memory=False" not in err and not out.exists()
     assert main([*argv, "--no-memory-check"]) == 0
@@ -38,8 +42,8 @@ def test_batch_passes_no_memory_check_on(
     pytest.importorskip("pyarrow")
     _, tc = tiny_dirs
     prompts = tmp_path / "p.jsonl"
-    prompts.write_text('{"id": "a", "prompt": "the capital of Texas is"}\n')
-    monkeypatch.setenv(AVAILABLE_MEMORY_ENV, "100KiB")
+    prompts.write_text(json.dumps({"id": "a", "prompt": LONG_PROMPT}) + "\n")
+    monkeypatch.setenv(AVAILABLE_MEMORY_ENV, "400KiB")
     argv = ["batch", str(prompts), "--out", str(tmp_path / "run"), "-t", str(tc), "--quiet"]
     assert main(argv) == 1
     error = json.loads((tmp_path / "run" / "errors" / "a.json").read_text())

@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 
 import torch
 from tqdm.auto import tqdm
@@ -123,19 +124,17 @@ def attribute(
         ids, cap = model.capture(prompt)
     n_pos, n_layers = ids.shape[0], model.n_layers
 
+    spill = SpillFile() if offload == "disk" else None
     with timer.phase("sources"):
         sources = Sources.from_capture(model, cap, dtype)
         features = sources.features
         n_active = len(features)
-        backward = FrozenBackward(model, cap, dtype)
-        # Encoder rows of the features that get rows: read per batch, or all of them now when
-        # the transcoders are about to be offloaded.
-        gathered = None if offload is None else _encoder_rows(model, features.indices, dtype)
-
-        def encoders(rows: torch.Tensor) -> torch.Tensor:
-            if gathered is not None:
-                return gathered[rows]
-            return _encoder_rows(model, features.indices[rows], dtype)
+        # The patterns leave the capture (one copy, scaled in place; in the spill file on disk).
+        backward = FrozenBackward(model, cap, dtype, consume=True, spill=spill)
+        # Encoder rows of the features that get rows: read per batch, or the distinct rows of
+        # all active features now when the transcoders are about to be offloaded.
+        table = None if offload is None else _encoder_table(model, features.indices, dtype)
+        encoders = partial(_encoders, model, features.indices, dtype, table)
 
     with timer.phase("targets"):
         assert cap.logits is not None and cap.final is not None
@@ -148,10 +147,16 @@ def attribute(
             desired_logit_prob=desired_logit_prob,
         )
     n_logits = len(targets)
+    sweep_batch = batch_size
     if plan is not None:
-        check_before_sweep(plan, model.device, n_active, n_logits)
+        sweep_batch = check_before_sweep(plan, model.device, n_active, n_logits)
+        if sweep_batch < batch_size and verbose:
+            print(
+                f"attribution: {sweep_batch} rows per backward sweep instead of {batch_size}, "
+                f"so that its buffers ([{sweep_batch}, {n_pos}, {model.spec.d_model}] gradients, "
+                f"[{sweep_batch}, {sources.n_cols:,}] rows) fit in the available memory"
+            )
     n_rows_max = min(max_feature_nodes if max_feature_nodes is not None else n_active, n_active)
-    spill = SpillFile() if offload == "disk" else None
     store = EdgeRows(features.indices[:, :2], n_layers, n_pos, n_logits, store_dtype, spill)
     bar = tqdm(total=n_logits + n_rows_max, desc="attribution", unit="row", disable=not verbose)
 
@@ -159,8 +164,8 @@ def attribute(
     mlps = [model.block(i).get_submodule(model.adapter.mlp) for i in range(n_layers)]
     with offloaded([*mlps, tc], offload):
         with timer.phase("logit rows"):
-            for start in range(0, n_logits, batch_size):
-                sl = slice(start, min(start + batch_size, n_logits))
+            for start in range(0, n_logits, sweep_batch):
+                sl = slice(start, min(start + sweep_batch, n_logits))
                 k = sl.stop - sl.start
                 layers, positions = torch.full((k,), n_layers), torch.full((k,), n_pos - 1)
                 rows = backward.rows(sources, layers, positions, targets.vecs[sl])
@@ -178,12 +183,14 @@ def attribute(
                 store,
                 targets,
                 n_rows_max,
-                batch_size,
-                update_interval,
+                update_interval * batch_size,
+                sweep_batch,
                 bar,
                 progress,
             )
     bar.close()
+    # The graph needs none of these: the patterns, capture and sources go before it is built.
+    del backward, sources, encoders, table, cap
 
     with timer.phase("graph"):
         graph = _package(
@@ -199,6 +206,7 @@ def attribute(
                 desired_logit_prob=desired_logit_prob,
                 max_feature_nodes=max_feature_nodes,
                 batch_size=batch_size,
+                sweep_batch=sweep_batch,
                 dtype=str(dtype).removeprefix("torch."),
                 edge_dtype=str(store_dtype).removeprefix("torch."),
             ),
@@ -221,17 +229,46 @@ def _edge_dtype(edge_dtype: str | torch.dtype | None, model_dtype: torch.dtype) 
     return dtype
 
 
+def _encoders(
+    model: ReplacementModel,
+    indices: torch.Tensor,
+    dtype: torch.dtype,
+    table: tuple[torch.Tensor, torch.Tensor] | None,
+    rows: torch.Tensor,
+) -> torch.Tensor:
+    """Encoder rows ``[len(rows), d]`` of active features ``rows``: from ``table`` (the
+    ``_encoder_table`` of ``indices``) when given, else read from the transcoders."""
+    if table is not None:
+        return table[0][table[1][rows]]
+    return _encoder_rows(model, indices[rows], dtype)
+
+
 def _encoder_rows(
     model: ReplacementModel, indices: torch.Tensor, dtype: torch.dtype
 ) -> torch.Tensor:
-    """Encoder rows ``[n_active, d]`` of the active features, in their order."""
+    """Encoder rows ``[n, d]`` of the features ``indices [n, 3]`` (layer, pos, idx), in order."""
+    table, which = _encoder_table(model, indices, dtype)
+    return table[which]
+
+
+def _encoder_table(
+    model: ReplacementModel, indices: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The distinct encoder rows ``table [n_distinct, d]`` of the features ``indices [n, 3]``
+    and each feature's row ``which [n]``: at most ``n_layers * d_transcoder`` rows however
+    many positions the features cover."""
     tc = model.transcoders
-    out = torch.empty(len(indices), tc.d_model, dtype=dtype, device=model.device)
-    for layer in range(tc.n_layers):
+    which = torch.empty(len(indices), dtype=torch.long, device=indices.device)
+    parts, size = [], 0
+    for layer in torch.unique(indices[:, 0]).tolist():
         sel = (indices[:, 0] == layer).nonzero(as_tuple=True)[0]
-        if sel.numel():
-            out[sel] = tc.encoder_rows(layer, indices[sel, 2]).to(dtype)
-    return out
+        distinct, inverse = torch.unique(indices[sel, 2], return_inverse=True)
+        parts.append(tc.encoder_rows(layer, distinct).to(dtype))
+        which[sel] = inverse + size
+        size += len(distinct)
+    if not parts:
+        return torch.empty(0, tc.d_model, dtype=dtype, device=model.device), which
+    return torch.cat(parts), which
 
 
 def _feature_rows(
@@ -242,14 +279,16 @@ def _feature_rows(
     store: EdgeRows,
     targets: Targets,
     n_rows_max: int,
-    batch_size: int,
-    update_interval: int,
+    rank_every: int,
+    sweep_batch: int,
     bar: tqdm,
     progress: Progress | None = None,
 ) -> torch.Tensor:
     """Computes feature rows into ``store`` and returns the visited mask ``[n_active]``.
 
     ``encoders(rows)`` gives the encoder rows ``[len(rows), d]`` of active features ``rows``.
+    Under a cap the features are re-ranked every ``rank_every`` rows (``update_interval *
+    batch_size``, so the selection does not depend on ``sweep_batch``, the rows per sweep).
     """
     n_active = len(indices)
     n_cols = sources.n_cols
@@ -263,11 +302,13 @@ def _feature_rows(
             weights[n_cols:] = targets.weights.float()
             influence = store.influence(weights)
             rank = torch.argsort(influence[:n_active], descending=True, stable=True)
-            room = min(update_interval * batch_size, n_rows_max - done)
+            room = min(rank_every, n_rows_max - done)
             pending = rank[~visited[rank]][:room]
-        # Sorting a chunk by position lets each batch stop at its furthest position.
+        # Sorting a chunk by position lets each batch stop at its furthest position; each
+        # batch by decreasing layer is the order the sweep works in (no reordered copy).
         pending = pending[torch.argsort(indices[pending, 1], stable=True)]
-        for chunk in pending.split(batch_size):
+        for chunk in pending.split(sweep_batch):
+            chunk = chunk[torch.argsort(indices[chunk, 0], descending=True, stable=True)]
             layers, positions = indices[chunk, 0], indices[chunk, 1]
             rows = backward.rows(sources, layers, positions, encoders(chunk))
             store.add(rows, layers, positions, chunk)

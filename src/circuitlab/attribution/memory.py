@@ -8,18 +8,21 @@ what is alive in each:
 * **load**: runtime (interpreter, torch, transformers: ``RUNTIME_BYTES``, measured) + model
   weights + resident transcoder matrices (an encoder or decoder read lazily is not resident);
 * **forward**: + the forward's transient activations (logits, attention scores, MLP hidden) +
-  the capture kept for the sweep (patterns ``[layers, heads, pos, pos]``, transcoder inputs,
-  outputs and errors ``[layers, pos, d]``, logits);
-* **sweep**: + sources (activation-scaled decoder rows packed per position, encoder rows of
-  one batch, or of every active feature with ``offload``) + the
+  the capture kept for the sweep (attention patterns ``[layers, heads, pos, pos]``, the largest
+  part of a long prompt; transcoder inputs, outputs and errors ``[layers, pos, d]``, logits);
+* **sweep**: + sources (each output layer's distinct decoder rows, at most the transcoder's
+  features, and one padded slot per active feature; encoder rows of one batch, or the distinct
+  rows of every active feature with ``offload``) + the
   edge rows (``n_logits + min(max_feature_nodes, n_active)`` rows in the graph's block layout,
   ``graph.edges``: a feature row keeps the features and errors of earlier layers and the
   tokens, at positions up to its position chunk's end, on average a bit over half of them;
   signed values in ``edge_dtype``; with ``offload="disk"`` they go to a memory-mapped file and
-  are not counted) + one batch's temporaries (``[batch, n_cols]`` rows, gradients
-  ``[batch, pos, d]``) + influence vectors; ``offload="disk"`` frees the MLP weights and the
-  resident transcoders here (``"cpu"`` frees nothing on a CPU-only machine);
-* **graph**: the sweep's state (the blocks are renumbered in place; under a feature cap the
+  are not counted) + one batch's temporaries (``[batch, n_cols]`` rows and their block copies,
+  gradients ``[batch, pos, d]`` and their ``W_O`` projection, the bounded chunks of
+  ``attribution.sources``) + influence vectors; ``offload="disk"`` frees the MLP weights and
+  the resident transcoders here and moves the patterns to a mapped file (``"cpu"`` frees
+  nothing on a CPU-only machine);
+* **graph**: the edge rows (the capture and sources are let go; under a feature cap the
   unselected columns are dropped block by block);
 * **scores**: weights + the graph's blocks + one block's float32 work copies and node vectors
   (influence, pruning and scores go block by block).
@@ -49,6 +52,8 @@ TOLERANCE = 2.0
 
 #: ``graph.edges.POSITION_CHUNKS`` (not imported: this module does not need torch).
 POSITION_CHUNKS = 16
+#: ``attribution.sources.READ_CHUNK_ELEMENTS`` (likewise).
+READ_CHUNK_ELEMENTS = 2**24
 
 _DTYPE_BYTES = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2}
 _ST_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "I64": 8, "I32": 4, "U8": 1, "I8": 1}
@@ -188,11 +193,15 @@ def estimate_memory(
     parts["forward activations"] = int(
         (2 * n * V + 3 * H * n * n + 3 * n * F + 10 * n * d + 2 * n * T) * b
     )
-    parts["capture (patterns, reads, writes)"] = int((L * H * n * n + 3 * L * n * d + n * V) * b)
-    # Decoder rows are packed per position in buckets padded at most 2x (typically ~1.5x);
-    # encoder rows are gathered per batch, or all at once before an offload.
-    enc_rows = n_active if offload is not None else batch
-    parts["sources (decoder + encoder rows)"] = int((n_active * 1.5 * n_out + enc_rows) * d * b)
+    parts["attention patterns"] = L * H * n * n * b
+    parts["capture (reads, writes, errors)"] = int((3 * L * n * d + n * V) * b)
+    # Per output layer: its distinct decoder rows (at most the transcoder's features) and, per
+    # active feature, a padded slot (table row, activation, column; padding at most 2x, ~1.5x);
+    # encoder rows of one batch, or the distinct rows of all active features before an offload.
+    distinct = min(n_active, L * T) * n_out
+    enc_rows = min(n_active, L * T) if offload is not None else batch
+    slots = n_active * n_out * 1.5 * (16 + b) + n_active * (24 + 4)
+    parts["sources (decoder + encoder rows)"] = int((distinct + enc_rows) * d * b + slots)
     # Sources of a feature row: earlier layers' features and errors, and tokens, at positions up
     # to its position chunk's end (graph.edges.POSITION_CHUNKS chunks): on average ~half.
     pos_share = 0.5 + 0.5 / min(n, POSITION_CHUNKS)
@@ -201,7 +210,12 @@ def estimate_memory(
     # offload="disk" writes the blocks to a mapped file: page cache, not the process's memory.
     parts["edge rows"] = 0 if offload == "disk" else int(edge_rows)
     parts["edge rows in a mapped file"] = int(edge_rows) if offload == "disk" else 0
-    parts["sweep batch"] = int(batch * (n_cols * (3 * b + 1) + 8 * n * d * b))
+    # One sweep: the rows [batch, n_cols] and their blocks' copies in the edge dtype, the
+    # gradient and its W_O projection [batch, pos, d] (+ the skip path's product), and the
+    # head-by-head attention and projection temporaries (bounded, attribution.sources).
+    grads = (3 if transcoders.skip else 2) * n * d + 2 * n * model.d_head
+    chunks = 2 * min(READ_CHUNK_ELEMENTS, batch * n * d) * b  # a gathered gradient + vectors
+    parts["sweep batch"] = int(batch * (n_cols * (b + 2 * eb) + grads * b) + chunks)
     parts["influence"] = int(6 * (n_cols + n_logits) * b)
     graph_cols = rows + tail + n_logits
     one_block = edge_rows / eb * 4 / (L * POSITION_CHUNKS)  # float32 copy of a typical block
@@ -209,7 +223,9 @@ def estimate_memory(
     parts["scores / pruning"] = int(2 * one_block + 12 * graph_cols * 8)
     mlp_weights = L * (3 if model.gated_mlp else 2) * d * F * b
     tc_resident = sum(v for k, v in parts.items() if k.startswith("transcoder"))
-    parts["offload saving (sweep)"] = -(mlp_weights + tc_resident) if offload == "disk" else 0
+    # offload="disk" also moves the frozen patterns to a mapped file for the sweep.
+    freed = mlp_weights + tc_resident + parts["attention patterns"]
+    parts["offload saving (sweep)"] = -freed if offload == "disk" else 0
 
     phases = phases_of(parts)
     assumptions = {
@@ -226,22 +242,27 @@ def estimate_memory(
 
 
 def phases_of(parts: dict[str, int]) -> dict[str, int]:
-    """Everything alive in each phase, from the parts (a part missing or zeroed counts 0)."""
+    """Everything alive in each phase, from the parts (a part missing or zeroed counts 0).
+
+    The capture and the sources are let go once the last row is computed, so the graph and
+    scores phases hold the edge rows only."""
     get = parts.get
     tc_resident = sum(v for k, v in parts.items() if k.startswith("transcoder"))
     base = get("runtime", 0) + get("model weights", 0) + tc_resident
-    capture = get("capture (patterns, reads, writes)", 0)
-    sweep_state = capture + get("sources (decoder + encoder rows)", 0) + get("edge rows", 0)
+    capture = get("attention patterns", 0) + get("capture (reads, writes, errors)", 0)
+    edges = get("edge rows", 0)
     return {
         "load": base,
         "forward": base + get("forward activations", 0) + capture,
         "sweep": base
-        + sweep_state
+        + capture
+        + get("sources (decoder + encoder rows)", 0)
+        + edges
         + get("sweep batch", 0)
         + get("influence", 0)
         + get("offload saving (sweep)", 0),
-        "graph": base + sweep_state + get("graph rows", 0),
-        "scores": base + get("edge rows", 0) + get("scores / pruning", 0),
+        "graph": base + edges + get("graph rows", 0),
+        "scores": base + edges + get("scores / pruning", 0),
     }
 
 

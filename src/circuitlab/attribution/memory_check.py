@@ -5,7 +5,9 @@
 1. before the forward pass, for the forward's activations and capture (the prompt length is
    all it needs);
 2. once the active features are counted (after the ``sources`` phase, before any edge row),
-   for the sweep, the graph and its scores, with the exact number of active features.
+   for the sweep, the graph and its scores, with the exact number of active features. When
+   ``batch_size`` rows per backward sweep do not fit but fewer do, the largest halving that
+   fits is used instead (``check_before_sweep``; only the speed changes, the graph does not).
 
 Each compares the memory still to be allocated at that point (``attribution.memory``'s
 estimate minus what is already alive: the loaded model, then also the capture and sources) with
@@ -20,8 +22,8 @@ the memory available (``available_memory``):
   replaces every measured amount, for machines whose limits cannot be read and for tests.
 
 A refusal (``NotEnoughMemoryError``) names both numbers and the settings that would fit, found
-with the same estimator: a ``max_feature_nodes`` cap, ``offload="disk"``, a smaller
-``batch_size``, half precision or a shorter prompt. ``attribute(check_memory=False)`` (CLI
+with the same estimator (each allowed a smaller sweep batch): a ``max_feature_nodes`` cap,
+``offload="disk"``, half precision or a shorter prompt. ``attribute(check_memory=False)`` (CLI
 ``--no-memory-check``) skips the check. The estimate's documented accuracy is a factor
 ``memory.TOLERANCE`` either way; the check takes it at face value.
 """
@@ -323,7 +325,8 @@ def _needs(est: MemoryEstimate, stage: str, cuda: bool) -> dict[str, tuple[str, 
         # Alive already: this process's runtime, and the loaded model unless stage is "all".
         alive = pp.get("runtime", 0) if stage == "all" else phases["load"]
         if stage == "sweep":
-            alive += pp.get("capture (patterns, reads, writes)", 0)
+            alive += pp.get("attention patterns", 0)
+            alive += pp.get("capture (reads, writes, errors)", 0)
             alive += pp.get("sources (decoder + encoder rows)", 0)
         phase = max(_STAGES[stage], key=lambda k: phases[k])
         out[pool] = (phase, max(0, phases[phase] - alive))
@@ -342,12 +345,21 @@ def _shortfall(
 def suggest(
     plan: AttributionPlan, stage: str, cuda: bool, avail: Mapping[str, Available]
 ) -> list[dict[str, Any]]:
-    """Setting changes that fit, each checked with the estimator (the simplest ones first)."""
+    """Setting changes that fit, each checked with the estimator (the simplest ones first).
+
+    From the sweep on, a change fits when it does with ``batch_size`` or one of its halvings
+    (``check_before_sweep`` takes the largest that fits), so a smaller batch is never
+    suggested alone."""
+    s = plan.settings
 
     def fits(**changes: Any) -> bool:
-        return _shortfall(plan.estimate(**changes), stage, cuda, avail) is None
+        batch = changes.pop("batch_size", s.get("batch_size", 256))
+        batches = [batch] if stage == "forward" else [batch, *_halvings(batch)]
+        return any(
+            _shortfall(plan.estimate(**changes, batch_size=b), stage, cuda, avail) is None
+            for b in batches
+        )
 
-    s = plan.settings
     out: list[dict[str, Any]] = []
     half = s.get("dtype", "float32") in ("float32", "float64")
     if stage == "forward":  # only the prompt length and the precision matter here
@@ -363,16 +375,12 @@ def suggest(
         out.append({"max_feature_nodes": _round_down(cap)})
     if s.get("offload") != "disk" and fits(offload="disk"):
         out.append({"offload": "disk"})
-    batch = s.get("batch_size", 256)
-    smaller = next((b for b in _halvings(batch) if fits(batch_size=b)), None)
-    if smaller is not None:
-        out.append({"batch_size": smaller})
     if half and fits(dtype=_HALF):
         out.append({"dtype": _HALF})
     if out:
         return out
     # Nothing alone fits: everything that saves memory at once, and the cap that then fits.
-    combo: dict[str, Any] = {"offload": "disk", "batch_size": min(batch, 32)}
+    combo: dict[str, Any] = {"offload": "disk"}
     if half:
         combo["dtype"] = _HALF
     cap = _largest(1, rows, lambda c: fits(**combo, max_feature_nodes=c))
@@ -414,9 +422,24 @@ def check_before_forward(model: ReplacementModel, prompt: Any, **settings: Any) 
 
 
 def check_before_sweep(
-    plan: AttributionPlan, device: torch.device, n_active: int, n_logits: int
-) -> None:
-    """Stage 2: with the counted active features and logit targets."""
+    plan: AttributionPlan,
+    device: torch.device,
+    n_active: int,
+    n_logits: int,
+    available: Mapping[str, Available] | None = None,
+) -> int:
+    """Stage 2: with the counted active features and logit targets. Returns the rows per
+    backward sweep: ``batch_size``, or the largest of its halvings whose buffers fit when it
+    does not (``attribute`` still re-ranks features every ``update_interval * batch_size`` rows,
+    so the graph is the same); raises when none fits."""
     plan.n_active = n_active
     plan.settings["max_n_logits"] = n_logits
-    check_attribution_memory(plan, device, stage="sweep")
+    avail = dict(available_memory(device) if available is None else available)
+    cuda = torch.device(device).type == "cuda"
+    batch = plan.settings.get("batch_size", 256)
+    for smaller in [batch, *_halvings(batch)]:
+        if _shortfall(plan.estimate(batch_size=smaller), "sweep", cuda, avail) is None:
+            return smaller
+    plan.settings["batch_size"] = 1  # the refusal names what even one row per sweep needs
+    check_attribution_memory(plan, device, stage="sweep", available=avail)  # raises
+    return batch

@@ -6,11 +6,19 @@ source value vector>``: for a feature the activation-scaled decoder row (one per
 for cross-layer transcoders), for an error node the MLP-output residual the transcoder missed,
 for a token its embedding.
 
-Feature decoder rows of one output layer are packed position by position into padded blocks
-``vecs [positions, slots, d_model]`` so that a few batched matmuls read them all. Positions are
-bucketed by how many features write there (slots rounded up to a power of two), so padding
-costs at most 2x: one block padded to the busiest position wasted 7x memory and time on a
-512-token SmolLM2 prompt, where the first tokens carry ~8x the average feature count.
+Features writing into one output layer are packed position by position into padded slots
+``[positions, slots]`` so that a few batched matmuls read them all. Positions are bucketed by
+how many features write there (slots rounded up to a power of two), so padding costs at most
+2x: one block padded to the busiest position wasted 7x memory and time on a 512-token SmolLM2
+prompt, where the first tokens carry ~8x the average feature count.
+
+The activation-scaled decoder vectors themselves are not kept: a long prompt activates far
+more (feature, position) pairs than a transcoder has features (1.2M pairs on 2,048 SmolLM2
+tokens against 30 x 4,096 features, 2.7 GB of vectors), so each output layer keeps only the
+*distinct* decoder rows its features use (``DecoderTable``) and ``Sources.read`` rebuilds the
+scaled vectors of a few positions at a time (``PackedBucket.vectors``: the same product, so
+the same numbers) while it projects the gradient onto them. Its work memory is bounded by
+``READ_CHUNK_ELEMENTS`` whatever the prompt length.
 """
 
 from __future__ import annotations
@@ -27,25 +35,38 @@ if TYPE_CHECKING:
     from ..models.session import Capture
     from ..replacement import ReplacementModel
 
+#: Elements of the gathered gradient ``[positions, batch, d]`` that ``Sources.read`` projects at
+#: once (64 MiB in float32): bounds its temporaries whatever the prompt length and batch size.
+READ_CHUNK_ELEMENTS = 2**24
+
 
 @dataclass
 class PackedBucket:
-    """Decoder vectors of the positions ``positions`` (ascending) of one output layer.
+    """Features writing at the positions ``positions`` (ascending) of one output layer.
 
-    ``vecs [k, slots, d]`` (activation-scaled; padding rows are zero) and ``cols [k, slots]``
-    the source column of each slot (padding points at a spare column ``n_cols``).
+    ``rows [k, slots]`` index the layer's ``DecoderTable``, ``values [k, slots]`` the
+    activations and ``cols [k, slots]`` the source columns (padding: value 0, column
+    ``n_cols``, a spare column).
     """
 
     positions: list[int]
     index: torch.Tensor  # [k] the same positions, for gathering gradients
-    vecs: torch.Tensor
+    rows: torch.Tensor
+    values: torch.Tensor
     cols: torch.Tensor
+
+    def vectors(self, table: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        """Activation-scaled decoder vectors ``[hi - lo, slots, d]`` of positions ``lo:hi`` of
+        this bucket (``table [n_rows, d]``: the layer's distinct decoder rows)."""
+        return table[self.rows[lo:hi]] * self.values[lo:hi, :, None]
 
 
 @dataclass
 class PackedDecoders:
-    """Decoder vectors writing into one output layer, in buckets of similar feature counts."""
+    """Features writing into one output layer: their distinct decoder rows ``table [n, d]``
+    and buckets of positions with similar feature counts."""
 
+    table: torch.Tensor
     buckets: list[PackedBucket]
 
 
@@ -63,7 +84,7 @@ class Sources:
     @classmethod
     def from_capture(cls, model: ReplacementModel, cap: Capture, dtype: torch.dtype) -> Sources:
         """The sources of one captured prompt: active features (BOS positions zeroed), their
-        packed decoder rows, the error terms ``writes - reconstruction`` and the embeddings."""
+        packed decoders, the error terms ``writes - reconstruction`` and the embeddings."""
         tc, n_layers = model.transcoders, model.n_layers
         reads, writes = cap.stacked_reads(), cap.stacked_writes()
         n_pos = int(reads.shape[1])
@@ -102,27 +123,40 @@ class Sources:
         """Adds the edges of sources writing at ``layer`` into ``out [batch, n_cols + 1]``.
 
         ``grad [batch, pos', d]`` is the gradient at that layer's write point (``pos' <= n_pos``).
+        Positions are projected a chunk at a time (``READ_CHUNK_ELEMENTS``).
         """
-        p = grad.shape[1]
+        batch, p, d = grad.shape
+        width = READ_CHUNK_ELEMENTS // (batch * d)
         packed = self.decoders[layer]
-        for bucket in packed.buckets if packed is not None else []:
-            k = bisect.bisect_left(bucket.positions, p)  # positions < p
-            if k == 0:
-                continue
-            g = grad.index_select(1, bucket.index[:k]).transpose(0, 1)  # [k, batch, d]
-            vals = torch.bmm(g, bucket.vecs[:k].transpose(1, 2))  # [k, batch, slots]
-            out.index_add_(
-                1, bucket.cols[:k].reshape(-1), vals.transpose(0, 1).reshape(grad.shape[0], -1)
-            )
-        start = self.error_col(layer)
-        out[:, start : start + p] += torch.einsum("bpd,pd->bp", grad, self.errors[layer, :p])
+        if packed is not None:
+            for bucket in packed.buckets:
+                k = bisect.bisect_left(bucket.positions, p)  # positions < p
+                for lo, hi in spans(k, width):
+                    g = grad.index_select(1, bucket.index[lo:hi]).transpose(0, 1)  # [k', b, d]
+                    vals = torch.bmm(g, bucket.vectors(packed.table, lo, hi).transpose(1, 2))
+                    cols = bucket.cols[lo:hi].reshape(-1)  # vals: [k', batch, slots]
+                    out.index_add_(1, cols, vals.transpose(0, 1).reshape(batch, -1))
+        _read_vectors(out, self.error_col(layer), grad, self.errors[layer], width)
 
     def read_tokens(self, out: torch.Tensor, grad: torch.Tensor) -> None:
         """Adds token edges for ``grad [batch, pos', d]`` at the embedding output."""
-        p = grad.shape[1]
-        out[:, self.token_col : self.token_col + p] += torch.einsum(
-            "bpd,pd->bp", grad, self.tokens[:p]
-        )
+        width = READ_CHUNK_ELEMENTS // (grad.shape[0] * grad.shape[2])
+        _read_vectors(out, self.token_col, grad, self.tokens, width)
+
+
+def _read_vectors(
+    out: torch.Tensor, start: int, grad: torch.Tensor, vecs: torch.Tensor, width: int
+) -> None:
+    """``out[:, start + q] += <grad[:, q], vecs[q]>`` for the positions ``q`` of ``grad [batch,
+    pos', d]`` (``vecs [n_pos, d]``: one source per position), ``width`` positions at a time."""
+    for lo, hi in spans(grad.shape[1], width):
+        out[:, start + lo : start + hi] += torch.einsum("bpd,pd->bp", grad[:, lo:hi], vecs[lo:hi])
+
+
+def spans(n: int, width: int) -> list[tuple[int, int]]:
+    """``(lo, hi)`` ranges covering ``0..n``, ``width`` (at least 1) at a time."""
+    width = max(1, width)
+    return [(lo, min(lo + width, n)) for lo in range(0, n, width)]
 
 
 def pack_decoders(
@@ -132,38 +166,48 @@ def pack_decoders(
     n_cols: int,
     dtype: torch.dtype,
 ) -> list[PackedDecoders | None]:
-    """Activation-scaled decoder rows grouped by output layer and position (see ``PackedDecoders``)."""
+    """Features grouped by output layer and position, with each output layer's distinct decoder
+    rows (see ``PackedDecoders``)."""
     n_layers = transcoders.n_layers
-    per_layer: list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = [
-        [] for _ in range(n_layers)
-    ]
+    # per output layer: (positions, columns, table rows, activations) and table parts
+    parts: list[list[tuple[torch.Tensor, ...]]] = [[] for _ in range(n_layers)]
+    tables: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]
+    size = [0] * n_layers
     idx = features.indices
     for layer in range(n_layers):
         sel = (idx[:, 0] == layer).nonzero(as_tuple=True)[0]
         if sel.numel() == 0:
             continue
-        dec = transcoders.decoder_rows(layer, idx[sel, 2]).to(dtype)  # [n, n_out, d]
-        dec = dec * features.values[sel].to(dtype)[:, None, None]
+        distinct, which = torch.unique(idx[sel, 2], return_inverse=True)
+        dec = transcoders.decoder_rows(layer, distinct).to(dtype)  # [n_distinct, n_out, d]
+        values = features.values[sel].to(dtype)
         for j in range(dec.shape[1]):
-            per_layer[layer + j].append((idx[sel, 1], sel, dec[:, j]))
+            out = layer + j
+            parts[out].append((idx[sel, 1], sel, which + size[out], values))
+            tables[out].append(dec[:, j])
+            size[out] += len(distinct)
     packed: list[PackedDecoders | None] = []
-    for parts in per_layer:
-        if not parts:
+    for out in range(n_layers):
+        if not parts[out]:
             packed.append(None)
             continue
-        pos = torch.cat([p for p, _, _ in parts])
-        col = torch.cat([c for _, c, _ in parts])
-        vec = torch.cat([v for _, _, v in parts])
+        pos, col, row, val = (torch.cat(t) for t in zip(*parts[out], strict=True))
         order = torch.argsort(pos, stable=True)
-        pos, col, vec = pos[order], col[order], vec[order]
-        packed.append(PackedDecoders(_buckets(pos, col, vec, n_pos, n_cols)))
+        buckets = _buckets(pos[order], col[order], row[order], val[order], n_pos, n_cols)
+        packed.append(PackedDecoders(torch.cat(tables[out]), buckets))
     return packed
 
 
 def _buckets(
-    pos: torch.Tensor, col: torch.Tensor, vec: torch.Tensor, n_pos: int, n_cols: int
+    pos: torch.Tensor,
+    col: torch.Tensor,
+    row: torch.Tensor,
+    val: torch.Tensor,
+    n_pos: int,
+    n_cols: int,
 ) -> list[PackedBucket]:
-    """Buckets for vectors ``vec [n, d]`` sorted by position ``pos [n]``, with columns ``col``."""
+    """Buckets for features sorted by position ``pos [n]``, with columns ``col``, table rows
+    ``row`` and activations ``val``."""
     counts = torch.bincount(pos, minlength=n_pos)
     starts = torch.cumsum(counts, 0) - counts
     slot = torch.arange(len(pos), device=pos.device) - starts[pos]
@@ -172,15 +216,16 @@ def _buckets(
     buckets = []
     for lv in torch.unique(level[level >= 0]).tolist():
         where = (level == lv).nonzero(as_tuple=True)[0]  # ascending positions
-        slots = int(counts[where].max())
-        row = torch.full((n_pos,), -1, dtype=torch.long, device=pos.device)
-        row[where] = torch.arange(len(where), device=pos.device)
-        mine = row[pos] >= 0
-        vecs = torch.zeros(len(where), slots, vec.shape[1], dtype=vec.dtype, device=vec.device)
-        cols = torch.full((len(where), slots), n_cols, dtype=torch.long, device=vec.device)
-        vecs[row[pos[mine]], slot[mine]] = vec[mine]
-        cols[row[pos[mine]], slot[mine]] = col[mine]
-        buckets.append(PackedBucket(where.tolist(), where, vecs, cols))
+        shape = (len(where), int(counts[where].max()))
+        at = torch.full((n_pos,), -1, dtype=torch.long, device=pos.device)
+        at[where] = torch.arange(len(where), device=pos.device)
+        mine = at[pos] >= 0
+        slots = (at[pos[mine]], slot[mine])
+        rows = torch.zeros(shape, dtype=torch.long, device=pos.device)
+        values = torch.zeros(shape, dtype=val.dtype, device=val.device)
+        cols = torch.full(shape, n_cols, dtype=torch.long, device=pos.device)
+        rows[slots], values[slots], cols[slots] = row[mine], val[mine], col[mine]
+        buckets.append(PackedBucket(where.tolist(), where, rows, values, cols))
     return buckets
 
 
@@ -191,10 +236,19 @@ def reconstructions(
     the decoder rows): scaled decoder rows summed per position, plus ``b_dec`` and the skip."""
     out = torch.zeros(reads.shape, dtype=reads.dtype, device=reads.device)
     for layer, packed in enumerate(decoders):
-        for bucket in packed.buckets if packed is not None else []:
-            out[layer].index_add_(0, bucket.index, bucket.vecs.sum(1).to(reads.dtype))
+        if packed is not None:
+            _add_reconstruction(out[layer], packed)
         out[layer] += transcoders.decoder_bias(layer).to(reads.dtype)
         sk = transcoders.skip(layer, reads[layer])
         if sk is not None:
             out[layer] += sk
     return out
+
+
+def _add_reconstruction(out: torch.Tensor, packed: PackedDecoders) -> None:
+    """Adds each position's activation-scaled decoder vectors into ``out [n_pos, d]``."""
+    for bucket in packed.buckets:
+        width = READ_CHUNK_ELEMENTS // (bucket.rows.shape[1] * out.shape[-1])
+        for lo, hi in spans(len(bucket.positions), width):
+            vecs = bucket.vectors(packed.table, lo, hi)
+            out.index_add_(0, bucket.index[lo:hi], vecs.sum(1).to(out.dtype))

@@ -17,14 +17,17 @@ from ._attribution import (
 )
 
 NAME = "estimate-memory"
-HELP = "predict the peak memory of `attribute` from config shapes (nothing is loaded)"
+HELP = "predict the peak memory, time and file size of `attribute` (nothing is loaded)"
 DESCRIPTION = """\
 Reads the model's config.json (and safetensors headers) and the transcoders' config.yaml and
 layer-file headers, and prints the predicted peak memory with its parts (runtime, model
 weights, transcoders eager or lazy, forward activations and capture, sources, edge rows, the
 sweep's batch, graph rows, scores/pruning, offload savings) and the total of each phase.
+Also predicts the wall time per phase (operations counted, divided by a rate measured on a
+2-core CPU; --gflops sets yours) and the graph file's size.
 Takes the same flags as `circuitlab attribute`. The number of active features is l0 per layer
-and token: TopK's k, else --l0 (default 64); measure yours with `attribute --verbose`.
+and token: TopK's k, else --l0 (default 64): a number, or the JSON that
+`circuitlab eval-transcoders --json` wrote (its mean l0 over layers).
 When the peak exceeds the memory available now (RAM, within any cgroup limit;
 CIRCUITLAB_AVAILABLE_MEMORY overrides it) a warning names both and the settings that would fit:
 `attribute` would refuse these settings. Measured accuracy: docs/cli.md."""
@@ -33,6 +36,7 @@ EXAMPLES = """examples:
   circuitlab estimate-memory -t ./tc -p "The capital of France is" --max_feature_nodes 4096 \\
       --batch_size 64 --offload disk --l0 20
   circuitlab estimate-memory -t ./tc --n-tokens 256 --dtype bfloat16 --json
+  circuitlab estimate-memory -t ./tc --n-tokens 2048 --l0 eval.json --gflops 2000
 """
 
 
@@ -42,12 +46,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("-p", "--prompt", help="the prompt (counted with the model's tokenizer)")
     g.add_argument("--n-tokens", type=int, help="prompt length in tokens, BOS included")
     add_attribution_arguments(p)
-    p.add_argument("--l0", type=float, default=None, help="active features per layer and token")
+    p.add_argument(
+        "--l0",
+        default=None,
+        help="active features per layer and token: a number, or an eval-transcoders --json file",
+    )
+    p.add_argument(
+        "--gflops",
+        type=float,
+        default=None,
+        help="sustained GFLOP/s of this machine for the time prediction (default: the 2-core "
+        "reference machine's, see docs/cli.md)",
+    )
     p.add_argument("--json", action="store_true", help="print the estimate as JSON")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..attribution.cost import estimate_cost
     from ..attribution.memory import estimate_memory, model_shapes, transcoder_shapes
     from . import UsageError
 
@@ -56,8 +72,9 @@ def run(args: argparse.Namespace) -> int:
     check_model_ref(args.model)
     if args.n_tokens is not None and args.n_tokens < 1:
         raise UsageError(f"--n-tokens must be at least 1, got {args.n_tokens}")
-    if args.l0 is not None and args.l0 <= 0:
-        raise UsageError(f"--l0 must be positive, got {args.l0}")
+    args.l0 = _l0(args.l0)
+    if args.gflops is not None and args.gflops <= 0:
+        raise UsageError(f"--gflops must be positive, got {args.gflops}")
     tc, model_name = transcoder_shapes(args.transcoder_set)
     model_ref = args.model or model_name
     if not model_ref:
@@ -70,11 +87,22 @@ def run(args: argparse.Namespace) -> int:
         )
     n_tokens = args.n_tokens or _count_tokens(model_ref, args.prompt, model.vocab_size)
     est = estimate_memory(model, tc, n_tokens, **_settings(args))
+    cost = estimate_cost(
+        model,
+        tc,
+        n_tokens,
+        max_feature_nodes=args.max_feature_nodes,
+        max_n_logits=args.max_n_logits,
+        l0=args.l0,
+        edge_dtype=args.edge_dtype or ("float64" if args.dtype == "float64" else "float32"),
+        **({} if args.gflops is None else {"flops_per_second": args.gflops * 1e9}),
+    )
     warning, fits = _check_available(model, tc, n_tokens, args)
     if args.json:
-        print(json.dumps({**est.to_json(), **fits}, indent=1))
+        print(json.dumps({**est.to_json(), **cost.to_json(), **fits}, indent=1))
     else:
         print(est.report())
+        print(cost.report())
     if warning:
         print(f"circuitlab estimate-memory: warning: {warning}", file=sys.stderr)
     return 0
@@ -116,6 +144,36 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         lazy_decoder=args.lazy_decoder,
         l0=args.l0,
     )
+
+
+def _l0(value: str | None) -> float | None:
+    """``--l0``: a positive number, or the mean per-layer ``l0`` of an eval-transcoders JSON."""
+    from pathlib import Path
+
+    from . import UsageError
+
+    if value is None:
+        return None
+    try:
+        l0 = float(value)
+    except ValueError:
+        path = Path(value)
+        if not path.is_file():
+            raise UsageError(
+                f"--l0 {value!r} is neither a number nor a file; pass active features per layer "
+                "and token, or the JSON of `circuitlab eval-transcoders --json`"
+            ) from None
+        try:
+            per_layer = json.loads(path.read_text())["l0"]
+            l0 = sum(map(float, per_layer)) / len(per_layer)
+        except (ValueError, KeyError, TypeError, ZeroDivisionError):
+            raise UsageError(
+                f"--l0 {value}: no per-layer 'l0' list in it; pass the JSON that "
+                "`circuitlab eval-transcoders --json` writes, or a number"
+            ) from None
+    if l0 <= 0:
+        raise UsageError(f"--l0 must be positive, got {value}")
+    return l0
 
 
 def _count_tokens(model_ref: str, prompt: str, vocab_size: int) -> int:

@@ -1,0 +1,212 @@
+"""Capped long prompts: ``attribute`` with ``max_feature_nodes=7500`` on SmolLM2-135M.
+
+For each prompt length and offload mode, a fresh subprocess loads SmolLM2-135M with the
+30 x 4,096-feature fitted transcoders (``fixtures.smollm2``), then runs ``attribute`` (and
+saves the graph) and reports wall time, CPU time, peak RSS (``VmHWM``, reset after loading;
+it counts the touched pages of mapped files too) and peak anonymous memory (``RssAnon``
+sampled every 0.2 s: what ``offload="disk"`` moves out), the graph file's size, and the
+rows per sweep the memory check chose. ``estimate-memory``'s predictions (memory, time, file
+size, from the run's own active-feature count) are printed beside each figure.
+
+Long prompts cost time per row that grows with ``tokens^2``: ``--max-rows`` (or
+``--time-limit``) stops a run after that many feature rows; its total time is then
+*extrapolated* (phases so far + seconds per feature row x rows left) and its peak is the peak
+*so far*, both marked ``~`` in the table. The machine is shared: each row records ``uptime``'s
+load average.
+
+    python benchmarks/capped.py                                   # 128 and 512, both modes
+    python benchmarks/capped.py --lengths 1024 --max-rows 512 --offload disk
+    python benchmarks/capped.py --lengths 2048 --max-rows 256 --budget 10GiB --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from circuitlab.attribution.cost import estimate_cost  # noqa: E402
+from circuitlab.attribution.memory import (  # noqa: E402
+    estimate_memory,
+    human,
+    model_shapes,
+    transcoder_shapes,
+)
+
+from fixtures import smollm2  # noqa: E402
+
+_CHILD = r"""
+import json, os, sys, tempfile, threading, time
+a = json.loads(sys.argv[1])
+
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+    return 0
+
+import torch
+from circuitlab.attribution import attribute
+engine = sys.modules["circuitlab.attribution.attribute"]
+from circuitlab.attribution.sources import Sources
+from circuitlab.batch import LoadSpec
+
+info = {"n_active": None, "sweep_batch": a["batch_size"]}
+from_capture, check = Sources.from_capture.__func__, engine.check_before_sweep
+
+def counted(cls, *args, **kwargs):
+    s = from_capture(cls, *args, **kwargs)
+    info["n_active"] = s.n_features
+    return s
+
+def checked(*args, **kwargs):
+    info["sweep_batch"] = check(*args, **kwargs)
+    return info["sweep_batch"]
+
+Sources.from_capture = classmethod(counted)
+engine.check_before_sweep = checked
+model = LoadSpec(a["tc"], a["model"]).load()
+open("/proc/self/clear_refs", "w").write("5")  # peak RSS from here
+anon = [status("RssAnon")]
+done = threading.Event()
+
+def sample():
+    while not done.wait(0.2):
+        anon[0] = max(anon[0], status("RssAnon"))
+
+threading.Thread(target=sample, daemon=True).start()
+starts, rows = {}, [0, 0]
+
+class Stop(Exception):
+    pass
+
+def progress(phase, n, total):
+    starts.setdefault(phase, time.perf_counter())
+    if phase == "feature rows" and n:
+        rows[0], rows[1] = n, total
+        stop_rows = a["max_rows"] and n >= a["max_rows"] and n < total
+        late = a["time_limit"] and time.perf_counter() - starts[phase] > a["time_limit"]
+        if stop_rows or (late and n < total):
+            raise Stop
+
+t0, c0 = time.perf_counter(), time.process_time()
+out = dict(complete=True, file_bytes=None)
+try:
+    g = attribute(model, torch.tensor(a["ids"]), max_feature_nodes=a["cap"],
+                  batch_size=a["batch_size"], offload=a["offload"], progress=progress)
+    path = os.path.join(tempfile.mkdtemp(), "g.safetensors")
+    g.save(path)
+    out["file_bytes"] = os.path.getsize(path)
+    os.unlink(path)
+except Stop:
+    out["complete"] = False
+end = time.perf_counter()
+done.set()
+anon[0] = max(anon[0], status("RssAnon"))
+fr = starts.get("feature rows", end)
+out.update(
+    seconds=end - t0, cpu_seconds=time.process_time() - c0, before_rows=fr - t0,
+    row_seconds=end - fr, rows_done=rows[0], rows_total=rows[1],
+    peak=status("VmHWM"), peak_anon=anon[0], load=os.getloadavg()[0], **info,
+)
+print(json.dumps(out))
+"""
+
+
+def run_case(fx, n: int, offload: str | None, a: argparse.Namespace) -> dict:
+    args = dict(
+        tc=str(fx.transcoder_dir),
+        model=str(fx.model_dir),
+        ids=fx.prompt(n),
+        cap=a.cap,
+        batch_size=a.batch_size,
+        offload=offload,
+        max_rows=a.max_rows,
+        time_limit=a.time_limit,
+    )
+    env = dict(os.environ)
+    if a.budget:
+        env["CIRCUITLAB_AVAILABLE_MEMORY"] = a.budget
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD, json.dumps(args)], capture_output=True, text=True, env=env
+    )
+    if proc.returncode:
+        raise RuntimeError(proc.stderr[-3000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    p.add_argument("--lengths", default="128,512")
+    p.add_argument("--offload", default="none,disk", help="comma-separated: none, disk, cpu")
+    p.add_argument("--cap", type=int, default=7500, help="max_feature_nodes")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--max-rows", type=int, default=0, help="stop after this many feature rows")
+    p.add_argument("--time-limit", type=float, default=0, help="stop feature rows after SECONDS")
+    p.add_argument("--budget", help="CIRCUITLAB_AVAILABLE_MEMORY for the runs (e.g. 10GiB)")
+    p.add_argument("--json", help="also write the rows to this file")
+    a = p.parse_args()
+    fx = smollm2()
+    model, (tc, _) = model_shapes(fx.model_dir), transcoder_shapes(fx.transcoder_dir)
+    head = (
+        f"{'tokens':>6} {'offload':>7} {'active':>9} {'batch':>5} {'rows':>11} {'time s':>8} "
+        f"{'pred s':>7} {'s/row':>6} {'pred':>6} {'peak':>10} {'anon':>9} {'pred':>9} "
+        f"{'ratio':>5} {'file':>9} {'pred':>9} {'load':>5}"
+    )
+    print(head)
+    results = []
+    for n in map(int, a.lengths.split(",")):
+        for mode in a.offload.split(","):
+            offload = None if mode == "none" else mode
+            r = run_case(fx, n, offload, a)
+            rows = max(r["rows_done"], 1)
+            per_row = r["row_seconds"] / rows
+            total = r["seconds"]
+            if not r["complete"]:
+                total = r["before_rows"] + per_row * r["rows_total"]
+            opts = dict(max_feature_nodes=a.cap, n_active=r["n_active"])
+            mem = estimate_memory(
+                model, tc, n, batch_size=r["sweep_batch"], offload=offload, **opts
+            )
+            cost = estimate_cost(model, tc, n, **opts)
+            # A stopped run holds only its rows so far: compare with the same prefix.
+            if not r["complete"]:
+                mem = estimate_memory(
+                    model, tc, n, batch_size=r["sweep_batch"], offload=offload,
+                    max_feature_nodes=r["rows_done"], n_active=r["n_active"],
+                )  # fmt: skip
+            partial = "" if r["complete"] else "~"
+            shown_peak = r["peak_anon"] if offload == "disk" else r["peak"]
+            row = dict(
+                tokens=n, offload=mode, **r, extrapolated_seconds=None if r["complete"] else total,
+                predicted_peak=mem.peak, predicted_seconds=cost.total_seconds,
+                predicted_seconds_per_row=cost.seconds_per_row(r["rows_total"] or a.cap),
+                predicted_file_bytes=cost.file_bytes,
+            )  # fmt: skip
+            results.append(row)
+            file = human(r["file_bytes"]) if r["file_bytes"] else "-"
+            print(
+                f"{n:>6} {mode:>7} {r['n_active']:>9,} {r['sweep_batch']:>5} "
+                f"{r['rows_done']:>5}/{r['rows_total']:<5} {partial + f'{total:.0f}':>8} "
+                f"{cost.total_seconds:>7.0f} {per_row:>6.2f} "
+                f"{row['predicted_seconds_per_row']:>6.2f} {partial + human(r['peak']):>10} "
+                f"{human(r['peak_anon']):>9} {human(mem.peak):>9} "
+                f"{shown_peak / mem.peak:>5.2f} {file:>9} {human(cost.file_bytes):>9} "
+                f"{r['load']:>5.1f}",
+                flush=True,
+            )
+    print(
+        "~ : stopped after the rows shown; time extrapolated, peak so far (predicted for the "
+        "same rows). ratio = measured / predicted peak (anon for disk). load: 1-min load average"
+    )
+    if a.json:
+        Path(a.json).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
