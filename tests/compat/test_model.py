@@ -43,6 +43,37 @@ def test_from_pretrained_and_transcoders_attaches_loaded_transcoders(
     assert model.cfg.n_layers == 2
 
 
+def test_from_config_builds_a_random_model_with_the_transcoders(
+    disk_model: tuple[str, str],
+) -> None:
+    from transformers import AutoConfig
+
+    from circuitlab.transcoders import load_transcoders
+
+    model_dir, tc_dir = disk_model
+    transcoders = load_transcoders(tc_dir)
+    torch.manual_seed(1)
+    model = ReplacementModel.from_config(
+        AutoConfig.from_pretrained(model_dir), transcoders, backend="nnsight"
+    )
+    assert model.backend == "nnsight" and model.transcoders is transcoders
+    assert model.to_str_tokens("the capital")[1:] == ["the", "capital"]  # its tokenizer
+    trained = NativeReplacementModel.from_pretrained(model_dir, transcoders)
+    logits, _ = model.get_activations(PROMPT)
+    assert not torch.allclose(logits[0], trained.get_activations(PROMPT).logits)  # re-drawn
+    torch.testing.assert_close(logits[0], model.native.get_activations(PROMPT).logits)
+
+
+def test_from_config_refuses_a_transformerlens_config() -> None:
+    from circuitlab.transcoders import random_transcoder_set
+
+    class HookedTransformerConfig:  # what circuit-tracer's TransformerLens backend takes
+        n_layers, d_model = 2, 16
+
+    with pytest.raises(TypeError, match="AutoConfig"):
+        ReplacementModel.from_config(HookedTransformerConfig(), random_transcoder_set(2, 16, 32))
+
+
 def test_an_unknown_backend_is_refused(disk_model: tuple[str, str]) -> None:
     with pytest.raises(ValueError, match="Unknown backend"):
         ReplacementModel.from_pretrained(*disk_model, backend="jax")  # type: ignore[arg-type]

@@ -4,7 +4,8 @@ A subclass of circuitlab's ``ReplacementModel``: ``circuitlab.attribute`` and ev
 function accept it. What changes is circuit-tracer's call shapes:
 
 * ``from_pretrained(model_name, transcoder_set, backend=..., device=None, dtype=float32,
-  lazy_encoder=False, lazy_decoder=True)``; ``from_pretrained_and_transcoders``. Both backends
+  lazy_encoder=False, lazy_decoder=True)``; ``from_pretrained_and_transcoders``;
+  ``from_config`` (a transformers config). Both backends
   name circuitlab's one engine (the results are the same); any other name is refused.
 * ``get_activations`` / ``feature_intervention`` return ``(logits [1, pos, vocab],
   activations [layer, pos, feature])`` -- dense, or a coalesced sparse COO tensor with
@@ -117,6 +118,34 @@ class ReplacementModel(NativeReplacementModel):
         model = cls.from_native(native)
         model.backend = backend
         return model
+
+    @classmethod
+    def from_config(
+        cls,
+        config: Any,
+        transcoders: Transcoders,
+        backend: Backend = "transformerlens",
+        **kwargs: Any,
+    ) -> ReplacementModel:
+        """A randomly initialized model built from a transformers ``config`` (what
+        circuit-tracer's nnsight backend takes; its tests build tiny models this way) with
+        ``transcoders`` attached. The tokenizer is read from ``config._name_or_path`` when
+        that names a model (``tokenizer=`` overrides it; without either, prompts are token
+        ids). TransformerLens' ``HookedTransformerConfig`` is refused: circuitlab runs
+        Hugging Face models."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
+
+        _check_backend(backend)
+        if not isinstance(config, PretrainedConfig):
+            raise TypeError(
+                f"from_config takes a transformers config, got {type(config).__name__}: "
+                "circuitlab runs Hugging Face models, not TransformerLens' HookedTransformer; "
+                "pass transformers.AutoConfig.from_pretrained(name_or_dir) (or for_model(...))"
+            )
+        if "tokenizer" not in kwargs and getattr(config, "_name_or_path", ""):
+            kwargs["tokenizer"] = AutoTokenizer.from_pretrained(config._name_or_path)
+        hf_model = AutoModelForCausalLM.from_config(config)
+        return cls.from_pretrained_and_transcoders(hf_model, transcoders, backend, **kwargs)
 
     @classmethod
     def from_native(cls, model: NativeReplacementModel) -> ReplacementModel:
