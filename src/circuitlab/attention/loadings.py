@@ -245,5 +245,7 @@ def _split(
         gz = (ga[0] @ lay.W_O).view(p, spec.n_heads, spec.d_head)
         v = (f_pre[layer] @ lay.W_V.T).view(p, spec.n_kv_heads, spec.d_head)
         v = v.repeat_interleave(spec.n_heads // spec.n_kv_heads, dim=1)
-        out[layer] = torch.einsum("hkq,qhd,khd->h", lay.pattern_t[:, :p, :p], gz, v).double()
+        # sum_{k,q} P_t[h, k, q] <gz[q, h], v[k, h]>, the inner products as one batched matmul
+        inner = torch.bmm(v.permute(1, 0, 2), gz.permute(1, 2, 0))  # [heads, k, q]
+        out[layer] = (lay.pattern_t[:, :p, :p] * inner).sum((1, 2)).double()
     return out
