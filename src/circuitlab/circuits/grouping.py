@@ -116,15 +116,19 @@ def groups_at_height(dendrogram: Dendrogram, height: float) -> int:
 
 def edge_scores(graph: Graph, pruned: PruneResult) -> tuple[torch.Tensor, torch.Tensor]:
     """``(scores[n_kept], influence[N])``: the signed score of each kept edge (module docs)
-    and the node influence (float64, CPU)."""
+    and the node influence (float64, CPU).
+
+    Row sums and influence are computed in the edges' compute dtype (float32 for float32
+    edges, as pruning does): they only weight the profiles, whose cosines are taken in float64.
+    """
     g = graph.to("cpu")
     blocks = g.edge_blocks
-    weights = g.logit_weights().double()
-    row_sums = blocks.abs_sums(dtype=torch.float64)
-    influence = blocks.influence(weights, row_sums)
+    weights = g.logit_weights()
+    row_sums = blocks.abs_sums()
+    influence = blocks.influence(weights, row_sums).double()
     t, s = pruned.edge_targets.cpu(), pruned.edge_sources.cpu()
     values = blocks.values_at(t, s).double()
-    scale = (influence + weights) / row_sums.clamp(min=1e-10)
+    scale = (influence + weights.double()) / row_sums.double().clamp(min=1e-10)
     return values * scale[t], influence
 
 
@@ -143,29 +147,37 @@ def feature_distances(
     leaf = torch.full((graph.n_nodes,), -1, dtype=torch.long)
     leaf[features] = torch.arange(n)
     total = _total_weight(w, decoder is not None)
-    # Accumulated in place: at thousands of features every [n, n] temporary costs.
-    dist = _profile_distance(leaf[s], t, scores, n, graph.n_nodes)  # outputs: over targets
-    dist.mul_(w.output / total)
-    dist.add_(_profile_distance(leaf[t], s, scores, n, graph.n_nodes), alpha=w.input / total)
+    # dist = Σ_terms weight · (1 - cos) / 2 + position and layer terms, accumulated in place
+    # into one [n, n] matrix: at thousands of features every [n, n] temporary costs.
+    dist = _profile_cosines(leaf[s], t, scores, n, graph.n_nodes)  # outputs: over targets
+    dist.mul_(-w.output / total / 2)
+    dist.add_(_profile_cosines(leaf[t], s, scores, n, graph.n_nodes), alpha=-w.input / total / 2)
+    constant = (w.output + w.input) / total / 2
     if decoder is not None and w.decoder:
         unit = decoder.double().cpu()
         unit = unit / unit.norm(dim=-1, keepdim=True).clamp(min=1e-12)
-        cos = unit @ unit.T
-        dist.add_(cos.neg_().add_(1.0), alpha=w.decoder / total / 2)
+        dist.addmm_(unit, unit.T, alpha=-w.decoder / total / 2)
+        constant += w.decoder / total / 2
+    # Position and layer terms take few distinct values: one gather from a small table over
+    # the (position, layer) pairs present.
     coords = graph.selected_feature_coords.cpu()[features]
-    layer, pos = coords[:, 0].double(), coords[:, 1]
-    dist.add_((pos[:, None] != pos[None, :]).double(), alpha=w.position / total)
+    pairs, key = torch.unique(coords[:, :2], dim=0, return_inverse=True)
+    layer, pos = pairs[:, 0].double(), pairs[:, 1]
     span = max(graph.n_layers - 1, 1)
-    dist.add_((layer[:, None] - layer[None, :]).abs_(), alpha=w.layer / total / span)
+    table = (pos[:, None] != pos[None, :]).double() * (w.position / total)
+    table += (layer[:, None] - layer[None, :]).abs() * (w.layer / total / span)
+    table += constant
+    dist.add_(table.index_select(0, key).index_select(1, key))
     dist.clamp_(min=0.0).fill_diagonal_(0.0)
     return dist.numpy()
 
 
-def _profile_distance(
+def _profile_cosines(
     rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, n: int, n_cols: int
 ) -> torch.Tensor:
-    """``(1 - cos) / 2`` between the rows of the sparse ``[n, n_cols]`` profile matrix with
-    entries ``values`` at ``(rows, cols)`` (entries with ``rows < 0`` left out)."""
+    """``cos[n, n]`` (float64) between the rows of the sparse ``[n, n_cols]`` profile matrix
+    with entries ``values`` at ``(rows, cols)`` (entries with ``rows < 0`` left out; a zero
+    row has cosine 0 with every row)."""
     keep = rows >= 0
     index = torch.stack([rows[keep], cols[keep]])
     profile = torch.sparse_coo_tensor(
@@ -176,5 +188,4 @@ def _profile_distance(
     unit = profile * (1 / norms.sqrt().clamp(min=1e-30))[:, None]
     with warnings.catch_warnings():  # torch calls its sparse products "beta"
         warnings.simplefilter("ignore", UserWarning)
-        cos = torch.sparse.mm(unit, unit.t()).to_dense()
-    return cos.neg_().add_(1.0).mul_(0.5)
+        return torch.sparse.mm(unit, unit.t()).to_dense()

@@ -74,15 +74,22 @@ def average_linkage(dist: np.ndarray) -> Dendrogram:
     d = np.array(dist, dtype=np.float64, copy=True)
     np.fill_diagonal(d, np.inf)
     size = np.ones(n, dtype=np.int64)
-    active = np.ones(n, dtype=bool)
+    # Merged-away rows are masked by adding ``gone`` (inf there) to each row read, instead of
+    # writing inf into their columns: a column write is a strided pass over the whole matrix,
+    # so each merge writes one column (the merged cluster's), not three.
+    gone = np.zeros(n)
+    first_active = 0
     raw: list[tuple[int, int, float]] = []  # (row a, row b, height): rows, in merge order
     chain: list[int] = []
+    row = np.empty(n)
     for _ in range(n - 1):
         if not chain:
-            chain.append(int(np.flatnonzero(active)[0]))
+            while gone[first_active]:
+                first_active += 1
+            chain.append(first_active)
         while True:
             x = chain[-1]
-            row = d[x]
+            np.add(d[x], gone, out=row)
             y = int(np.argmin(row))  # lowest index among ties
             if len(chain) > 1 and row[chain[-2]] <= row[y]:
                 y = chain[-2]
@@ -93,12 +100,13 @@ def average_linkage(dist: np.ndarray) -> Dendrogram:
         lo, hi = min(a, b), max(a, b)
         raw.append((lo, hi, float(d[lo, hi])))
         # Lance-Williams for average linkage; the merged cluster lives in row ``lo``.
-        merged = (size[lo] * d[lo] + size[hi] * d[hi]) / (size[lo] + size[hi])
-        merged[~active] = np.inf
-        d[lo], d[:, lo] = merged, merged
-        d[lo, lo] = np.inf
-        d[hi], d[:, hi] = np.inf, np.inf
-        active[hi] = False
+        merged = size[lo] * d[lo]
+        merged += size[hi] * d[hi]
+        merged /= size[lo] + size[hi]
+        merged[lo] = np.inf
+        d[lo] = merged
+        d[:, lo] = merged
+        gone[hi] = np.inf
         size[lo] += size[hi]
     return _relabel(n, raw)
 

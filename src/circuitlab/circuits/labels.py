@@ -37,13 +37,16 @@ def top_tokens(record: dict[str, Any], k: int = TOP_TOKENS) -> list[str]:
     quantiles = record.get("examples_quantiles") or []
     for example in (quantiles[0].get("examples") or []) if quantiles else []:
         tokens, acts = example.get("tokens") or [], example.get("tokens_acts_list") or []
-        if not tokens or not acts:
+        m = min(len(tokens), len(acts))
+        if not m:
             continue
-        i = max(range(min(len(tokens), len(acts))), key=lambda j: acts[j])
-        token = _show(tokens[i])
-        if token and acts[i] > 0:
+        top = max(acts[:m])
+        if not top > 0:
+            continue
+        token = _show(tokens[acts.index(top)])  # the first position at the maximum
+        if token:
             counts[token] += 1
-            best[token] = max(best.get(token, 0.0), float(acts[i]))
+            best[token] = max(best.get(token, 0.0), float(top))
     ranked = sorted(counts, key=lambda t: (-counts[t], -best[t], t))
     return ranked[:k]
 

@@ -51,14 +51,15 @@ def reduced_edges(graph: Graph, group: torch.Tensor, kept_rows: torch.Tensor) ->
         if not rows.numel() or not b.sources.numel():
             continue
         values = b.values.cpu()[rows].double()  # [k, w]
-        # Sum rows by target group, then columns by source group, as two products with
-        # one-hot matrices (index_add with many repeated indices is much slower on CPU).
+        # Rows summed by target group as a product with a one-hot [g, k] matrix (index_add
+        # with many repeated indices is much slower on CPU), then the few summed rows' columns
+        # by source group with index_add.
         row_groups, local = torch.unique(group[targets[rows]], return_inverse=True)
         rows_onehot = torch.zeros(len(row_groups), len(rows), dtype=torch.float64)
         rows_onehot[local, torch.arange(len(rows))] = 1.0
-        cols_onehot = torch.zeros(len(b.sources), n_groups, dtype=torch.float64)
-        cols_onehot[torch.arange(len(b.sources)), group[b.sources.cpu()]] = 1.0
-        out[row_groups] += rows_onehot @ values @ cols_onehot
+        by_row_group = torch.zeros(len(row_groups), n_groups, dtype=torch.float64)
+        by_row_group.index_add_(1, group[b.sources.cpu()], rows_onehot @ values)
+        out[row_groups] += by_row_group
     return out
 
 
