@@ -7,8 +7,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
+from circuitlab.graph import link_sidecar
+from circuitlab.graph.link_sidecar import read_link_sidecar, sidecar_path, write_graph_sidecar
+from circuitlab.server import lod
 from circuitlab.server.lod import LinkIndex
 
 
@@ -88,3 +92,48 @@ def test_circuit_tracer_files_with_repeated_ids_index_the_first(tmp_path: Path) 
     index = LinkIndex.read(path)
     assert index.source.tolist() == [0, 1] and index.target.tolist() == [1, 0]
     assert index.weight.tolist() == [2.0, 0.0]
+
+
+def _graph_file(path: Path, links: list[dict[str, Any]]) -> Path:
+    nodes = [{"node_id": i} for i in ("a", "b", "c", 'q"ü')]
+    path.write_text(json.dumps({"metadata": {"slug": path.stem}, "nodes": nodes, "links": links}))
+    return path
+
+
+def test_a_big_file_keeps_its_sorted_links_in_a_sidecar(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(lod, "SIDECAR_MIN_LINKS", 2)
+    links = [
+        {"source": "a", "target": "b", "weight": 1.0},
+        {"source": "b", "target": "c", "weight": -3.0},
+        {"source": 'q"ü', "target": "a", "weight": 2.5},
+    ]
+    path = _graph_file(tmp_path / "g.json", links)
+    parsed = LinkIndex.read(path)
+    stored = read_link_sidecar(path)
+    assert stored is not None and sidecar_path(path).name == "g.links.npz"
+    assert stored.weight.tolist() == [-3.0, 2.5, 1.0]
+    again = LinkIndex.read(path)  # from the sidecar
+    assert again.head == parsed.head and again.ids == parsed.ids
+    assert again.source.tolist() == parsed.source.tolist() == [1, 3, 0]
+    assert json.loads(again.strongest_json(2)) == parsed.strongest(2)
+    # The file changes: the sidecar of the old version is ignored, then rewritten.
+    _graph_file(path, [*links, {"source": "c", "target": "a", "weight": 9.0}])
+    assert read_link_sidecar(path) is None
+    assert LinkIndex.read(path).weight.tolist() == [9.0, -3.0, 2.5, 1.0]
+    assert read_link_sidecar(path) is not None
+
+
+def test_create_graph_files_writes_the_sidecar_of_big_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    links = [{"source": "a", "target": "b", "weight": w} for w in (1.0, -2.0, 0.5)]
+    path = _graph_file(tmp_path / "g.json", links)
+    data = json.loads(path.read_text())
+    assert write_graph_sidecar(path, data) is None  # small: the server parses it fast
+    monkeypatch.setattr(link_sidecar, "SIDECAR_MIN_LINKS", 2)
+    assert write_graph_sidecar(path, data) == sidecar_path(path)
+    stored = read_link_sidecar(path)
+    assert stored is not None and stored.weight.tolist() == [-2.0, 1.0, 0.5]
+    assert json.loads(stored.head) == {k: v for k, v in data.items() if k != "links"}

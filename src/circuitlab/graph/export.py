@@ -35,6 +35,7 @@ import torch
 
 from circuitlab.atomic import write_atomic
 from circuitlab.graph.graph import Graph
+from circuitlab.graph.link_sidecar import write_graph_sidecar
 from circuitlab.graph.pruning import prune_graph
 
 
@@ -97,6 +98,8 @@ def create_graph_files(
     ``<id>``). Feature labels (``clerp``), first found wins: ``graph.feature_labels``,
     ``labels[(layer, feature)]``, the ``label`` field of the feature's dashboard record in
     ``features_dir``. Both files are replaced atomically. Returns the graph file's path.
+    A graph with more than ``SIDECAR_MIN_LINKS`` links also gets ``{slug}.links.npz``, its
+    links sorted for the page (``graph.link_sidecar``).
 
     ``suggestions``: ``True`` adds ``circuit_suggestions`` from ``find_circuit`` at the same
     thresholds (labels from ``features_dir``; no decoder term); a ``Circuit`` of this graph
@@ -120,6 +123,7 @@ def create_graph_files(
     )
     path = out / f"{slug}.json"
     write_atomic(path, json.dumps(data, separators=(",", ":"), allow_nan=False).encode())
+    write_graph_sidecar(path, data)  # the page's link index, for files too big to parse fast
     upsert_graph_metadata(out, data["metadata"])
     return path
 

@@ -12,7 +12,10 @@ where it looks, instead of the whole file at once (docs/web-lab.md, *Big graphs*
 
 Each graph file is read once per version (size and mtime) into a ``LinkIndex``: ``int32``
 source and target indices and ``float64`` weights sorted by ``|weight|``, so a request costs a
-slice or one boolean mask, not a parse. The routes sit behind the app's guard like every other
+slice or one boolean mask, not a parse. A file with more than ``SIDECAR_MIN_LINKS`` links keeps
+those columns in a sidecar beside it (``graph.link_sidecar``: written by ``create_graph_files``,
+or here on the first read), so after a restart of the server it opens without parsing its
+links. The routes sit behind the app's guard like every other
 route, and name graphs by slug only (``check_slug``, ``resolve_under``).
 """
 
@@ -31,6 +34,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from circuitlab.graph.export import check_slug
+from circuitlab.graph.link_sidecar import (
+    SIDECAR_MIN_LINKS,
+    node_positions,
+    read_link_sidecar,
+    sorted_columns,
+    write_link_sidecar,
+)
 from circuitlab.server.files import HTTPProblem, read_json_body, resolve_under
 
 DEFAULT_LINKS = 100_000
@@ -59,24 +69,43 @@ class LinkIndex:
 
     @classmethod
     def read(cls, path: Path) -> LinkIndex:
+        """The index of the graph file at ``path``: from its sidecar when that is current
+        (``graph.link_sidecar``), else parsed from the file, and the sidecar written for the
+        next time when the file has more than ``SIDECAR_MIN_LINKS`` links."""
+        stored = read_link_sidecar(path)
+        if stored is not None:
+            head = json.loads(stored.head)
+            index = cls._build(path, head, (stored.source, stored.target, stored.weight))
+            if index is not None:
+                return index
         data = json.loads(path.read_bytes())
         if not isinstance(data, dict) or not isinstance(data.get("nodes"), list):
             raise HTTPProblem(422, f"{path.name} is not a graph file (no nodes list)")
         links = data.pop("links", None) or []
-        ids = [str(n.get("node_id")) for n in data["nodes"] if isinstance(n, dict)]
-        if len(ids) != len(data["nodes"]):
+        if not all(isinstance(n, dict) for n in data["nodes"]):
             raise HTTPProblem(422, f"{path.name}: every node must be an object with a node_id")
-        index: dict[str, int] = {}
-        for i, node_id in enumerate(ids):
-            index.setdefault(node_id, i)  # a repeated id (old circuit-tracer files): the first
-        source, target, weight = _columns(links, index)
-        ok = (source >= 0) & (target >= 0) & (source != target)  # data.js skips the others too
-        source, target, weight = source[ok], target[ok], weight[ok]
-        order = np.argsort(-np.abs(weight), kind="stable")
-        w = weight[order]
-        source = source[order].astype(np.int32)
-        target = target[order].astype(np.int32)
-        return cls(data, ids, index, source, target, w, np.abs(w))
+        columns = sorted_columns(links, node_positions(data["nodes"]))
+        if len(links) > SIDECAR_MIN_LINKS:
+            try:
+                write_link_sidecar(path, json.dumps(data, separators=(",", ":")).encode(), columns)
+            except OSError:
+                pass  # a read-only folder: the file is parsed again next time
+        index = cls._build(path, data, columns)
+        assert index is not None  # columns from the file itself index its nodes
+        return index
+
+    @classmethod
+    def _build(cls, path: Path, head: Any, columns: tuple[np.ndarray, ...]) -> LinkIndex | None:
+        """The index from a parsed ``head`` and sorted columns; None if they do not fit
+        (a sidecar written for other nodes)."""
+        nodes = head.get("nodes") if isinstance(head, dict) else None
+        if not isinstance(nodes, list) or not all(isinstance(n, dict) for n in nodes):
+            return None
+        ids = [str(n.get("node_id")) for n in nodes]
+        source, target, weight = columns
+        if len(source) and max(int(source.max()), int(target.max())) >= len(ids):
+            return None
+        return cls(head, ids, node_positions(nodes), source, target, weight, np.abs(weight))
 
     def __len__(self) -> int:
         return int(self.weight.shape[0])
@@ -123,27 +152,6 @@ class LinkIndex:
             "weight": w[:limit].tolist(),
             "truncated": truncated,
         }
-
-
-def _columns(links: list[Any], index: dict[str, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(source, target, weight)`` of the file's links: node indices (-1 where the id names no
-    node) and weights. The fast path reads each field with one comprehension; links missing a
-    key, or with ids that are not strings, take the slow path, as the page reads them."""
-    n = len(links)
-    try:
-        get = index.get
-        source = np.array([get(x["source"], -1) for x in links], dtype=np.int64).reshape(n)
-        target = np.array([get(x["target"], -1) for x in links], dtype=np.int64).reshape(n)
-        weight = np.array([x["weight"] for x in links], dtype=np.float64).reshape(n)
-        if (source >= 0).all() and (target >= 0).all():
-            return source, target, weight
-    except (KeyError, TypeError, ValueError):
-        pass
-    get = index.get
-    source = np.fromiter((get(str(x.get("source")), -1) for x in links), np.int64, n)
-    target = np.fromiter((get(str(x.get("target")), -1) for x in links), np.int64, n)
-    weight = np.fromiter((x.get("weight") or 0.0 for x in links), np.float64, n)
-    return source, target, weight
 
 
 class LinkIndexCache:
