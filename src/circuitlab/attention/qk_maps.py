@@ -60,9 +60,7 @@ def qk_side(fp: FrozenPrompt, layer: int, head: int, pos: int, side: Side) -> QK
     return QKSide(directions=many.directions[0], value=many.value[0])
 
 
-def qk_sides(
-    fp: FrozenPrompt, layer: int, head: int, positions: list[int], side: Side
-) -> QKSide:
+def qk_sides(fp: FrozenPrompt, layer: int, head: int, positions: list[int], side: Side) -> QKSide:
     """``qk_side`` at every position of ``positions`` at once: ``directions [n, d_head, d]``,
     ``value [n, d_head]``."""
     model, ad, spec = fp.model, fp.model.adapter, fp.model.spec
