@@ -2,12 +2,16 @@
 
     python benchmarks/page.py [--nodes 30000] [--links 1000000] [--runs 2] [--no-peer]
 
+``--runs``: page opens per lab server.
+
 Writes a graph file of that size (features spread over 26 layers x 20 positions, random links,
 like ``tests/server/helpers.big_graph``), serves it with circuitlab's lab server, opens it in
 Debian's chromium (Playwright) and prints, per run:
 
-* ``first draw``: navigation start to the graph drawn (the page's ``data-ready``; the server
-  indexes the file on the first ask, so the first run includes that);
+* ``first draw``: navigation start to the graph drawn (the page's ``data-ready``). Two lab
+  servers in turn: the first finds the file never indexed, so its first run includes parsing
+  the JSON and writing the sorted-links sidecar (``graph.link_sidecar``); the second is a fresh
+  process that reads the sidecar, as for any big graph ``create_graph_files`` wrote;
 * ``hover``: one mousemove over a node, handler to overlay drawn (mean of 20);
 * ``select``: one click on a node, handler to inspector drawn; ``select links``: until that
   node's links (all of them, from the server) are merged and drawn;
@@ -202,16 +206,21 @@ def main() -> None:
             viewport={"width": 1280, "height": 800},
         )  # fmt: skip
         print("\ncircuitlab (lab server, level of detail)")
-        print("| run | first draw | hover | select | select links | zoom fps (worst frame) "
-              "| pan fps (worst frame) | full repaint | links loaded |")  # fmt: skip
+        print("| server, run | first draw | hover | select | select links "
+              "| zoom fps (worst frame) | pan fps (worst frame) | full repaint | links loaded |")  # fmt: skip
         print("|---|---|---|---|---|---|---|---|---|")
-        for i, r in enumerate(measure_ours(context, folder, args.runs), 1):
-            links = f"{r['links']:,} of {r['total']:,}"
-            sel = "-" if r["selectLinks"] is None else f"{r['selectLinks']:.0f} ms"
-            print(f"| {i} | {r['ready'] / 1000:.2f} s | {r['hover']:.2f} ms | {r['select']:.1f} ms "
-                  f"| {sel} | {r['zoom']['fps']:.0f} ({r['zoom']['worst']:.0f} ms) "
-                  f"| {r['pan']['fps']:.0f} ({r['pan']['worst']:.0f} ms) "
-                  f"| {r['repaint']:.0f} ms | {links} |")  # fmt: skip
+        # Server 1 finds the file never indexed (as a file from another tool): its first run
+        # parses the JSON and writes the sidecar. Server 2 is a fresh process that finds the
+        # sidecar, as for every big file create_graph_files writes.
+        for server in (1, 2):
+            for i, r in enumerate(measure_ours(context, folder, args.runs), 1):
+                links = f"{r['links']:,} of {r['total']:,}"
+                sel = "-" if r["selectLinks"] is None else f"{r['selectLinks']:.0f} ms"
+                print(f"| {server}, {i} | {r['ready'] / 1000:.2f} s | {r['hover']:.2f} ms "
+                      f"| {r['select']:.1f} ms | {sel} "
+                      f"| {r['zoom']['fps']:.0f} ({r['zoom']['worst']:.0f} ms) "
+                      f"| {r['pan']['fps']:.0f} ({r['pan']['worst']:.0f} ms) "
+                      f"| {r['repaint']:.0f} ms | {links} |")  # fmt: skip
         if not args.no_peer:
             print(f"\ncircuit-tracer 0.5.0 (its local_server): {measure_peer(context, folder)}")
         context.close()

@@ -49,3 +49,15 @@ def test_linkage_is_deterministic_with_ties() -> None:
     a, b = average_linkage(dist), average_linkage(dist.copy())
     assert np.array_equal(a.merges, b.merges)
     assert np.array_equal(a.cut(3), b.cut(3))
+
+
+def test_overwrite_gives_the_same_tree_and_copies_read_only_input() -> None:
+    x = np.random.default_rng(3).normal(size=(25, 4))
+    dist = np.linalg.norm(x[:, None] - x[None], axis=-1)
+    kept = average_linkage(dist)
+    assert (dist == np.linalg.norm(x[:, None] - x[None], axis=-1)).all()  # left as it was
+    frozen = dist.copy()
+    frozen.flags.writeable = False
+    for tree in (average_linkage(dist.copy(), overwrite=True), average_linkage(frozen, True)):
+        assert np.array_equal(tree.merges, kept.merges)
+        assert np.array_equal(tree.heights, kept.heights)

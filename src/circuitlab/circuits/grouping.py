@@ -57,7 +57,6 @@ class Grouping:
     """The hierarchy over the kept features of a pruned graph.
 
     * ``features[n]`` (long): node indices of the grouped features (ascending).
-    * ``distance[n, n]``: the distance matrix the dendrogram was built from.
     * ``dendrogram``: leaf ``i`` is ``features[i]``.
     * ``node_influence[N]``: every node's influence on the logits (float64).
     * ``cut_height``: the height of the default cut (module docs).
@@ -65,7 +64,6 @@ class Grouping:
     """
 
     features: torch.Tensor
-    distance: np.ndarray
     dendrogram: Dendrogram
     node_influence: torch.Tensor
     cut_height: float
@@ -92,13 +90,13 @@ def group_features(
     n = int(features.numel())
     if n == 0:
         empty = Dendrogram(0, np.zeros((0, 2), np.int64), np.zeros(0), np.zeros(0, np.int64))
-        return Grouping(features, np.zeros((0, 0)), empty, torch.zeros(graph.n_nodes), 0.0, 0)
+        return Grouping(features, empty, torch.zeros(graph.n_nodes), 0.0, 0)
     scores, influence = edge_scores(graph, pruned)
     dist = feature_distances(graph, pruned, features, decoder, w, scores)
-    dendrogram = average_linkage(dist)
+    dendrogram = average_linkage(dist, overwrite=True)  # the [n, n] matrix is not kept
     height = w.position / _total_weight(w, decoder is not None)
     groups = groups_at_height(dendrogram, height)
-    return Grouping(features, dist, dendrogram, influence, height, groups)
+    return Grouping(features, dendrogram, influence, height, groups)
 
 
 def _total_weight(w: GroupingWeights, with_decoder: bool) -> float:

@@ -66,12 +66,18 @@ class Dendrogram:
         return sorted(out)
 
 
-def average_linkage(dist: np.ndarray) -> Dendrogram:
-    """Average-linkage dendrogram of a symmetric ``dist[n, n]`` (diagonal ignored)."""
+def average_linkage(dist: np.ndarray, overwrite: bool = False) -> Dendrogram:
+    """Average-linkage dendrogram of a symmetric ``dist[n, n]`` (diagonal ignored).
+
+    ``overwrite=True`` works in ``dist`` itself (float64) and leaves it scrambled: at
+    thousands of leaves the copy is hundreds of MB."""
     n = int(dist.shape[0])
     if dist.shape != (n, n):
         raise ValueError(f"dist must be square, got shape {dist.shape}")
-    d = np.array(dist, dtype=np.float64, copy=True)
+    if overwrite and dist.dtype == np.float64 and dist.flags.writeable:
+        d = dist
+    else:
+        d = np.array(dist, dtype=np.float64, copy=True)
     np.fill_diagonal(d, np.inf)
     size = np.ones(n, dtype=np.int64)
     # Merged-away rows are masked by adding ``gone`` (inf there) to each row read, instead of
@@ -90,7 +96,7 @@ def average_linkage(dist: np.ndarray) -> Dendrogram:
         while True:
             x = chain[-1]
             np.add(d[x], gone, out=row)
-            y = int(np.argmin(row))  # lowest index among ties
+            y = int(row.argmin())  # lowest index among ties
             if len(chain) > 1 and row[chain[-2]] <= row[y]:
                 y = chain[-2]
             if len(chain) > 1 and y == chain[-2]:
