@@ -147,9 +147,9 @@ def feature_distances(
     total = _total_weight(w, decoder is not None)
     # dist = Σ_terms weight · (1 - cos) / 2 + position and layer terms, accumulated in place
     # into one [n, n] matrix: at thousands of features every [n, n] temporary costs.
-    dist = _profile_cosines(leaf[s], t, scores, n, graph.n_nodes)  # outputs: over targets
-    dist.mul_(-w.output / total / 2)
-    dist.add_(_profile_cosines(leaf[t], s, scores, n, graph.n_nodes), alpha=-w.input / total / 2)
+    outputs = (leaf[s], t, w.output / total / 2)  # a feature's edges out, over their targets
+    inputs = (leaf[t], s, w.input / total / 2)  # its edges in, over their sources
+    dist = _weighted_cosines([outputs, inputs], scores, n, graph.n_nodes).neg_()
     constant = (w.output + w.input) / total / 2
     if decoder is not None and w.decoder:
         unit = decoder.double().cpu()
@@ -165,25 +165,43 @@ def feature_distances(
     table = (pos[:, None] != pos[None, :]).double() * (w.position / total)
     table += (layer[:, None] - layer[None, :]).abs() * (w.layer / total / span)
     table += constant
-    dist.add_(table.index_select(0, key).index_select(1, key))
+    by_row = table.index_select(0, key)  # [n, pairs]
+    # Features come in node order, lexicographic by (layer, position): ``key`` runs in blocks,
+    # so the columns are added block by block without an [n, n] temporary.
+    starts = [0, *((key[1:] != key[:-1]).nonzero().flatten() + 1).tolist(), n]
+    if len(starts) <= 4 * len(pairs) + 1:
+        for a, b in zip(starts[:-1], starts[1:], strict=True):
+            dist[:, a:b] += by_row[:, int(key[a]), None]
+    else:
+        dist.add_(by_row.index_select(1, key))
     dist.clamp_(min=0.0).fill_diagonal_(0.0)
     return dist.numpy()
 
 
-def _profile_cosines(
-    rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, n: int, n_cols: int
+def _weighted_cosines(
+    profiles: list[tuple[torch.Tensor, torch.Tensor, float]],
+    values: torch.Tensor,
+    n: int,
+    n_cols: int,
 ) -> torch.Tensor:
-    """``cos[n, n]`` (float64) between the rows of the sparse ``[n, n_cols]`` profile matrix
-    with entries ``values`` at ``(rows, cols)`` (entries with ``rows < 0`` left out; a zero
-    row has cosine 0 with every row)."""
-    keep = rows >= 0
-    index = torch.stack([rows[keep], cols[keep]])
-    profile = torch.sparse_coo_tensor(
-        index, values[keep], (n, n_cols), check_invariants=False
+    """``Σ_k alpha_k · cos_k[n, n]`` (float64), where ``cos_k`` is the cosine between the rows of
+    the sparse ``[n, n_cols]`` profile matrix with entries ``values`` at ``(rows_k, cols_k)``,
+    for ``profiles = [(rows_k, cols_k, alpha_k), ...]`` (entries with ``rows < 0`` left out; a
+    zero row has cosine 0 with every row). One sparse product: the profiles side by side, each
+    row-normalised and scaled by ``sqrt(alpha_k)``."""
+    parts_rows, parts_cols, parts_values = [], [], []
+    for k, (rows, cols, alpha) in enumerate(profiles):
+        keep = rows >= 0
+        r, v = rows[keep], values[keep]
+        norms = torch.zeros(n, dtype=torch.float64).index_add_(0, r, v * v)
+        scale = alpha**0.5 / norms.sqrt().clamp(min=1e-30)
+        parts_rows.append(r)
+        parts_cols.append(cols[keep] + k * n_cols)
+        parts_values.append(v * scale[r])
+    index = torch.stack([torch.cat(parts_rows), torch.cat(parts_cols)])
+    unit = torch.sparse_coo_tensor(
+        index, torch.cat(parts_values), (n, len(profiles) * n_cols), check_invariants=False
     ).coalesce()
-    norms = torch.zeros(n, dtype=torch.float64)
-    norms.index_add_(0, profile.indices()[0], profile.values() ** 2)
-    unit = profile * (1 / norms.sqrt().clamp(min=1e-30))[:, None]
     with warnings.catch_warnings():  # torch calls its sparse products "beta"
         warnings.simplefilter("ignore", UserWarning)
         return torch.sparse.mm(unit, unit.t()).to_dense()
