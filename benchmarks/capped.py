@@ -2,14 +2,16 @@
 
 For each prompt length and offload mode, a fresh subprocess loads SmolLM2-135M with the
 30 x 4,096-feature fitted transcoders (``fixtures.smollm2``), then runs ``attribute`` (and
-saves the graph) and reports wall time, CPU time, peak RSS (``VmHWM``, reset after loading;
+saves the graph) and reports wall time, CPU time (one torch thread by default: on a busy
+2-core machine two threads spin in OpenMP and waste most of their time), peak RSS (``VmHWM``, reset after loading;
 it counts the touched pages of mapped files too) and peak anonymous memory (``RssAnon``
 sampled every 0.2 s: what ``offload="disk"`` moves out), the graph file's size, and the
 rows per sweep the memory check chose. ``estimate-memory``'s predictions (memory, time, file
 size, from the run's own active-feature count) are printed beside each figure.
 
 Long prompts cost time per row that grows with ``tokens^2``: ``--max-rows`` (or
-``--time-limit``) stops a run after that many feature rows; its total time is then
+``--time-limit``) stops a run after that many feature rows (at the end of a ranking chunk of
+``4 * batch_size`` rows, whose rows span the prompt's positions); its total time is then
 *extrapolated* (phases so far + seconds per feature row x rows left) and its peak is the peak
 *so far*, both marked ``~`` in the table. The machine is shared: each row records ``uptime``'s
 load average.
@@ -70,6 +72,7 @@ def checked(*args, **kwargs):
 
 Sources.from_capture = classmethod(counted)
 engine.check_before_sweep = checked
+torch.set_num_threads(a["threads"])
 model = LoadSpec(a["tc"], a["model"]).load()
 open("/proc/self/clear_refs", "w").write("5")  # peak RSS from here
 anon = [status("RssAnon")]
@@ -85,11 +88,17 @@ starts, rows = {}, [0, 0]
 class Stop(Exception):
     pass
 
+cpu_starts = {}
+
 def progress(phase, n, total):
     starts.setdefault(phase, time.perf_counter())
+    cpu_starts.setdefault(phase, time.process_time())
     if phase == "feature rows" and n:
         rows[0], rows[1] = n, total
-        stop_rows = a["max_rows"] and n >= a["max_rows"] and n < total
+        # Stop at the end of a ranking chunk (4 batches, sorted by position): its rows span
+        # the positions, so their mean time is the run's (the first batch alone is the cheapest).
+        chunk_end = n % (4 * a["batch_size"]) == 0
+        stop_rows = a["max_rows"] and n >= a["max_rows"] and n < total and chunk_end
         late = a["time_limit"] and time.perf_counter() - starts[phase] > a["time_limit"]
         if stop_rows or (late and n < total):
             raise Stop
@@ -108,10 +117,11 @@ except Stop:
 end = time.perf_counter()
 done.set()
 anon[0] = max(anon[0], status("RssAnon"))
-fr = starts.get("feature rows", end)
+fr, c1 = starts.get("feature rows", end), time.process_time()
+cr = cpu_starts.get("feature rows", c1)
 out.update(
-    seconds=end - t0, cpu_seconds=time.process_time() - c0, before_rows=fr - t0,
-    row_seconds=end - fr, rows_done=rows[0], rows_total=rows[1],
+    seconds=end - t0, cpu_seconds=c1 - c0, before_rows=fr - t0, before_rows_cpu=cr - c0,
+    row_seconds=end - fr, row_cpu_seconds=c1 - cr, rows_done=rows[0], rows_total=rows[1],
     peak=status("VmHWM"), peak_anon=anon[0], load=os.getloadavg()[0], **info,
 )
 print(json.dumps(out))
@@ -128,6 +138,7 @@ def run_case(fx, n: int, offload: str | None, a: argparse.Namespace) -> dict:
         offload=offload,
         max_rows=a.max_rows,
         time_limit=a.time_limit,
+        threads=a.threads,
     )
     env = dict(os.environ)
     if a.budget:
@@ -148,13 +159,16 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--max-rows", type=int, default=0, help="stop after this many feature rows")
     p.add_argument("--time-limit", type=float, default=0, help="stop feature rows after SECONDS")
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1: no OpenMP spinning on a busy CPU)"
+    )
     p.add_argument("--budget", help="CIRCUITLAB_AVAILABLE_MEMORY for the runs (e.g. 10GiB)")
     p.add_argument("--json", help="also write the rows to this file")
     a = p.parse_args()
     fx = smollm2()
     model, (tc, _) = model_shapes(fx.model_dir), transcoder_shapes(fx.transcoder_dir)
     head = (
-        f"{'tokens':>6} {'offload':>7} {'active':>9} {'batch':>5} {'rows':>11} {'time s':>8} "
+        f"{'tokens':>6} {'offload':>7} {'active':>9} {'batch':>5} {'rows':>11} {'cpu s':>8} "
         f"{'pred s':>7} {'s/row':>6} {'pred':>6} {'peak':>10} {'anon':>9} {'pred':>9} "
         f"{'ratio':>5} {'file':>9} {'pred':>9} {'load':>5}"
     )
@@ -164,11 +178,11 @@ def main() -> None:
         for mode in a.offload.split(","):
             offload = None if mode == "none" else mode
             r = run_case(fx, n, offload, a)
-            rows = max(r["rows_done"], 1)
-            per_row = r["row_seconds"] / rows
-            total = r["seconds"]
+            # CPU seconds (one thread): what the machine's load does not stretch.
+            per_row = r["row_cpu_seconds"] / max(r["rows_done"], 1)
+            total = r["cpu_seconds"]
             if not r["complete"]:
-                total = r["before_rows"] + per_row * r["rows_total"]
+                total = r["before_rows_cpu"] + per_row * r["rows_total"]
             opts = dict(max_feature_nodes=a.cap, n_active=r["n_active"])
             mem = estimate_memory(
                 model, tc, n, batch_size=r["sweep_batch"], offload=offload, **opts

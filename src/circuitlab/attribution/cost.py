@@ -15,9 +15,10 @@ all three). Time is counted in floating-point operations per phase and divided b
   position); plus the row's copy into its edge blocks.
 
 ``FLOPS_PER_SECOND`` was measured with ``benchmarks/capped.py`` on the 2-core machine this
-project is developed on (SmolLM2-135M, 4,096-feature PLTs, 128 to 1,024 tokens); other
-machines differ, a GPU by one to two orders of magnitude: pass ``flops_per_second`` (CLI
-``--gflops``) measured there, e.g. from one short run (``seconds = flops / rate``).
+project is developed on (SmolLM2-135M, 4,096-feature PLTs; CPU time of one torch thread, which
+the other jobs on that shared machine do not stretch as they do wall time); other machines
+differ, a GPU by one to two orders of magnitude: pass ``flops_per_second`` (CLI ``--gflops``)
+measured there, e.g. from one short run (``seconds = flops / rate``).
 
 The file (``graph.storage``) holds the kept edge rows in the edge dtype (selected features,
 errors and tokens of earlier layers and positions, ``attribution.memory``'s row model
@@ -38,8 +39,12 @@ from .memory import (
     human,
 )
 
-#: Sustained rate of the engine's float32 matmuls on the reference machine (2 CPU cores).
-FLOPS_PER_SECOND = 40e9
+#: Operations per CPU-second of one torch thread on the reference machine (2 cores), fitted to
+#: ``benchmarks/capped.py`` (SmolLM2, cap 7,500: 74 s of CPU at 128 tokens).
+FLOPS_PER_SECOND = 150e9
+#: The transposed attention's rate relative to ``FLOPS_PER_SECOND``: its ``[256, pos]`` blocks of
+#: a transposed pattern run slower than the projections (fitted to 2,048 tokens).
+ATTENTION_RATE = 0.25
 #: The furthest position of a feature row's batch, as a share of the prompt.
 FEATURE_ROW_REACH = 0.75
 #: Block of ``backward.ATTENTION_BLOCK`` (not imported: this module does not need torch).
@@ -72,7 +77,7 @@ class CostEstimate:
     def report(self) -> str:
         lines = [
             f"predicted time: {self.total_seconds:,.0f} s at {self.flops_per_second / 1e9:.0f} "
-            f"GFLOP/s (a 2-core CPU unless --gflops; a GPU is one to two orders faster)"
+            f"GFLOP/s (one CPU thread of the reference machine unless --gflops; a GPU is one to two orders faster)"
         ]
         lines += [f"  {k:<14}{v:>10,.1f} s" for k, v in self.seconds.items()]
         lines += [f"predicted graph file: {human(self.file_bytes)}"]
@@ -96,7 +101,7 @@ def row_flops(
     """Operations of one row passing ``n_layers`` layers at its batch's first ``p`` positions
     (of ``n_tokens``; ``n_active`` features)."""
     d, h, dh = model.d_model, model.n_heads, model.d_head
-    attention = 2 * h * dh * p * p * causal_share(int(p))
+    attention = 2 * h * dh * p * p * causal_share(int(p)) / ATTENTION_RATE  # in matmul terms
     projections = 2 * p * d * (h + model.n_kv_heads) * dh
     skip = 2 * p * d * d if transcoders.skip else 0
     n_out = (transcoders.n_layers + 1) / 2 if transcoders.kind == "clt" else 1
