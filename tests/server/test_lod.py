@@ -7,11 +7,17 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
 from circuitlab.graph import link_sidecar
-from circuitlab.graph.link_sidecar import read_link_sidecar, sidecar_path, write_graph_sidecar
+from circuitlab.graph.link_sidecar import (
+    read_link_sidecar,
+    sidecar_path,
+    write_graph_sidecar,
+    write_link_sidecar,
+)
 from circuitlab.server import lod
 from circuitlab.server.lod import LinkIndex
 
@@ -137,3 +143,13 @@ def test_create_graph_files_writes_the_sidecar_of_big_files(
     stored = read_link_sidecar(path)
     assert stored is not None and stored.weight.tolist() == [-2.0, 1.0, 0.5]
     assert json.loads(stored.head) == {k: v for k, v in data.items() if k != "links"}
+
+
+def test_a_sidecar_naming_other_nodes_is_not_trusted(tmp_path: Path) -> None:
+    links = [{"source": "a", "target": "b", "weight": 1.0}]
+    path = _graph_file(tmp_path / "g.json", links)
+    bad = (np.array([7], np.int32), np.array([0], np.int32), np.array([5.0]))  # node 7: none
+    write_link_sidecar(path, b'{"nodes":[{"node_id":"a"}]}', bad)
+    assert read_link_sidecar(path) is not None  # current by its version, but
+    index = LinkIndex.read(path)  # its columns do not fit its nodes: the file is parsed
+    assert index.weight.tolist() == [1.0] and len(index.ids) == 4
