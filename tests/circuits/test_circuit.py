@@ -80,3 +80,10 @@ def test_json_and_summary(tiny) -> None:
     ids = {s["id"] for s in data["supernodes"]}
     assert any(e["source"] in ids for e in data["edges"])
     assert "| sn0 |" in c.summary()
+
+
+def test_find_circuit_is_exported_from_the_package_root() -> None:
+    import circuitlab
+
+    assert circuitlab.find_circuit is find_circuit and circuitlab.Circuit is Circuit
+    assert "find_circuit" in circuitlab.__all__

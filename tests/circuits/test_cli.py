@@ -35,6 +35,13 @@ def test_circuit_writes_json_summary_and_figure(saved, tmp_path, capsys) -> None
     assert "wrote" in capsys.readouterr().out
 
 
+def test_the_figure_is_a_png_with_matplotlib(saved, tmp_path) -> None:
+    pytest.importorskip("matplotlib")  # circuitlab[plots]; without it the figure is SVG
+    graph_path, _, _ = saved
+    assert main(["circuit", str(graph_path), "--groups", "2", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "tiny.circuit.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
 def test_circuit_validate_adds_the_agreement(saved, tmp_path) -> None:
     graph_path, model_dir, tc_dir = saved
     args = ["circuit", str(graph_path), "-t", str(tc_dir), "-m", str(model_dir)]
