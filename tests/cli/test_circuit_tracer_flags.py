@@ -129,3 +129,22 @@ def test_start_server_serves_the_graph_files(tiny_dirs: tuple[Path, Path], tmp_p
     finally:
         server.terminate()
         server.communicate(timeout=30)  # reaps it and closes its pipe
+
+
+def test_graph_files_carry_suggestions_and_attention_on_request(
+    tiny_dirs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """``--suggestions`` and ``--attention`` put the page's circuit suggestions and the
+    precomputed attention results into the graph file; without them the file has neither."""
+    files = tmp_path / "files"
+    files.mkdir()
+    assert _attribute(tiny_dirs, "--slug", "plain", "--graph_file_dir", str(files)) == 0
+    plain = json.loads((files / "plain.json").read_text())
+    assert "circuit_suggestions" not in plain and "attention" not in plain
+    flags = ["--slug", "rich", "--graph_file_dir", str(files), "--suggestions", "--attention"]
+    assert _attribute(tiny_dirs, *flags) == 0
+    rich = json.loads((files / "rich.json").read_text())
+    ids = {n["node_id"] for n in rich["nodes"]}
+    assert set(rich["circuit_suggestions"]["features"]) <= ids
+    assert rich["attention"]["flows"] and rich["attention"]["qk"]
+    assert rich["nodes"] == plain["nodes"] and rich["links"] == plain["links"]

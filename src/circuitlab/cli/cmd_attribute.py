@@ -70,6 +70,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--server", action="store_true", help="serve the lab afterwards")
     g.add_argument("--port", type=int, default=8041, help="port for --server")
     g.add_argument("--features_dir", help="dashboard store for --server and feature labels")
+    g.add_argument(
+        "--suggestions",
+        action="store_true",
+        help="add the automatic supernodes and labels (find_circuit) as the page's editable "
+        "suggestions (costs seconds on big graphs)",
+    )
+    g.add_argument(
+        "--attention",
+        action="store_true",
+        help="precompute head loadings of the strongest edges and QK pairs of the strongest "
+        "attention flows into the file, so the page shows them without a model",
+    )
     p.add_argument("--verbose", action="store_true", help="progress bar and phase timings")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
@@ -114,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     if out is not None:
         print(f"saved {out}")
     if files:
-        write_graph_files(args, graph, model.tokenizer)
+        write_graph_files(args, graph, model.tokenizer, model)
     return 0
 
 
@@ -153,7 +165,11 @@ def check_graph_file_flags(args: argparse.Namespace) -> bool:
     return bool(args.slug)
 
 
-def write_graph_files(args: argparse.Namespace, graph: object, tokenizer: object) -> None:
+def write_graph_files(
+    args: argparse.Namespace, graph: object, tokenizer: object, model: object = None
+) -> None:
+    """The lab's graph files (``--slug``/``--graph_file_dir``), with ``--suggestions`` and,
+    given the ``model`` that traced ``graph``, ``--attention`` results."""
     from ..graph.export import create_graph_files
 
     path = create_graph_files(
@@ -164,7 +180,12 @@ def write_graph_files(args: argparse.Namespace, graph: object, tokenizer: object
         args.edge_threshold,
         tokenizer=tokenizer,
         features_dir=args.features_dir,
+        suggestions=bool(getattr(args, "suggestions", False)),
     )
+    if getattr(args, "attention", False) and model is not None:
+        from ..attention.records import add_attention_results
+
+        add_attention_results(model, graph, path)  # type: ignore[arg-type]
     print(f"wrote {path}")
     if args.server:
         from ..server import serve
