@@ -26,7 +26,7 @@ EXAMPLES = """examples:
       --kind plt --activation jump_relu --d-transcoder 2048 --tokens 200000
   circuitlab train -m ./model --corpus notes.txt --out ./clt --kind clt --activation topk --k 16
   circuitlab train --export ./clt/checkpoint.pt -o ./clt-so-far
-  torchrun --standalone --nproc_per_node 2 -m circuitlab train -m smollm2 --corpus wikipedia \
+  torchrun --standalone --nproc_per_node 2 -m circuitlab train -m smollm2 --corpus wikipedia \\
       --out ./plt --activation batchtopk --k 16 --cache-activations ~/.cache/cl-acts
 """
 
