@@ -268,10 +268,19 @@ class ReplacementModel(nn.Module):
         return logits, capture
 
     @torch.no_grad()
-    def capture(self, prompt: Prompt) -> tuple[torch.Tensor, Capture]:
-        """Token ids ``[pos]`` and everything recorded in a plain forward of the prompt."""
+    def capture(
+        self,
+        prompt: Prompt,
+        *,
+        pattern_sink: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, Capture]:
+        """Token ids ``[pos]`` and everything recorded in a plain forward of the prompt.
+
+        ``pattern_sink(layer, pattern [1, heads, q, k])`` receives each layer's attention
+        pattern as soon as it is computed and returns what the capture keeps (e.g. a map of a
+        file: ``attribute(offload="disk")``)."""
         ids = self.ensure_tokenized(prompt)
-        _, cap = self.run(ids[None], Plan(record=True))
+        _, cap = self.run(ids[None], Plan(record=True, pattern_sink=pattern_sink))
         assert cap is not None
         return ids, cap
 

@@ -77,7 +77,10 @@ def test_loading_choices_and_offload_move_the_right_parts() -> None:
     assert estimate_memory(MODEL, TC, 64, lazy_encoder=True).phases["load"] < lazy.phases["load"]
     disk = estimate_memory(MODEL, TC, 64, offload="disk")
     assert disk.phases["sweep"] < lazy.phases["sweep"]
-    assert disk.phases["forward"] == lazy.phases["forward"]
+    # offload="disk" sends each layer's pattern to the spill file as the forward computes it:
+    # one layer's [heads, pos, pos] stays in memory instead of all 30.
+    assert lazy.phases["forward"] - disk.phases["forward"] == 29 * 9 * 64 * 64 * 4
+    assert disk.parts["attention patterns in a mapped file"] == 30 * 9 * 64 * 64 * 4
     assert estimate_memory(MODEL, TC, 64, dtype="bfloat16").peak < lazy.peak
     clt = TranscoderShapes("clt", 30, 576, 4096, False, None)
     assert estimate_memory(MODEL, clt, 64, lazy_decoder=False).peak > eager.peak

@@ -80,3 +80,26 @@ def test_disk_offload_keeps_the_edges_in_a_mapped_file() -> None:
     assert torch.equal(
         capped.edges, attribute(rm, PROMPT, max_feature_nodes=10, batch_size=4).edges
     )
+
+
+def test_capture_hands_each_pattern_to_the_sink_as_it_is_computed() -> None:
+    """``capture(pattern_sink=...)`` (what ``offload="disk"`` uses to write each layer's
+    pattern to the spill file during the forward): called once per layer, in layer order, with
+    that layer's pattern; the capture keeps what the sink returns, and the forward is unchanged."""
+    from circuitlab.attribution.offload import SpillFile
+
+    rm = build("gemma2", "plt_skip")
+    _, plain = rm.capture(PROMPT)
+    spill, seen = SpillFile(), []
+
+    def sink(layer: int, pattern: torch.Tensor) -> torch.Tensor:
+        seen.append(layer)
+        return spill.put(pattern)
+
+    _, spilled = rm.capture(PROMPT, pattern_sink=sink)
+    assert seen == list(range(rm.n_layers))
+    assert spill.nbytes == sum(p.numel() * p.element_size() for p in plain.patterns.values())
+    for layer, pattern in plain.patterns.items():
+        assert torch.equal(spilled.patterns[layer], pattern)
+    assert plain.logits is not None and spilled.logits is not None
+    assert torch.equal(spilled.logits, plain.logits)

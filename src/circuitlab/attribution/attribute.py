@@ -120,11 +120,15 @@ def attribute(
             edge_dtype=str(store_dtype).removeprefix("torch."),
         )
 
+    spill = SpillFile() if offload == "disk" else None
     with timer.phase("forward"):
-        ids, cap = model.capture(prompt)
+        # On disk, each layer's pattern goes to the spill file as soon as it is computed: a
+        # long prompt never holds every layer's [heads, pos, pos] pattern in memory at once.
+        # (On an accelerator the patterns stay in device memory.)
+        sink = None if spill is None or model.device.type != "cpu" else spill.put
+        ids, cap = model.capture(prompt, pattern_sink=None if sink is None else _dropping(sink))
     n_pos, n_layers = ids.shape[0], model.n_layers
 
-    spill = SpillFile() if offload == "disk" else None
     with timer.phase("sources"):
         sources = Sources.from_capture(model, cap, dtype)
         features = sources.features
@@ -215,6 +219,14 @@ def attribute(
         print(timer.report())
     graph.settings["timings"] = timer.times
     return graph
+
+
+def _dropping(
+    put: Callable[[torch.Tensor], torch.Tensor],
+) -> Callable[[int, torch.Tensor], torch.Tensor]:
+    """A capture ``pattern_sink`` that stores each layer's pattern with ``put`` (its layer
+    number is not needed: the capture keys the result by layer)."""
+    return lambda _layer, pattern: put(pattern)
 
 
 def _edge_dtype(edge_dtype: str | torch.dtype | None, model_dtype: torch.dtype) -> torch.dtype:

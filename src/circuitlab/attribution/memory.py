@@ -193,7 +193,11 @@ def estimate_memory(
     parts["forward activations"] = int(
         (2 * n * V + 3 * H * n * n + 3 * n * F + 10 * n * d + 2 * n * T) * b
     )
-    parts["attention patterns"] = L * H * n * n * b
+    # offload="disk" (on the CPU) writes each layer's pattern to the spill file as the forward
+    # computes it: one layer's pattern in memory at a time, the rest in the page cache.
+    patterns = L * H * n * n * b
+    parts["attention patterns"] = H * n * n * b if offload == "disk" else patterns
+    parts["attention patterns in a mapped file"] = patterns if offload == "disk" else 0
     parts["capture (reads, writes, errors)"] = int((3 * L * n * d + n * V) * b)
     # Per output layer: its distinct decoder rows (at most the transcoder's features) and, per
     # active feature, a padded slot (table row, activation, column; padding at most 2x, ~1.5x);
@@ -223,7 +227,7 @@ def estimate_memory(
     parts["scores / pruning"] = int(2 * one_block + 12 * graph_cols * 8)
     mlp_weights = L * (3 if model.gated_mlp else 2) * d * F * b
     tc_resident = sum(v for k, v in parts.items() if k.startswith("transcoder"))
-    # offload="disk" also moves the frozen patterns to a mapped file for the sweep.
+    # offload="disk" also frees the MLPs, the resident transcoders and the last pattern.
     freed = mlp_weights + tc_resident + parts["attention patterns"]
     parts["offload saving (sweep)"] = -freed if offload == "disk" else 0
 

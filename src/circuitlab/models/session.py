@@ -98,6 +98,9 @@ class Plan:
     mlp_out: WriteHook | None = None
     embed: Callable[[torch.Tensor], torch.Tensor] | None = None
     frozen_layers: frozenset[int] | None = None  # None: every layer follows the modes above
+    # With ``record``: where each layer's pattern goes as soon as it is computed (e.g. a
+    # mapped file, so a long prompt never holds every layer's pattern in memory at once).
+    pattern_sink: Callable[[int, torch.Tensor], torch.Tensor] | None = None
 
     def layer_mode(self, mode: Mode, layer: int) -> Mode:
         if self.frozen_layers is None or layer in self.frozen_layers:
@@ -184,7 +187,9 @@ class _Hooks:
     def pattern(self, layer: int, pattern: torch.Tensor) -> torch.Tensor:
         mode = self.plan.layer_mode(self.plan.attention, layer)
         if self.capture is not None:
-            self.capture.patterns[layer] = pattern.detach()
+            sink = self.plan.pattern_sink
+            kept = pattern.detach()
+            self.capture.patterns[layer] = kept if sink is None else sink(layer, kept)
         if mode == "detach":
             return pattern.detach()
         if mode == "replay":
