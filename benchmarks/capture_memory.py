@@ -31,7 +31,7 @@ def _status(key: str) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description="Memory of the forward capture on a long prompt.")
     ap.add_argument("mode", choices=["none", "disk"])
     ap.add_argument("n_tokens", type=int, nargs="?", default=1024)
     args = ap.parse_args()
