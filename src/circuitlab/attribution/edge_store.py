@@ -88,7 +88,11 @@ class EdgeRows:
                 block = self.spill.put(block)
             self.store.blocks.append(EdgeBlock(nodes[sel], sources, block, layer))
             self._keys.append((layer, chunk))
-        release_free_memory()
+        if self.spill is not None:
+            # Spilled blocks leave the sweep's temporaries in glibc's heap; hand them back so
+            # the process keeps ~40 MB instead of ~285 MB (96-token tiny Llama). In memory the
+            # next batch would only fault the same pages back in (measured ~25% more CPU).
+            release_free_memory()
 
     def influence(self, weights: torch.Tensor) -> torch.Tensor:
         """Influence ``[n_cols + n_logits]`` of every node on the weighted targets, from the rows
