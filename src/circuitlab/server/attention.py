@@ -29,36 +29,19 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
-from pydantic import BaseModel, Field, field_validator
+from pydantic import Field, field_validator
 from starlette.requests import Request
 
-from circuitlab.graph.export import check_slug
 from circuitlab.server.files import HTTPProblem, read_json_body
 from circuitlab.server.jobs import Tracer
-from circuitlab.server.requests import _STRICT, parse_body
+from circuitlab.server.requests import GraphModelRequest, parse_body
 
 MAX_EDGES = 256
 MAX_TOP_K = 200
 MAX_FLOWS = 64
 
 
-class _GraphRequest(BaseModel):
-    model_config = _STRICT
-    slug: str
-    model: str | None = None
-
-    @field_validator("slug")
-    @classmethod
-    def _slug(cls, v: str) -> str:
-        return check_slug(v)
-
-    @field_validator("model", mode="before")
-    @classmethod
-    def _blank_is_none(cls, v: Any) -> Any:
-        return v or None
-
-
-class LoadingsRequest(_GraphRequest):
+class LoadingsRequest(GraphModelRequest):
     """``edges``: ``[source, target]`` node id pairs, summed."""
 
     edges: list[list[str]] = Field(min_length=1, max_length=MAX_EDGES)
@@ -71,7 +54,7 @@ class LoadingsRequest(_GraphRequest):
         return v
 
 
-class QKRequest(_GraphRequest):
+class QKRequest(GraphModelRequest):
     layer: int = Field(ge=0)
     head: int = Field(ge=0)
     query_pos: int
@@ -79,7 +62,7 @@ class QKRequest(_GraphRequest):
     top_k: int = Field(20, ge=1, le=MAX_TOP_K)
 
 
-class FlowsRequest(_GraphRequest):
+class FlowsRequest(GraphModelRequest):
     query_pos: int = -1
     n: int = Field(8, ge=1, le=MAX_FLOWS)
 
@@ -177,7 +160,7 @@ def register_attention_routes(app: FastAPI, graph_dir: Path, tracer: Tracer | No
             )
         return tracer
 
-    async def body(request: Request, kind: type[_GraphRequest]) -> Any:
+    async def body(request: Request, kind: type[GraphModelRequest]) -> Any:
         t = need_tracer()
         return t, parse_body(kind, await read_json_body(request, 64 * 1024))
 

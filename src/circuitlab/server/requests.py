@@ -63,23 +63,13 @@ class TraceRequest(BaseModel):
         return None if v is None else check_slug(v)
 
 
-class SteerRequest(BaseModel):
-    """``POST /api/steer``: ``value`` sets the nodes, ``scale`` multiplies them, neither ablates."""
+class GraphModelRequest(BaseModel):
+    """A request about graph ``slug`` (checked as a slug) run with ``model`` (blank: the
+    server's own); the base of ``/api/steer`` and ``/api/attention/*``."""
 
     model_config = _STRICT
     slug: str
-    node_ids: list[str] = Field(min_length=1, max_length=MAX_NODES)
-    value: float | None = Field(
-        None, allow_inf_nan=False, ge=-MAX_STEER_AMOUNT, le=MAX_STEER_AMOUNT
-    )
-    scale: float | None = Field(
-        None, allow_inf_nan=False, ge=-MAX_STEER_AMOUNT, le=MAX_STEER_AMOUNT
-    )
-    max_new_tokens: int = Field(12, ge=0, le=MAX_NEW_TOKENS)
     model: str | None = None
-    # the mode, as the CLI's --constrained-layers / --no-freeze-attention (steering.SteerMode)
-    constrained_layers: str | list[int] | None = Field(None, max_length=1024)
-    freeze_attention: bool = True
 
     @field_validator("slug")
     @classmethod
@@ -90,6 +80,22 @@ class SteerRequest(BaseModel):
     @classmethod
     def _blank_is_none(cls, v: Any) -> Any:
         return v or None
+
+
+class SteerRequest(GraphModelRequest):
+    """``POST /api/steer``: ``value`` sets the nodes, ``scale`` multiplies them, neither ablates."""
+
+    node_ids: list[str] = Field(min_length=1, max_length=MAX_NODES)
+    value: float | None = Field(
+        None, allow_inf_nan=False, ge=-MAX_STEER_AMOUNT, le=MAX_STEER_AMOUNT
+    )
+    scale: float | None = Field(
+        None, allow_inf_nan=False, ge=-MAX_STEER_AMOUNT, le=MAX_STEER_AMOUNT
+    )
+    max_new_tokens: int = Field(12, ge=0, le=MAX_NEW_TOKENS)
+    # the mode, as the CLI's --constrained-layers / --no-freeze-attention (steering.SteerMode)
+    constrained_layers: str | list[int] | None = Field(None, max_length=1024)
+    freeze_attention: bool = True
 
     @model_validator(mode="after")
     def _one_operation(self) -> SteerRequest:
