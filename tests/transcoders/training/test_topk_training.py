@@ -65,7 +65,7 @@ def test_batchtopk_mean_l0_is_k_and_it_saves_as_a_jump_relu() -> None:
     g = torch.Generator().manual_seed(0)
     tc = TrainableTranscoders(2, 16, 48, activation="batchtopk", k=5)
     x = torch.randn(2, 200, 16, generator=g)
-    out = tc.forward_train(x, x)
+    out = tc(x, x)
     assert out.l0.tolist() == [5.0, 5.0]  # mean over the batch; tokens differ
     per_token = ((tc._activate(tc.preactivations(x))) > 0).sum(-1)
     assert per_token.float().mean().item() == 5.0 and per_token.min() < per_token.max()
@@ -122,7 +122,7 @@ def test_sparse_kernels_train_like_the_dense_computation(activation: str, kind: 
 def test_unit_norm_decoder_rows_and_radial_gradient_removed() -> None:
     tc = TrainableTranscoders(2, 8, 16, kind="clt", activation="topk", k=2)
     x = torch.randn(2, 30, 8)
-    out = tc.forward_train(x, x.flip(1), sparse=True)
+    out = tc(x, x.flip(1), sparse=True)
     ((out.recon - x.flip(1)) ** 2).sum().backward()
     tc.project_decoder_grads_()
     for dec in tc.W_dec:

@@ -22,7 +22,7 @@ the magnitudes. BatchTopK keeps a running mean of the smallest activation it kep
 (``batch_threshold``) and runs at inference as a JumpReLU with that threshold for every
 feature, which is how it is saved.
 
-AuxK (Gao et al. 2024, TopK kinds): ``forward_train(dead=...)`` also reconstructs the residual
+AuxK (Gao et al. 2024, TopK kinds): ``forward(dead=...)`` also reconstructs the residual
 error ``e = y − ŷ`` (no gradient through ``ŷ``) with the ``k_aux`` largest pre-activations of
 each token among the dead features, ``ê`` (no bias, no skip), and returns
 ``min(n_dead / k_aux, 1) · ||ê − e||² / ||e − ē||²`` per layer; the trainer adds it with
@@ -148,7 +148,7 @@ class TrainableTranscoders(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Activations ``[L, n, F]`` of normalised inputs ``[L, n, d]``, as saved transcoders
-        compute them (BatchTopK: its running threshold; training uses ``forward_train``)."""
+        compute them (BatchTopK: its running threshold; training calls the module (``forward``))."""
         pre = self.preactivations(x)
         if self.activation == "batchtopk":
             theta = self.batch_threshold[:, None, None]
@@ -244,20 +244,8 @@ class TrainableTranscoders(nn.Module):
         k_aux: int = 0,
         world: World | None = None,
     ) -> TrainOutput:
-        """``forward_train`` (what ``DistributedDataParallel`` calls)."""
-        return self.forward_train(x, y, sparse=sparse, dead=dead, k_aux=k_aux, world=world)
-
-    def forward_train(
-        self,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        *,
-        sparse: bool = False,
-        dead: torch.Tensor | None = None,
-        k_aux: int = 0,
-        world: World | None = None,
-    ) -> TrainOutput:
-        """The training forward on normalised ``x, y [L, n, d]`` (module docstring).
+        """The training forward on normalised ``x, y [L, n, d]`` (module docstring); what
+        ``DistributedDataParallel`` calls.
 
         ``dead [L, F]`` (TopK kinds, with ``k_aux > 0``) switches on the AuxK loss.
         ``sparse`` (TopK kinds) uses the sparse kernels; the result and gradients are the
