@@ -170,3 +170,25 @@ def test_edges_sum_over_a_set_and_bad_requests() -> None:
         head_loadings(rm, fp, src, tgt, 3)
     with pytest.raises(ValueError, match="Name the edge's target"):
         head_loadings(rm, fp, src)
+
+
+def test_edges_no_path_can_carry_split_into_zeros() -> None:
+    """A source after the target's position, or at the target's read layer, has edge 0 (as the
+    engine's row says) and every loading 0; a token node must name the prompt's own token."""
+    rm, graph = _graph("llama")
+    fp = FrozenPrompt.build(rm, graph)
+    idx = fp.features.indices
+    early = idx[(idx[:, 1] > 1) & (idx[:, 1] < fp.n_pos - 1)][0].tolist()  # (layer, pos, feat)
+    target = f"{early[0]}_{early[2]}_{early[1]}"
+    late = f"E_{int(fp.ids[-1])}_{fp.n_pos - 1}"
+    same_layer = idx[(idx[:, 0] == early[0]) & (idx[:, 1] > 0) & (idx[:, 1] < early[1])][0].tolist()
+    col = fp.node_ids().index(late)
+    enc = rm.transcoders.encoder_rows(early[0], torch.tensor([early[2]]))
+    row = fp.backward.rows(fp.sources, torch.tensor([early[0]]), torch.tensor([early[1]]), enc)
+    assert float(row[0, col]) == 0.0
+    for src in (late, f"{same_layer[0]}_{same_layer[2]}_{same_layer[1]}"):
+        loads = path_head_loadings(rm, fp, src, target)
+        assert loads.edge == 0.0 and not loads.heads.any() and not loads.bypass.any()
+    wrong = (int(fp.ids[1]) + 1) % rm.spec.vocab_size
+    with pytest.raises(ValueError, match="Unknown source node"):
+        path_head_loadings(rm, fp, f"E_{wrong}_1", target)

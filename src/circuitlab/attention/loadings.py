@@ -15,10 +15,18 @@ write layer, above the target's read layer) has every loading 0 and ``bypass = A
 
 Each loading equals the edge minus the edge with that head's pattern set to zero at ``L`` (the
 tests check it that way). It is computed from one forward and one backward sweep of the frozen
-model: the source's contribution ``f_L`` to the residual entering every layer (forward) and the
-target's gradient ``g_L`` after every attention block (backward, as the graph engine's
-``FrozenBackward`` sweep), then ``loading_{L,h} = <g_L, H_h f_L>``, head by head, and
-``bypass_L = A[t, s] - sum_h loading_{L,h}`` with ``A[t, s]`` the engine's own edge.
+model, both over the positions from the source's to the target's only (the source's field is
+zero before it, the target's gradient after it) and the layers between them: forward, the
+source's contribution through every crossed layer, keeping each head's pattern-weighted values
+``z_{L,h}`` (``forward.attention_forward``); backward, the target's gradient, keeping its value
+``gz_{L,h}`` at the same point (``transposed.attention_transposed``). Then
+
+    loading_{L,h} = <g_L, H_h f_L> = <gz_{L,h}, z_{L,h}>
+
+a dot product per head, and the edge itself is ``<gradient at the source's write point, the
+source's vector>`` from the same backward sweep, so ``bypass_L = A[t, s] - sum_h
+loading_{L,h}``. No source is read out (the engine's target row reads every active feature),
+so all of it costs about one target row (``docs/attention.md``, Cost).
 """
 
 from __future__ import annotations
@@ -31,8 +39,9 @@ import torch
 from ..graph.graph import Graph
 from ..models.norms import norm_transpose
 from ..replacement import ReplacementModel
-from .forward import forward_fields, source_writes
+from .forward import attention_forward, mlp_forward
 from .frozen import FrozenPrompt
+from .transposed import attention_transposed, mlp_transposed
 
 Edge = tuple[str, str]  # (source node id, target node id)
 
@@ -161,91 +170,146 @@ def _logit_target(
     return model.n_layers, pos, U[vocab] - U.mean(0)
 
 
+@dataclass
+class _Source:
+    """What one source node writes: at position ``pos``, ``vectors [n, d]`` into the MLP
+    outputs of ``layers`` (a feature: one per output layer; an error: one), or into the
+    embedding (a token: ``layers`` empty, one vector)."""
+
+    pos: int
+    layers: list[int]
+    vectors: torch.Tensor
+
+    @property
+    def bottom(self) -> int:
+        """The lowest layer the sweeps visit: the first write layer (0 for a token)."""
+        return self.layers[0] if self.layers else 0
+
+    @property
+    def first_attention(self) -> int:
+        """The lowest attention layer the source's contribution enters."""
+        return self.layers[0] + 1 if self.layers else 0
+
+    def write(self, layer: int) -> torch.Tensor | None:
+        """The vector written into ``layer``'s MLP output, or None."""
+        return self.vectors[layer - self.layers[0]] if layer in self.layers else None
+
+
+def _source(fp: FrozenPrompt, node: str) -> _Source:
+    """The source node ``node`` (a lab node id) of this prompt, or a ``ValueError``."""
+    n_layers, n_pos, src = fp.model.n_layers, fp.n_pos, fp.sources
+    parts = node.split("_")
+    try:
+        a, b, pos = parts[0], int(parts[1]), int(parts[2])
+    except (ValueError, IndexError):
+        a, b, pos = "", -2, -1
+    if len(parts) == 3 and 0 <= pos < n_pos:
+        if a == "E" and b == int(fp.ids[pos]):
+            return _Source(pos, [], src.tokens[pos : pos + 1].to(fp.dtype))
+        layer = int(a) if a.isdigit() else n_layers
+        if layer < n_layers and b == -1:
+            return _Source(pos, [layer], src.errors[layer, pos][None].to(fp.dtype))
+        hit = (fp.features.indices == torch.tensor([layer, pos, b])).all(1).nonzero()
+        if layer < n_layers and b >= 0 and hit.numel():
+            dec = fp.model.transcoders.decoder_rows(layer, torch.tensor([b]))[0].to(fp.dtype)
+            value = fp.features.values[int(hit[0, 0])].to(fp.dtype)
+            return _Source(pos, list(range(layer, layer + dec.shape[0])), value * dec)
+    raise ValueError(
+        f"Unknown source node {node!r}: a source is an active feature "
+        "'{layer}_{feature}_{pos}', an error '{layer}_-1_{pos}' or a token "
+        "'E_{token_id}_{pos}' of this prompt."
+    )
+
+
 @torch.no_grad()
 def _loadings(
     fp: FrozenPrompt, graph: Graph | None, edges: list[Edge], layers: list[int]
 ) -> HeadLoadings:
-    names = {n: i for i, n in enumerate(fp.node_ids())}
     n_layers, n_heads = fp.model.n_layers, fp.model.spec.n_heads
     heads = torch.zeros(n_layers, n_heads, dtype=torch.float64)
     total = 0.0
     for src, tgt in edges:
-        if src not in names:
-            raise ValueError(
-                f"Unknown source node {src!r}: a source is an active feature "
-                "'{layer}_{feature}_{pos}', an error '{layer}_-1_{pos}' or a token "
-                "'E_{token_id}_{pos}' of this prompt."
-            )
-        t_layer, t_pos, vec = _target(fp, graph, tgt)
-        col = names[src]
-        row = fp.backward.rows(
-            fp.sources, torch.tensor([t_layer]), torch.tensor([t_pos]), vec[None]
-        )
-        total += float(row[0, col])
-        writes, embed = source_writes(fp, col, t_pos + 1)
-        f_pre = forward_fields(fp, writes, embed, fp.model.n_layers - 1)
-        heads += _split(fp, f_pre, _target_gradients(fp, t_layer, t_pos, vec))
+        source = _source(fp, src)
+        split, edge = _edge_split(fp, source, *_target(fp, graph, tgt))
+        heads += split
+        total += edge
     sel = torch.tensor(layers)
     heads = heads[sel]
     bypass = total - heads.sum(1)
     return HeadLoadings(edges=edges, layers=layers, heads=heads, bypass=bypass, edge=total)
 
 
-def _target_gradients(
-    fp: FrozenPrompt, t_layer: int, t_pos: int, vec: torch.Tensor
+def _edge_split(
+    fp: FrozenPrompt, source: _Source, t_layer: int, t_pos: int, vec: torch.Tensor
+) -> tuple[torch.Tensor, float]:
+    """``(loadings [n_layers, n_heads], edge)`` of one edge into the target read at
+    ``(t_layer, t_pos)`` along ``vec [d]``.
+
+    Both sweeps run over the positions ``source.pos .. t_pos`` only (the source's field is
+    zero before its position, the target's gradient after its own) and the layers between
+    them. Forward: each crossed layer's per-head output ``z`` of the source's field. Backward:
+    the target's gradient, each head's ``gz`` at the same layers (``loading = <gz, z>``), and
+    the edge itself, ``<gradient at the source's write point, its vector>`` summed over the
+    source's writes (as the engine's ``Sources.read``).
+    """
+    n_layers, n_heads = fp.model.n_layers, fp.model.spec.n_heads
+    heads = torch.zeros(n_layers, n_heads, dtype=torch.float64)
+    if source.pos > t_pos:
+        return heads, 0.0
+    lo, m, d = source.pos, t_pos - source.pos + 1, vec.shape[0]
+    top = min(t_layer, n_layers - 1)  # the highest attention layer the edge crosses
+    z = _source_heads(fp, source, lo, m, top)
+    g = torch.zeros(m, d, dtype=fp.dtype)
+    if t_layer == n_layers:  # a logit: read after the final norm
+        ad, bw = fp.model.adapter, fp.backward
+        final = fp.model.module(ad.final_norm)
+        g[-1] = norm_transpose(ad.norm, final, vec[None], bw.final_scale[t_pos : t_pos + 1])[0]
+    edge = 0.0
+    for layer in range(top, source.bottom - 1, -1):
+        if layer < t_layer:  # this layer's MLP output is on the way (skip path, source writes)
+            gw = mlp_transposed(fp, layer, g, lo)
+            write = source.write(layer)
+            if write is not None:
+                edge += float(gw[0] @ write)
+        else:  # the target reads this layer's MLP input
+            _inject(fp, layer, g, vec, t_pos)
+        if layer >= source.first_attention:
+            gz = attention_transposed(fp, layer, g, lo)
+            heads[layer] = (gz * z[layer]).view(m, n_heads, -1).sum((0, 2)).double()
+    if not source.layers:  # a token: read at the embedding
+        edge += float(g[0] @ source.vectors[0])
+    return heads, edge
+
+
+def _source_heads(
+    fp: FrozenPrompt, source: _Source, lo: int, m: int, top: int
 ) -> dict[int, torch.Tensor]:
-    """``g[L] [p, d]``: the target's gradient at the residual right after layer ``L``'s
-    attention block, for every ``L <= t_layer`` (the engine's backward sweep, one row)."""
-    model, bw = fp.model, fp.backward
-    ad = model.adapter
-    p = t_pos + 1
-    g = torch.zeros(1, p, vec.shape[0], dtype=fp.dtype)
-    n_layers = model.n_layers
-    if t_layer == n_layers:
-        g[0, t_pos] = vec
-        g = bw._norm_t(None, None, g, bw.final_scale)
-    out = {}
-    for layer in range(min(t_layer, n_layers - 1), -1, -1):
-        lay = bw.layers[layer]
-        if layer < t_layer:  # this layer's MLP skip path is on the way
-            gw = g
-            if lay.post_mlp is not None and not bw.write_after_post_norm:
-                gw = bw._norm_t(ad.post_mlp_norm, layer, g, lay.post_mlp)
-            if lay.W_skip is not None:
-                sk = gw @ lay.W_skip
-                if lay.ln2 is not None:
-                    sk = sk * lay.ln2[:p].to(fp.dtype)
-                g = g + sk
-        else:  # the target reads here
-            v = vec[None]
-            if lay.ln2 is not None:
-                block = model.block(layer).get_submodule(ad.ln2)
-                v = norm_transpose(ad.norm, block, v, lay.ln2[t_pos : t_pos + 1].to(fp.dtype))
-            g = g.clone()
-            g[0, t_pos] += v[0]
-        out[layer] = g[0].clone()
-        ga = g if lay.post_attn is None else bw._norm_t(ad.post_attn_norm, layer, g, lay.post_attn)
-        g = g.clone()
-        bw._attention_t(lay, ga, g)
-    return out
+    """``z[L] [m, n_heads * d_head]``: each head's output at layer ``L`` (from the source's
+    first attention layer up to ``top``) of the source's contribution, positions ``lo ..``."""
+    d = source.vectors.shape[1]
+    f = torch.zeros(m, d, dtype=fp.dtype)
+    if not source.layers:
+        f[0] = source.vectors[0]
+    z = {}
+    for layer in range(source.bottom, top + 1):
+        if layer >= source.first_attention:
+            z[layer], out = attention_forward(fp, layer, f, lo)
+            f += out
+        if layer < top:
+            w = torch.zeros_like(f)
+            write = source.write(layer)
+            if write is not None:
+                w[0] = write
+            f += mlp_forward(fp, layer, f, w, lo)
+    return z
 
 
-def _split(
-    fp: FrozenPrompt, f_pre: list[torch.Tensor], grads: dict[int, torch.Tensor]
-) -> torch.Tensor:
-    """``[n_layers, n_heads]``: ``<g[L], head h's output of f_pre[L]>`` (0 where no gradient)."""
-    bw, ad, spec = fp.backward, fp.model.adapter, fp.model.spec
-    out = torch.zeros(fp.model.n_layers, spec.n_heads, dtype=torch.float64)
-    for layer, g in grads.items():
-        lay = bw.layers[layer]
-        p = g.shape[0]
-        ga = g[None]
-        if lay.post_attn is not None:
-            ga = bw._norm_t(ad.post_attn_norm, layer, ga, lay.post_attn)
-        gz = (ga[0] @ lay.W_O).view(p, spec.n_heads, spec.d_head)
-        v = (f_pre[layer] @ lay.W_V.T).view(p, spec.n_kv_heads, spec.d_head)
-        v = v.repeat_interleave(spec.n_heads // spec.n_kv_heads, dim=1)
-        # sum_{k,q} P_t[h, k, q] <gz[q, h], v[k, h]>, the inner products as one batched matmul
-        inner = torch.bmm(v.permute(1, 0, 2), gz.permute(1, 2, 0))  # [heads, k, q]
-        out[layer] = (lay.pattern_t[:, :p, :p] * inner).sum((1, 2)).double()
-    return out
+def _inject(fp: FrozenPrompt, layer: int, g: torch.Tensor, vec: torch.Tensor, pos: int) -> None:
+    """Adds a feature target's read vector ``vec [d]`` at the window's last position (its
+    position ``pos``) into ``g [m, d]``, through the pre-MLP norm where it reads after it."""
+    lay = fp.backward.layers[layer]
+    v = vec[None]
+    if lay.ln2 is not None:
+        block = fp.model.block(layer).get_submodule(fp.model.adapter.ln2)
+        v = norm_transpose(fp.model.adapter.norm, block, v, lay.ln2[pos : pos + 1].to(fp.dtype))
+    g[-1] += v[0]
