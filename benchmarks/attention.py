@@ -1,15 +1,16 @@
 """QK attributions and head loadings on SmolLM2-135M: cost against one attribution target row,
 and the induction example of docs/attention.md.
 
-    python benchmarks/attention.py [--tokens 32 256] [--repeats 3] [--no-example]
+    python benchmarks/attention.py [--tokens 32 256] [--repeats 3] [--threads 1] [--no-example]
 
 Costs use ``benchmarks/fixtures.py``'s ``smollm2()`` (SmolLM2-135M, fitted transcoders of
 4,096 features, Wikipedia text prompts). For each prompt length: one logit target row (one
 ``FrozenBackward.rows`` call, batch 1) and a batch of 256 rows; the full QK sweep of one
 head from the last position over every key (marginals and bias terms, ``pairs=False``, the
 20 largest marginals a side kept); a sweep with pairs (every key up to 64 tokens, else the
-top 16 keys); one ``path_head_loadings``. Timings are the fastest of ``--repeats`` runs,
-taken in turn (the machine is shared: the fastest is the least disturbed). The induction
+top 16 keys); one ``path_head_loadings``. Timings are CPU time of the process (one torch
+thread by default: wall time on a shared machine measures its load), the fastest of
+``--repeats`` runs taken in turn. The induction
 example uses ``circuitlab.examples``' 2,048-feature transcoders on the repeated-random-token
 probe: the best induction heads' QK attributions from the last token to the induction key.
 """
@@ -36,13 +37,13 @@ from fixtures import smollm2  # noqa: E402
 
 
 def fastest(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """The fastest of ``repeats`` runs of each function, run in turn."""
+    """The least CPU time of ``repeats`` runs of each function, run in turn."""
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            start = time.perf_counter()
+            start = time.process_time()
             fn()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(time.process_time() - start)
     return {name: min(t) for name, t in times.items()}
 
 
@@ -122,7 +123,9 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, nargs="+", default=[32, 256])
     ap.add_argument("--no-example", action="store_true", help="skip the induction example")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
     if not args.no_example:
         induction_example(smollm2_replacement_model(verbose=False))

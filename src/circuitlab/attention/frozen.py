@@ -123,12 +123,27 @@ class FrozenPrompt:
 
     def node_ids(self) -> list[str]:
         """The lab's node id of every column (see the module docstring)."""
-        ids = [f"{layer}_{feat}_{pos}" for layer, pos, feat in self.features.indices.tolist()]
-        ids += [
-            f"{layer}_-1_{pos}" for layer in range(self.model.n_layers) for pos in range(self.n_pos)
-        ]
-        ids += [f"E_{tok}_{pos}" for pos, tok in enumerate(self.ids.tolist())]
-        return ids
+        return self.names(torch.arange(self.n_cols))
+
+    def names(self, cols: torch.Tensor) -> list[str]:
+        """The lab's node ids of the columns ``cols [n]`` (naming only these: a long prompt
+        has ~10^5 columns, and a result names a few of them)."""
+        n_feat, n_pos = self.sources.n_features, self.n_pos
+        cols = cols.long().cpu()
+        feats = self.features.indices[cols.clamp(max=max(n_feat - 1, 0))].tolist() if n_feat else []
+        toks = self.ids.tolist()
+        out = []
+        for i, c in enumerate(cols.tolist()):
+            if c < n_feat:
+                layer, pos, feat = feats[i]
+                out.append(f"{layer}_{feat}_{pos}")
+            elif c < self.sources.token_col:
+                layer, pos = divmod(c - n_feat, n_pos)
+                out.append(f"{layer}_-1_{pos}")
+            else:
+                pos = c - self.sources.token_col
+                out.append(f"E_{toks[pos]}_{pos}")
+        return out
 
     @torch.no_grad()
     def contributions(

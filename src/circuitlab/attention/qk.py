@@ -22,7 +22,7 @@ batched (``qk_sweep``).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -180,7 +180,6 @@ def qk_sweep(
     d_head = model.spec.d_head
     query = qk_side(fp, layer, head, q, "query")
     keys_ = qk_sides(fp, layer, head, key_list, "key")
-    names = fp.node_ids()
     scale, cap = score_scale(fp, layer), score_softcap(fp)
     if not pairs:
         return _marginal_sweep(
@@ -191,7 +190,7 @@ def qk_sweep(
     c_k = _contributions(fp, layer, positions, keys_.directions.flatten(0, 1), batch_size)
     c_k = c_k.view(len(key_list), d_head, -1)
     q_cols = c_q.abs().sum(0).nonzero(as_tuple=True)[0]
-    q_part = (c_q[:, q_cols].T.contiguous(), [names[i] for i in q_cols.tolist()])
+    q_part = (c_q[:, q_cols].T.contiguous(), fp.names(q_cols))
     return [
         _assemble(
             fp,
@@ -199,7 +198,6 @@ def qk_sweep(
             head,
             q,
             k,
-            names,
             query,
             q_part,
             QKSide(keys_.directions[i], keys_.value[i]),
@@ -248,11 +246,10 @@ def _marginal_sweep(
             fp, layer, keys + [q] * d_head, torch.cat([key_dirs, query.directions]), batch_size
         )
         along_q, along_k = rows[:n], key_sides.value @ rows[n:]
-    names = fp.node_ids()
     scale, cap = score_scale(fp, layer), score_softcap(fp)
     q_nodes = query.value - q_bias
-    q_sides = _marginal_sides(names, scale * along_k, top_marginals, q_bias[None].expand(n, -1))
-    k_sides = _marginal_sides(names, scale * along_q, top_marginals, k_bias)
+    q_sides = _marginal_sides(fp, scale * along_k, top_marginals, q_bias[None].expand(n, -1))
+    k_sides = _marginal_sides(fp, scale * along_q, top_marginals, k_bias)
     out = []
     for i, k in enumerate(keys):
         kb = k_bias[i]
@@ -280,35 +277,35 @@ def _marginal_sweep(
 
 
 def _marginal_sides(
-    names: list[str], values: torch.Tensor, top: int | None, bias: torch.Tensor
+    fp: FrozenPrompt, values: torch.Tensor, top: int | None, bias: torch.Tensor
 ) -> list[_Parts]:
     """Per row of ``values [n, n_cols]``: its nonzero marginals (the ``top`` largest, if
-    given; one ``topk`` for all rows) with their names, and ``bias[row]``."""
+    given; one ``topk`` for all rows) with their node ids, and ``bias[row]``."""
     out: list[_Parts] = []
     if top is not None and top < values.shape[1]:
         best = torch.topk(values.abs(), top, dim=1).indices
         for row, cols, b in zip(values, best, bias, strict=True):
             cols = cols[row[cols] != 0]
-            named = [names[j] for j in cols.tolist()]
+            named = fp.names(cols)
             out.append((named, row[cols], None, named, b))
         return out
     for row, b in zip(values, bias, strict=True):
-        named, vals = _named(names, row, None)
+        named, vals = _named(fp.names, row, None)
         out.append((named, vals, None, named, b))
     return out
 
 
 def _named(
-    names: list[str], values: torch.Tensor, top: int | None
+    names: Callable[[torch.Tensor], list[str]], values: torch.Tensor, top: int | None
 ) -> tuple[list[str], torch.Tensor]:
-    """The nonzero entries of ``values [n_cols]`` (the ``top`` largest by magnitude, if given),
-    with their node names."""
+    """The nonzero entries of ``values [n]`` (the ``top`` largest by magnitude, if given),
+    with their names (``names(indices)``)."""
     if top is not None and top < values.shape[0]:
         cols = torch.topk(values.abs(), top).indices
         cols = cols[values[cols] != 0]
     else:
         cols = values.nonzero(as_tuple=True)[0]
-    return [names[j] for j in cols.tolist()], values[cols]
+    return names(cols), values[cols]
 
 
 def _contributions(
@@ -418,7 +415,6 @@ def _assemble(
     head: int,
     q: int,
     k: int,
-    names: list[str],
     query: QKSide,
     q_part: tuple[torch.Tensor, list[str]],
     key: QKSide,
@@ -435,7 +431,7 @@ def _assemble(
     k_cols = c_k.abs().sum(0).nonzero(as_tuple=True)[0]
     q_total, k_total = query.value, key.value
     q_bias = q_total - qv.sum(0)
-    k_names = [names[i] for i in k_cols.tolist()]
+    k_names = fp.names(k_cols)
     kv = c_k[:, k_cols].T.contiguous()
     k_bias = k_total - kv.sum(0)
     return _result(
@@ -447,8 +443,8 @@ def _assemble(
         scale,
         cap,
         float(q_total @ k_total),
-        (*_named(q_names, scale * (qv @ k_total), top_marginals), qv, q_names, q_bias),
-        (*_named(k_names, scale * (kv @ q_total), top_marginals), kv, k_names, k_bias),
+        (*_named(_pick(q_names), scale * (qv @ k_total), top_marginals), qv, q_names, q_bias),
+        (*_named(_pick(k_names), scale * (kv @ q_total), top_marginals), kv, k_names, k_bias),
         _top_pairs(qv, kv, scale, q_names, k_names, top_k),
         {
             "query_bias*key_bias": scale * float(q_bias @ k_bias),
@@ -459,6 +455,11 @@ def _assemble(
 
 
 _Parts = tuple[list[str], torch.Tensor, "torch.Tensor | None", list[str], torch.Tensor]
+
+
+def _pick(names: list[str]) -> Callable[[torch.Tensor], list[str]]:
+    """``names`` as a function of indices (for ``_named``)."""
+    return lambda idx: [names[i] for i in idx.tolist()]
 
 
 def _result(
