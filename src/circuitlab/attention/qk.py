@@ -213,7 +213,7 @@ def qk_sweep(
 
 #: Rows per backward batch of a marginals sweep (one row per key): batches of keys in order of
 #: position sweep only the positions up to their last key, about half the work of one batch.
-MARGINAL_BATCH = 64
+MARGINAL_BATCH = 32
 
 
 def _marginal_sweep(
