@@ -134,6 +134,23 @@ class FrozenBackward:
             gv = gv.view(p, b, dh).transpose(0, 1).reshape(b * p, dh)
             out.view(b * p, d).addmm_(gv, lay.W_V[kv * dh : (kv + 1) * dh])
 
+    def _attention_at(
+        self, lay: _Layer, v: torch.Tensor, positions: torch.Tensor, out: torch.Tensor
+    ) -> None:
+        """``_attention_t`` for gradients that are non-zero at one position each: ``v [n, d]``
+        at ``positions [n]``, added into ``out [n, pos, d]``.
+
+        Targets just injected at this layer are such gradients; projecting them at their own
+        position only skips the ``W_O`` product at every other position (all zero).
+        """
+        n, p, d = out.shape
+        dh, group = self.d_head, self.n_heads // self.n_kv
+        z = (v @ lay.W_O).view(n, self.n_kv, group, dh)  # [n, kv_heads, heads per kv, d_head]
+        pattern = lay.pattern_t.transpose(1, 2)  # [heads, q, k]
+        rows = pattern[:, positions, :p].permute(1, 2, 0).reshape(n, p, self.n_kv, group)
+        gv = torch.einsum("nkvg,nvge->nkve", rows, z)  # [n, k, kv_heads, d_head]
+        out.view(n * p, d).addmm_(gv.reshape(n * p, self.n_kv * dh), lay.W_V)
+
     def rows(
         self,
         sources: Sources,
@@ -184,20 +201,27 @@ class FrozenBackward:
                         sk *= lay.ln2[:p].to(self.dtype)
                     g[:na] += sk
             if nf > na:
+                # Targets read at this layer: their gradient is their read vector at their
+                # own position, so their attention below takes that position only.
+                new, at = torch.arange(na, nf), positions[na:nf]
                 v = vectors[na:nf]
                 if lay.ln2 is not None:
                     block = self.model.block(layer).get_submodule(ad.ln2)
-                    scale = lay.ln2[positions[na:nf]].to(self.dtype)
-                    v = norm_transpose(ad.norm, block, v, scale)
-                g[torch.arange(na, nf), positions[na:nf]] += v
-            # Attention block: g[:nf] is now the gradient at the residual between the blocks.
-            gl = g[:nf]
-            ga = (
-                gl
-                if lay.post_attn is None
-                else self._norm_t(ad.post_attn_norm, layer, gl, lay.post_attn)
-            )
-            self._attention_t(lay, ga, gl)
+                    v = norm_transpose(ad.norm, block, v, lay.ln2[at].to(self.dtype))
+                g[new, at] += v
+                if lay.post_attn is not None and ad.post_attn_norm is not None:
+                    block = self.model.block(layer).get_submodule(ad.post_attn_norm)
+                    v = norm_transpose(ad.norm, block, v, lay.post_attn[at].to(self.dtype))
+                self._attention_at(lay, v, at, g[na:nf])
+            # Attention block: g[:na] is now the gradient at the residual between the blocks.
+            if na:
+                gl = g[:na]
+                ga = (
+                    gl
+                    if lay.post_attn is None
+                    else self._norm_t(ad.post_attn_norm, layer, gl, lay.post_attn)
+                )
+                self._attention_t(lay, ga, gl)
         sources.read_tokens(out, g)
         if bool((order == torch.arange(batch, device=order.device)).all()):
             return out[:, :-1]  # already in order (``attribute`` sorts): no copy of the rows
