@@ -53,12 +53,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--auxk-alpha",
         type=float,
-        default=1 / 32,
+        default=1.0,
         help="weight of the AuxK dead-feature loss (topk, batchtopk; 0: off)",
     )
-    p.add_argument(
-        "--k-aux", type=int, default=0, help="dead features per token in AuxK (0: d_model/2)"
-    )
+    p.add_argument("--k-aux", type=int, default=0, help="dead features per token in AuxK (0: --k)")
     p.add_argument(
         "--dense-updates",
         action="store_true",
@@ -67,7 +65,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip", action="store_true", help="add a linear skip connection W_skip")
     p.add_argument("--d-transcoder", type=int, default=1024, help="features per layer")
     p.add_argument("--tokens", type=int, default=200_000, help="training tokens")
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=3e-3, help="Adam's peak learning rate")
     p.add_argument(
         "--l1",
         "--sparsity",
@@ -81,7 +79,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--buffer-tokens", type=int, default=8192, help="shuffling buffer size")
     p.add_argument("--context", type=int, default=64, help="window length, BOS included")
     p.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints")
-    p.add_argument("--dead-window", type=int, default=50_000, help="tokens without firing = dead")
+    p.add_argument(
+        "--dead-window",
+        type=int,
+        default=0,
+        help="tokens without firing = dead (AuxK's mask, the log's count); 0: --tokens / 20, "
+        "at least one batch, at most 10M",
+    )
     p.add_argument(
         "--eval-every",
         type=int,
@@ -142,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
         ("--checkpoint-every", args.checkpoint_every, 1),
         ("--k", args.k, 1),
         ("--k-aux", args.k_aux, 0),
+        ("--dead-window", args.dead_window, 0),
         ("--eval-every", args.eval_every, 0),
         ("--eval-tokens", args.eval_tokens, 1),
         ("--cache-tokens", args.cache_tokens, 0),

@@ -10,8 +10,11 @@ from circuitlab.transcoders.training import TrainableTranscoders, TrainConfig
 from circuitlab.transcoders.training import trainer as trainer_mod
 from circuitlab.transcoders.training.sparse import (
     _batch_topk_indices,  # pyright: ignore[reportPrivateUsage]
-    batch_topk_codes,
+    batch_topk_picks,
+    layer_codes,
     sparse_decode,
+    stacked_codes,
+    topk_picks,
 )
 
 
@@ -135,18 +138,36 @@ def test_unit_norm_decoder_rows_and_radial_gradient_removed() -> None:
     torch.testing.assert_close(tc.decoder_norms(), torch.ones(2, 16))
 
 
-def test_sparse_decode_is_the_dense_product() -> None:
+def test_stacked_codes_decode_as_the_dense_product_per_layer() -> None:
+    """Two layers' codes stacked into one sparse product (BatchTopK in one, TopK in the
+    other) decode, and differentiate, as each layer's dense product does."""
     g = torch.Generator().manual_seed(4)
-    x = torch.randn(20, 6, generator=g)
-    W = torch.randn(10, 6, generator=g)
-    b = torch.randn(10, generator=g)
-    W_dec = torch.randn(10, 5, generator=g)
-    pre = x @ W.T + b
-    codes = batch_topk_codes(pre, 3, W, b, x)
-    dense = torch.zeros(20, 10)
-    dense[codes.tok, codes.feat] = codes.vals.detach()
-    torch.testing.assert_close(sparse_decode(codes, W_dec), dense @ W_dec)
-    assert codes.feat.numel() == 60
+    x = torch.randn(2, 20, 6, generator=g)
+    W = torch.randn(2, 10, 6, generator=g, requires_grad=True)
+    b = torch.randn(2, 10, generator=g, requires_grad=True)
+    W_dec = torch.randn(2, 10, 5, generator=g, requires_grad=True)
+    target = torch.randn(2, 20, 5, generator=g)
+    with torch.no_grad():
+        pre = torch.baddbmm(b[:, None], x, W.transpose(1, 2))
+    picks = [batch_topk_picks(pre[0], 3), topk_picks(pre[1], 2)]
+    codes = stacked_codes(pre, picks, W, b, x)
+    assert codes.feat.numel() == 20 * 3 + 20 * 2
+    out = sparse_decode(codes, W_dec.view(20, 5)).view(2, 20, 5)
+    ((out - target) ** 2).sum().backward()
+    got = [t.grad.clone() for t in (W, b, W_dec)]  # type: ignore[union-attr]
+    for t in (W, b, W_dec):
+        t.grad = None
+    dense = torch.zeros(2, 20, 10)
+    for layer, (tok, feat) in enumerate(picks):
+        one = layer_codes(codes, layer, 20, 10)
+        assert torch.equal(one.tok, tok) and torch.equal(one.feat, feat)
+        dense[layer, tok, feat] = 1.0
+    acts = torch.relu(torch.baddbmm(b[:, None], x, W.transpose(1, 2))) * dense
+    want = torch.bmm(acts, W_dec)
+    torch.testing.assert_close(out, want)
+    ((want - target) ** 2).sum().backward()
+    for mine, theirs in zip(got, (W.grad, b.grad, W_dec.grad), strict=True):
+        torch.testing.assert_close(mine, theirs)
 
 
 def test_batch_topk_candidates_equal_the_full_search() -> None:

@@ -53,11 +53,14 @@ from .distributed import World
 from .jumprelu import jump_relu
 from .sparse import (
     Codes,
-    batch_topk_codes,
-    masked_topk_codes,
+    Picks,
+    batch_topk_picks,
+    layer_codes,
+    masked_topk_picks,
     sparse_decode,
-    threshold_codes,
-    topk_codes,
+    stacked_codes,
+    threshold_picks,
+    topk_picks,
 )
 
 KINDS = ("plt", "clt")
@@ -192,21 +195,18 @@ class TrainableTranscoders(nn.Module):
             return self.W_dec[layer]
         return self.W_dec[layer].flatten(1)
 
-    def decode_codes(
-        self, codes: list[Codes], x: torch.Tensor, *, bias: bool = True
-    ) -> torch.Tensor:
-        """``decode`` from sparse ``codes`` (one per layer); ``bias=False`` leaves out ``b_dec``
-        and the skip (AuxK's reconstruction of the error)."""
+    def decode_codes(self, codes: Codes, x: torch.Tensor, *, bias: bool = True) -> torch.Tensor:
+        """``decode`` from the sparse ``codes`` of all layers (``sparse.stacked_codes``);
+        ``bias=False`` leaves out ``b_dec`` and the skip (AuxK's reconstruction of the error)."""
         L, n, d = x.shape
+        F = self.d_transcoder
         if isinstance(self.W_dec, nn.Parameter):
-            out = torch.stack(
-                [sparse_decode(c, self._decoder_rows(i)) for i, c in enumerate(codes)]
-            )
+            out = sparse_decode(codes, self.W_dec.view(L * F, d)).view(L, n, d)
         else:
             out = torch.zeros_like(x)
-            for l, c in enumerate(codes):  # noqa: E741
-                part = sparse_decode(c, self._decoder_rows(l)).view(n, L - l, d)
-                out[l:] = out[l:] + part.transpose(0, 1)
+            for l in range(L):  # noqa: E741
+                part = sparse_decode(layer_codes(codes, l, n, F), self._decoder_rows(l))
+                out[l:] = out[l:] + part.view(n, L - l, d).transpose(0, 1)
         if not bias:
             return out
         out = out + self.b_dec[:, None]
@@ -262,15 +262,21 @@ class TrainableTranscoders(nn.Module):
         if sparse and topk_kind:
             with torch.no_grad():
                 pre = self.preactivations(x)
-            codes = [self._codes(pre, x, l, theta) for l in range(L)]  # noqa: E741
+                picks = [
+                    self._picks(pre[l], None if theta is None else theta[l])
+                    for l in range(L)  # noqa: E741
+                ]
+            codes = stacked_codes(pre, picks, self.W_enc, self.b_enc, x)
             recon = self.decode_codes(codes, x)
             with torch.no_grad():
-                on = [c.vals > 0 for c in codes]
-                l0 = torch.stack([o.sum().double() / n for o in on])
-                fired = torch.zeros(L, self.d_transcoder, dtype=torch.bool, device=x.device)
-                for l, (c, o) in enumerate(zip(codes, on, strict=True)):  # noqa: E741
-                    fired[l, c.feat[o]] = True
-                kept = [c.vals[o] for c, o in zip(codes, on, strict=True)]
+                on = codes.vals > 0
+                rows, vals = codes.feat[on], codes.vals[on]
+                layer_of = rows // self.d_transcoder
+                l0 = torch.bincount(layer_of, minlength=L).double() / n
+                fired = torch.zeros(L * self.d_transcoder, dtype=torch.bool, device=x.device)
+                fired[rows] = True
+                fired = fired.view(L, self.d_transcoder)
+                lows = vals.new_full((L,), float("inf")).scatter_reduce(0, layer_of, vals, "amin")
             sparsity = x.new_zeros(L)
         else:
             pre = self.preactivations(x)
@@ -281,23 +287,22 @@ class TrainableTranscoders(nn.Module):
                 on_dense = acts > 0
                 l0 = on_dense.sum(-1).double().mean(-1)
                 fired = on_dense.any(1)
-                kept = [acts[l][on_dense[l]] for l in range(L)]  # noqa: E741
+                lows = acts.masked_fill(~on_dense, float("inf")).amin((1, 2))
         if self.activation == "batchtopk" and torch.is_grad_enabled():
-            self._update_threshold(kept, world)
+            self._update_threshold(lows, world)
         aux = x.new_zeros(L)
         if topk_kind and dead is not None and k_aux > 0 and bool(dead.any()):
             aux = self._auxk(pre, x, y, recon, dead, k_aux, sparse, world)
         return TrainOutput(recon, sparsity, aux, l0, fired)
 
-    def _codes(
-        self, pre: torch.Tensor, x: torch.Tensor, layer: int, theta: torch.Tensor | None
-    ) -> Codes:
-        """Layer ``layer``'s sparse codes of ``pre [L, n, F]`` (``theta``: see ``_activate``)."""
-        W, b = self.W_enc[layer], self.b_enc[layer]
+    def _picks(self, pre: torch.Tensor, theta: torch.Tensor | None) -> Picks:
+        """One layer's chosen entries of ``pre [n, F]`` (BatchTopK over several processes:
+        those at or above the layer's global threshold ``theta``, see ``_activate``)."""
         if theta is not None:
-            return threshold_codes(pre[layer], theta[layer], W, b, x[layer])
-        make = topk_codes if self.activation == "topk" else batch_topk_codes
-        return make(pre[layer], self.k, W, b, x[layer])
+            return threshold_picks(pre, theta)
+        if self.activation == "topk":
+            return topk_picks(pre, self.k)
+        return batch_topk_picks(pre, self.k)
 
     @torch.no_grad()
     def _batch_thresholds(self, pre: torch.Tensor, world: World) -> torch.Tensor:
@@ -324,18 +329,9 @@ class TrainableTranscoders(nn.Module):
         n_dead = dead.sum(1)  # [L]
         ks = [int(min(k_aux, int(c))) for c in n_dead]
         if sparse:
-            empty = torch.zeros(0, dtype=torch.long, device=x.device)
-            codes = []
-            for l in range(L):  # noqa: E741
-                if ks[l] == 0:
-                    zero = x.new_zeros(0)
-                    codes.append(Codes(empty, zero, torch.zeros(n, dtype=torch.long), empty))
-                else:
-                    codes.append(
-                        masked_topk_codes(
-                            pre[l], dead[l], ks[l], self.W_enc[l], self.b_enc[l], x[l]
-                        )
-                    )
+            with torch.no_grad():
+                picks = [masked_topk_picks(pre[l], dead[l], ks[l]) for l in range(L)]  # noqa: E741
+            codes = stacked_codes(pre, picks, self.W_enc, self.b_enc, x)
             err_hat = self.decode_codes(codes, x, bias=False)
         else:
             acts = torch.zeros_like(pre)
@@ -361,12 +357,10 @@ class TrainableTranscoders(nn.Module):
         return scale * sse / var.clamp(min=1e-12)
 
     @torch.no_grad()
-    def _update_threshold(self, kept: list[torch.Tensor], world: World) -> None:
-        """BatchTopK: running mean of the smallest activation kept per layer (over every
-        process's slice of the batch)."""
-        like = self.batch_threshold
-        inf = torch.tensor(float("inf"), dtype=like.dtype, device=like.device)
-        lows = torch.stack([v.min().to(like.dtype) if v.numel() else inf for v in kept])
+    def _update_threshold(self, lows: torch.Tensor, world: World) -> None:
+        """BatchTopK: running mean of the smallest activation kept per layer, ``lows [L]``
+        (``inf`` where none was kept), over every process's slice of the batch."""
+        lows = lows.to(self.batch_threshold.dtype)
         world.all_min(lows)
         for l, low in enumerate(lows):  # noqa: E741
             if torch.isinf(low):
@@ -385,8 +379,8 @@ class TrainableTranscoders(nn.Module):
             if p.grad is None:
                 continue
             # PLT [L, F, d]: rows along d; CLT [F, L - l, d]: rows over (L - l, d)
-            dims = (-1,) if plt else (1, 2)
-            p.grad.sub_((p.grad * p).sum(dims, keepdim=True) * p)
+            g, w = (p.grad, p) if plt else (p.grad.flatten(1), p.flatten(1))
+            g.addcmul_(torch.linalg.vecdot(g, w).unsqueeze(-1), w, value=-1)
 
     def _decoder_params(self) -> list[torch.Tensor]:
         if isinstance(self.W_dec, nn.Parameter):

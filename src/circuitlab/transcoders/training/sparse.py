@@ -14,6 +14,11 @@ stays dense (every pre-activation is needed to pick the top ``k``); the rest cos
 
 The gradients are those of the dense computation (tested to float tolerance), so Adam's
 update is unchanged; rows of ``W_enc``/``W_dec`` no token used get a zero gradient.
+
+All layers go through each kernel together (``stacked_codes``): the chosen entries of every
+layer are indexed into the flattened ``[L·F, d]`` weights and ``[L·n, d]`` tokens, so a step
+runs one sparse product per kernel whatever the number of layers. Each layer picks its
+entries (``*_picks``: TopK, BatchTopK, a threshold, AuxK's masked TopK) without gradient.
 """
 
 from __future__ import annotations
@@ -25,9 +30,11 @@ import torch.nn.functional as F
 
 
 class Codes(NamedTuple):
-    """One layer's active features for a batch of ``n`` tokens, grouped by token:
-    ``feat [m]`` feature indices, ``vals [m]`` activations, ``offsets [n]`` where each token's
-    run of entries begins (``embedding_bag``'s layout), ``tok [m]`` the token of each entry."""
+    """Active features for a batch of ``n`` tokens, grouped by token: ``feat [m]`` feature
+    (weight row) indices, ``vals [m]`` activations, ``offsets [n]`` where each token's run of
+    entries begins (``embedding_bag``'s layout), ``tok [m]`` the token of each entry. Stacked
+    over layers (``stacked_codes``), the "tokens" are the ``L·n`` (layer, token) pairs and the
+    rows the ``L·F`` (layer, feature) pairs."""
 
     feat: torch.Tensor
     vals: torch.Tensor
@@ -64,17 +71,16 @@ class _SelectedPre(torch.autograd.Function):
 
 
 def selected_pre(
-    pre: torch.Tensor,
+    values: torch.Tensor,
     W_enc: torch.Tensor,
     b_enc: torch.Tensor,
     x: torch.Tensor,
     tok: torch.Tensor,
     feat: torch.Tensor,
 ) -> torch.Tensor:
-    """``pre[tok, feat]`` (``pre [n, F]`` computed without gradient as ``x @ W_encᵀ + b_enc``)
-    with the gradients of ``x[tok] · W_enc[feat] + b_enc[feat]`` for ``W_enc``/``b_enc``.
-    ``x [n, d]`` is data (no gradient)."""
-    values = pre[tok, feat]
+    """The chosen pre-activations ``values [m]`` (``x[tok] · W_enc[feat] + b_enc[feat]``,
+    computed by the caller without gradient) with those gradients for ``W_enc [R, d]`` and
+    ``b_enc [R]``; ``x [N, d]`` is data (no gradient)."""
     return _SelectedPre.apply(values, W_enc, b_enc, x, tok, feat)  # type: ignore[return-value]
 
 
@@ -117,41 +123,80 @@ def sparse_decode(codes: Codes, W_dec: torch.Tensor) -> torch.Tensor:
     return _SparseDecode.apply(codes.vals, W_dec, codes.feat, codes.offsets, codes.tok)  # type: ignore[return-value]
 
 
-def topk_codes(
-    pre: torch.Tensor, k: int, W: torch.Tensor, b: torch.Tensor, x: torch.Tensor
-) -> Codes:
-    """TopK per token of ``pre [n, F]`` (ReLU'd), as differentiable ``Codes``."""
+Picks = tuple[torch.Tensor, torch.Tensor]
+"""One layer's chosen entries of ``pre [n, F]``: ``(tok [m], feat [m])``, grouped by token."""
+
+
+def topk_picks(pre: torch.Tensor, k: int) -> Picks:
+    """TopK: the ``k`` largest entries of each token's row of ``pre [n, F]``."""
     n = pre.shape[0]
-    idx = pre.topk(k, dim=-1).indices  # [n, k]
-    feat = idx.flatten()
-    tok = torch.arange(n, device=pre.device).repeat_interleave(k)
-    vals = torch.relu(selected_pre(pre, W, b, x, tok, feat))
-    return Codes(feat, vals, torch.arange(n, device=pre.device) * k, tok)
+    if k == 0:
+        empty = torch.zeros(0, dtype=torch.long, device=pre.device)
+        return empty, empty
+    feat = pre.topk(k, dim=-1).indices.flatten()
+    return torch.arange(n, device=pre.device).repeat_interleave(k), feat
 
 
-def batch_topk_codes(
-    pre: torch.Tensor, k: int, W: torch.Tensor, b: torch.Tensor, x: torch.Tensor
-) -> Codes:
-    """BatchTopK of ``pre [n, F]``: the ``n·k`` largest entries of the whole batch (ReLU'd)."""
-    n, n_f = pre.shape
+def batch_topk_picks(pre: torch.Tensor, k: int) -> Picks:
+    """BatchTopK: the ``n·k`` largest entries of the whole batch ``pre [n, F]``."""
     flat = _batch_topk_indices(pre, k)
-    tok, feat = flat // n_f, flat % n_f
-    vals = torch.relu(selected_pre(pre, W, b, x, tok, feat))
-    counts = torch.bincount(tok, minlength=n)
-    offsets = torch.cumsum(counts, 0) - counts
-    return Codes(feat, vals, offsets, tok)
+    return flat // pre.shape[1], flat % pre.shape[1]
 
 
-def threshold_codes(
-    pre: torch.Tensor, theta: torch.Tensor, W: torch.Tensor, b: torch.Tensor, x: torch.Tensor
-) -> Codes:
-    """The entries of ``pre [n, F]`` at or above ``theta`` (ReLU'd): BatchTopK when the
-    ``n·k``-th largest value was found over a batch split across processes."""
-    n = pre.shape[0]
+def threshold_picks(pre: torch.Tensor, theta: torch.Tensor) -> Picks:
+    """The entries of ``pre [n, F]`` at or above ``theta``: BatchTopK when the ``n·k``-th
+    largest value was found over a batch split across processes."""
     tok, feat = (pre >= theta).nonzero(as_tuple=True)  # row-major: grouped by token
-    vals = torch.relu(selected_pre(pre, W, b, x, tok, feat))
-    counts = torch.bincount(tok, minlength=n)
+    return tok, feat
+
+
+def masked_topk_picks(pre: torch.Tensor, mask: torch.Tensor, k: int) -> Picks:
+    """TopK of each token's row of ``pre [n, F]`` among the features where ``mask [F]``
+    (AuxK's dead features)."""
+    return topk_picks(pre.masked_fill(~mask, float("-inf")), k)
+
+
+def stacked_codes(
+    pre: torch.Tensor,
+    picks: list[Picks],
+    W_enc: torch.Tensor,
+    b_enc: torch.Tensor,
+    x: torch.Tensor,
+) -> Codes:
+    """The differentiable ``Codes`` of every layer's ``picks`` at once (ReLU'd values).
+
+    ``pre [L, n, F]`` (no gradient), ``W_enc [L, F, d]``, ``b_enc [L, F]``, ``x [L, n, d]``.
+    The layers are stacked: entry ``(l, t, f)`` has row ``feat = l·F + f`` of the flattened
+    ``[L·F, ·]`` weights and bag ``tok = l·n + t`` of the flattened ``[L·n, ·]`` tokens, so
+    one sparse product per step serves all layers, and the gradients land in the stacked
+    parameters directly (per-layer slices would make autograd write an ``[L, F, d]`` zero
+    tensor per layer and parameter, a cost growing as ``L²``)."""
+    L, n, n_f = pre.shape
+    toks = [tok + l * n for l, (tok, _) in enumerate(picks)]  # noqa: E741
+    tok = torch.cat(toks)
+    feat = torch.cat([f + l * n_f for l, (_, f) in enumerate(picks)])  # noqa: E741
+    values = pre.reshape(-1)[tok * n_f + feat % n_f]
+    x_flat = x.reshape(L * n, -1)
+    vals = torch.relu(
+        selected_pre(values, W_enc.view(L * n_f, -1), b_enc.view(-1), x_flat, tok, feat)
+    )
+    counts = torch.bincount(tok, minlength=L * n)
     return Codes(feat, vals, torch.cumsum(counts, 0) - counts, tok)
+
+
+def layer_codes(codes: Codes, layer: int, n: int, n_features: int) -> Codes:
+    """Layer ``layer``'s part of ``stacked_codes``' result, with per-layer indices (tokens
+    ``[0, n)``, features ``[0, n_features)``); its values keep their gradient."""
+    m = codes.feat.shape[0]
+    offsets = codes.offsets[layer * n : (layer + 1) * n]
+    start = int(offsets[0]) if n else m
+    end = int(codes.offsets[(layer + 1) * n]) if (layer + 1) * n < codes.offsets.shape[0] else m
+    return Codes(
+        codes.feat[start:end] - layer * n_features,
+        codes.vals[start:end],
+        offsets - start,
+        codes.tok[start:end] - layer * n,
+    )
 
 
 def _batch_topk_indices(pre: torch.Tensor, k: int, spread: int = 2) -> torch.Tensor:
@@ -170,16 +215,3 @@ def _batch_topk_indices(pre: torch.Tensor, k: int, spread: int = 2) -> torch.Ten
             tok = top.indices // c
             return (tok * n_f + cand_idx.flatten()[top.indices]).sort().values
     return pre.flatten().topk(n * k).indices.sort().values
-
-
-def masked_topk_codes(
-    pre: torch.Tensor,
-    mask: torch.Tensor,
-    k: int,
-    W: torch.Tensor,
-    b: torch.Tensor,
-    x: torch.Tensor,
-) -> Codes:
-    """TopK per token of ``pre [n, F]`` among the features where ``mask [F]`` (AuxK)."""
-    masked = pre.masked_fill(~mask, float("-inf"))
-    return topk_codes(masked, k, W, b, x)

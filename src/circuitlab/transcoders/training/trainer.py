@@ -8,13 +8,13 @@ is the sum over layers of
 
 For per-layer transcoders the layers share no parameters, so this equals training each layer
 alone on the same tokens; for a CLT, layer ``l'``'s reconstruction sums the decoders of every
-layer ``<= l'``. Adam; the learning rate warms up linearly over the first 5% of steps and
+layer ``<= l'``. Adam (``new_optimizer``: torch's fused kernel); the learning rate warms up linearly over the first 5% of steps and
 decays linearly to zero over the last 20%; λ ramps up linearly over the first 10%.
 
 Metrics per layer, averaged over the steps since the last log: FVU (fraction of variance
 unexplained, ``Σ||ŷ-y||² / Σ||y-ȳ||²`` over each batch), L0 (active features per token) and
-dead features (no activation in the last ``dead_window`` training tokens, or never, if fewer
-have been seen). They go to the progress bar and to ``OUT/metrics.json``.
+dead features (no activation in the last ``TrainConfig.dead_tokens`` training tokens, or
+never, if fewer have been seen). They go to the progress bar and to ``OUT/metrics.json``.
 
 Held-out evaluation (``eval_every > 0``): before training, ``evaluation.held_out_split`` takes
 ``eval_tokens`` tokens of windows from the corpus's *last* documents and removes those documents
@@ -95,7 +95,7 @@ class TrainConfig:
     skip: bool = False
     n_tokens: int = 200_000
     batch_size: int = 512
-    lr: float = 1e-3
+    lr: float = 3e-3
     sparsity: float | None = None  # None: DEFAULT_SPARSITY[activation]
     bandwidth: float = 0.1
     init_threshold: float = 0.5
@@ -105,15 +105,15 @@ class TrainConfig:
     buffer_tokens: int = 8192
     input_hook: str | None = None  # None: mlp.hook_in (plt) / hook_resid_mid (clt)
     output_hook: str = "hook_mlp_out"
-    dead_window: int = 50_000
+    dead_window: int = 0  # tokens without firing = dead; 0: auto (``dead_tokens``)
     log_every: int = 20
     checkpoint_every: int = 200
     eval_every: int = 0  # steps between held-out evaluations; 0: none (no held-out split)
     eval_tokens: int = 2048  # held-out tokens (BOS excluded), with eval_every > 0
     seed: int = 0
     corpus: str = "corpus"
-    auxk_alpha: float = 1 / 32  # AuxK weight (topk, batchtopk); 0: no AuxK
-    k_aux: int = 0  # dead features per token in AuxK's reconstruction; 0: d_model // 2
+    auxk_alpha: float = 1.0  # AuxK weight (topk, batchtopk); 0: no AuxK
+    k_aux: int = 0  # dead features per token in AuxK's reconstruction; 0: k
     sparse_kernels: bool = True  # topk/batchtopk: sparse encoder backward and decoder
     cache_dir: str | None = None  # activation cache (training/cache.py); None: stream
     cache_tokens: int = 0  # tokens to cache (then epochs over them); 0: n_tokens
@@ -128,6 +128,20 @@ class TrainConfig:
         if self.dtype not in DTYPES:
             raise ValueError(f"Unknown training dtype {self.dtype!r}; use float32 or float64.")
         return DTYPES[self.dtype]
+
+    @property
+    def dead_tokens(self) -> int:
+        """The dead window in tokens: ``dead_window``, or by default a twentieth of the run
+        (at least one batch, at most 10M tokens: sparsify's fixed threshold), so that AuxK
+        starts after 5% of the steps whatever the run's length."""
+        if self.dead_window > 0:
+            return self.dead_window
+        return max(self.batch_size, min(self.n_tokens // 20, 10_000_000))
+
+    @property
+    def aux_k(self) -> int:
+        """Dead features per token in AuxK's reconstruction: ``k_aux``, or by default ``k``."""
+        return self.k_aux or self.k
 
     @property
     def in_hook(self) -> str:
@@ -378,7 +392,7 @@ def _train(
                 "rest: lower --eval-tokens or use a larger corpus."
             )
     tc = new_trainable(cfg, spec.n_layers, spec.d_model).to(cfg.torch_dtype)
-    opt = torch.optim.Adam(tc.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
+    opt = new_optimizer(tc, cfg)
     prog = Progress()
     metrics = _Metrics(spec.n_layers, cfg.d_transcoder)
     ckpt = out / CHECKPOINT_NAME
@@ -544,6 +558,13 @@ def new_trainable(cfg: TrainConfig, n_layers: int, d_model: int) -> TrainableTra
     )
 
 
+def new_optimizer(tc: nn.Module, cfg: TrainConfig) -> torch.optim.Adam:
+    """Adam (β 0.9, 0.999) over ``tc``'s parameters, torch's fused kernel: the update of the
+    per-tensor loop to rounding, in one pass over each tensor (on one CPU thread, 3 layers ×
+    4,096 × 576: 8 ms a step instead of 64 ms)."""
+    return torch.optim.Adam(tc.parameters(), lr=cfg.lr, betas=(0.9, 0.999), fused=True)
+
+
 def transcoders_name(cfg: TrainConfig) -> str:
     return f"circuitlab-{cfg.kind}-{cfg.activation}-{cfg.d_transcoder}"
 
@@ -590,9 +611,8 @@ def _step(
     for group in opt.param_groups:
         group["lr"] = cfg.lr * lr_f
     auxk = tc.activation in TOPK_KINDS and cfg.auxk_alpha > 0
-    dead = metrics.aux_dead(prog.tokens, cfg.dead_window) if auxk else None
-    k_aux = cfg.k_aux or x.shape[-1] // 2
-    out = (module or tc)(x, y, sparse=cfg.sparse_kernels, dead=dead, k_aux=k_aux, world=world)
+    dead = metrics.aux_dead(prog.tokens, cfg.dead_tokens) if auxk else None
+    out = (module or tc)(x, y, sparse=cfg.sparse_kernels, dead=dead, k_aux=cfg.aux_k, world=world)
     mse = ((out.recon - y) ** 2).sum(-1).mean(-1) / x.shape[-1]  # [L]
     loss = mse + cfg.sparsity_coefficient * sp_f * out.sparsity
     if auxk:
@@ -674,7 +694,7 @@ def _log(
 ) -> None:
     if metrics.n == 0:
         return
-    s = metrics.summary(prog.tokens, cfg.dead_window)
+    s = metrics.summary(prog.tokens, cfg.dead_tokens)
     entry = {"step": prog.step, "tokens": prog.tokens, "seconds": round(seconds, 2), **s}
     prog.history.append(entry)
     metrics.reset(len(s["fvu"]))
