@@ -28,11 +28,19 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from circuitlab.attribution.cost import estimate_cost  # noqa: E402
+from circuitlab.attribution.cost import Sweep, estimate_cost, sweep_seconds  # noqa: E402
+from circuitlab.attribution.cost_rates import (  # noqa: E402
+    REFERENCE,
+    CostRates,
+    calibrate,
+    load_rates,
+    save_rates,
+)
 from circuitlab.attribution.memory import (  # noqa: E402
     estimate_memory,
     human,
@@ -58,7 +66,7 @@ engine = sys.modules["circuitlab.attribution.attribute"]
 from circuitlab.attribution.sources import Sources
 from circuitlab.batch import LoadSpec
 
-info = {"n_active": None, "sweep_batch": a["batch_size"]}
+info = {"n_active": None, "sweep_batch": a["batch_size"], "n_logits": 0}
 from_capture, check = Sources.from_capture.__func__, engine.check_before_sweep
 
 def counted(cls, *args, **kwargs):
@@ -68,8 +76,28 @@ def counted(cls, *args, **kwargs):
 
 def checked(*args, **kwargs):
     info["sweep_batch"] = check(*args, **kwargs)
+    if a["sweep_batch"]:
+        info["sweep_batch"] = min(info["sweep_batch"], a["sweep_batch"])
     return info["sweep_batch"]
 
+# Each backward sweep: rows, furthest position + 1, layers its rows pass (a feature row read
+# at layer l passes l, a logit row all), the (feature, row) pairs Sources.read projects, and
+# its CPU seconds (cost.Sweep's fields).
+from circuitlab.attribution.backward import FrozenBackward
+sweeps, rows_of = [], FrozenBackward.rows
+
+def timed_rows(self, sources, layers, positions, vectors):
+    c = time.process_time()
+    out = rows_of(self, sources, layers, positions, vectors)
+    spent = time.process_time() - c
+    p, idx = int(positions.max()) + 1, sources.features.indices
+    below = torch.bincount(idx[idx[:, 1] < p, 0], minlength=len(self.layers) + 1).cumsum(0)
+    passed = layers.clamp(max=len(self.layers))
+    pairs = int(torch.where(passed > 0, below[(passed - 1).clamp(min=0)], 0).sum())
+    sweeps.append([len(layers), p, int(passed.sum()), pairs, spent])
+    return out
+
+FrozenBackward.rows = timed_rows
 Sources.from_capture = classmethod(counted)
 engine.check_before_sweep = checked
 torch.set_num_threads(a["threads"])
@@ -93,6 +121,8 @@ cpu_starts = {}
 def progress(phase, n, total):
     starts.setdefault(phase, time.perf_counter())
     cpu_starts.setdefault(phase, time.process_time())
+    if phase == "logit rows" and n:
+        info["n_logits"] = total
     if phase == "feature rows" and n:
         rows[0], rows[1] = n, total
         # Stop at the end of a ranking chunk (4 batches, sorted by position): its rows span
@@ -119,10 +149,14 @@ done.set()
 anon[0] = max(anon[0], status("RssAnon"))
 fr, c1 = starts.get("feature rows", end), time.process_time()
 cr = cpu_starts.get("feature rows", c1)
+# CPU seconds of each phase (from its start to the next one's; the graph phase includes the save)
+marks = sorted(cpu_starts.items(), key=lambda kv: kv[1]) + [("end", c1)]
+phase_cpu = {k: b - t for (k, t), (_, b) in zip(marks, marks[1:])}
 out.update(
+    phase_cpu=phase_cpu,
     seconds=end - t0, cpu_seconds=c1 - c0, before_rows=fr - t0, before_rows_cpu=cr - c0,
     row_seconds=end - fr, row_cpu_seconds=c1 - cr, rows_done=rows[0], rows_total=rows[1],
-    peak=status("VmHWM"), peak_anon=anon[0], load=os.getloadavg()[0], **info,
+    peak=status("VmHWM"), peak_anon=anon[0], load=os.getloadavg()[0], sweeps=sweeps, **info,
 )
 print(json.dumps(out))
 """
@@ -139,6 +173,7 @@ def run_case(fx, n: int, offload: str | None, a: argparse.Namespace) -> dict:
         max_rows=a.max_rows,
         time_limit=a.time_limit,
         threads=a.threads,
+        sweep_batch=a.sweep_batch,
     )
     env = dict(os.environ)
     if a.budget:
@@ -149,6 +184,37 @@ def run_case(fx, n: int, offload: str | None, a: argparse.Namespace) -> dict:
     if proc.returncode:
         raise RuntimeError(proc.stderr[-3000:])
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def predict(model, tc, n: int, r: dict, a: argparse.Namespace, rates: CostRates) -> dict:
+    """The predictions for run ``r``: memory, the whole run's time and file, and the time of
+    the part that ran (a stopped run: the same ranking chunks, no graph phase)."""
+    opts = dict(
+        n_active=r["n_active"], max_n_logits=r["n_logits"], batch_size=a.batch_size,
+        sweep_batch=r["sweep_batch"], rates=rates,
+    )  # fmt: skip
+    cost = estimate_cost(model, tc, n, max_feature_nodes=a.cap, **opts)
+    ran = cost
+    rows = a.cap
+    if not r["complete"]:
+        rows = r["rows_done"]
+        ran = estimate_cost(model, tc, n, max_feature_nodes=rows, **opts)
+    ran_seconds = dict(ran.seconds)
+    if not r["complete"]:
+        ran_seconds.pop("graph")
+    mem = estimate_memory(
+        model, tc, n, batch_size=r["sweep_batch"], offload=r["offload"], max_feature_nodes=rows,
+        n_active=r["n_active"],
+    )  # fmt: skip
+    # The work model alone, on the sweeps the run recorded (no schedule assumed).
+    recorded = sum(
+        sweep_seconds(model, tc, Sweep(k, p, steps, pairs), rates)
+        for k, p, steps, pairs, _ in r["sweeps"]
+    )
+    return dict(
+        cost=cost, mem=mem, ran_seconds=ran_seconds, recorded_sweeps=recorded,
+        scheduled_sweeps=ran.sweeps,
+    )  # fmt: skip
 
 
 def main() -> None:
@@ -162,15 +228,31 @@ def main() -> None:
     p.add_argument(
         "--threads", type=int, default=1, help="torch threads (1: no OpenMP spinning on a busy CPU)"
     )
+    p.add_argument(
+        "--sweep-batch", type=int, default=0, help="at most this many rows per backward sweep"
+    )
+    p.add_argument(
+        "--rates",
+        choices=["saved", "reference", "calibrate"],
+        default="saved",
+        help="time predictions with this machine's saved calibration (else the reference "
+        "rates), the reference rates, or a calibration made now (and saved)",
+    )
     p.add_argument("--budget", help="CIRCUITLAB_AVAILABLE_MEMORY for the runs (e.g. 10GiB)")
     p.add_argument("--json", help="also write the rows to this file")
     a = p.parse_args()
+    if a.rates == "calibrate":
+        rates = calibrate()
+        save_rates(rates)
+    else:
+        rates = REFERENCE if a.rates == "reference" else load_rates()
+    print(f"rates: {rates}")
     fx = smollm2()
     model, (tc, _) = model_shapes(fx.model_dir), transcoder_shapes(fx.transcoder_dir)
     head = (
         f"{'tokens':>6} {'offload':>7} {'active':>9} {'batch':>5} {'rows':>11} {'cpu s':>8} "
-        f"{'pred s':>7} {'s/row':>6} {'pred':>6} {'peak':>10} {'anon':>9} {'pred':>9} "
-        f"{'ratio':>5} {'file':>9} {'pred':>9} {'load':>5}"
+        f"{'pred':>7} {'ratio':>5} {'sweeps':>7} {'pred':>7} {'ratio':>5} {'all s':>8} "
+        f"{'peak':>10} {'anon':>9} {'pred':>9} {'ratio':>5} {'file':>9} {'pred':>9} {'load':>5}"
     )
     print(head)
     results = []
@@ -178,45 +260,55 @@ def main() -> None:
         for mode in a.offload.split(","):
             offload = None if mode == "none" else mode
             r = run_case(fx, n, offload, a)
-            # CPU seconds (one thread): what the machine's load does not stretch.
-            per_row = r["row_cpu_seconds"] / max(r["rows_done"], 1)
+            r["offload"] = offload
+            got = predict(model, tc, n, r, a, rates)
+            cost, mem = got["cost"], got["mem"]
+            # CPU seconds (one thread): what the machine's load does not stretch. A stopped
+            # run is compared with the prediction of the same part; its total is extrapolated
+            # as the phases so far plus its CPU per feature row times all the rows.
+            ran_pred = sum(got["ran_seconds"].values())
+            sweep_cpu = sum(s[-1] for s in r["sweeps"])
             total = r["cpu_seconds"]
             if not r["complete"]:
+                per_row = r["row_cpu_seconds"] / max(r["rows_done"], 1)
                 total = r["before_rows_cpu"] + per_row * r["rows_total"]
-            opts = dict(max_feature_nodes=a.cap, n_active=r["n_active"])
-            mem = estimate_memory(
-                model, tc, n, batch_size=r["sweep_batch"], offload=offload, **opts
-            )
-            cost = estimate_cost(model, tc, n, **opts)
-            # A stopped run holds only its rows so far: compare with the same prefix.
-            if not r["complete"]:
-                mem = estimate_memory(
-                    model, tc, n, batch_size=r["sweep_batch"], offload=offload,
-                    max_feature_nodes=r["rows_done"], n_active=r["n_active"],
-                )  # fmt: skip
-            partial = "" if r["complete"] else "~"
             shown_peak = r["peak_anon"] if offload == "disk" else r["peak"]
             row = dict(
-                tokens=n, offload=mode, **r, extrapolated_seconds=None if r["complete"] else total,
-                predicted_peak=mem.peak, predicted_seconds=cost.total_seconds,
-                predicted_seconds_per_row=cost.seconds_per_row(r["rows_total"] or a.cap),
-                predicted_file_bytes=cost.file_bytes,
+                tokens=n, **r, extrapolated_seconds=None if r["complete"] else total,
+                rates=asdict(rates), predicted_seconds=cost.total_seconds,
+                predicted_phases=cost.seconds, predicted_ran=got["ran_seconds"],
+                predicted_sweeps_recorded=got["recorded_sweeps"],
+                predicted_sweep_count=got["scheduled_sweeps"],
+                predicted_peak=mem.peak, predicted_file_bytes=cost.file_bytes,
             )  # fmt: skip
             results.append(row)
+            partial = "" if r["complete"] else "~"
             file = human(r["file_bytes"]) if r["file_bytes"] else "-"
             print(
                 f"{n:>6} {mode:>7} {r['n_active']:>9,} {r['sweep_batch']:>5} "
-                f"{r['rows_done']:>5}/{r['rows_total']:<5} {partial + f'{total:.0f}':>8} "
-                f"{cost.total_seconds:>7.0f} {per_row:>6.2f} "
-                f"{row['predicted_seconds_per_row']:>6.2f} {partial + human(r['peak']):>10} "
+                f"{r['rows_done']:>5}/{r['rows_total']:<5} {r['cpu_seconds']:>8.0f} "
+                f"{ran_pred:>7.0f} {r['cpu_seconds'] / ran_pred:>5.2f} {sweep_cpu:>7.0f} "
+                f"{got['recorded_sweeps']:>7.0f} {sweep_cpu / got['recorded_sweeps']:>5.2f} "
+                f"{partial + f'{total:.0f}':>8} {partial + human(r['peak']):>10} "
                 f"{human(r['peak_anon']):>9} {human(mem.peak):>9} "
                 f"{shown_peak / mem.peak:>5.2f} {file:>9} {human(cost.file_bytes):>9} "
                 f"{r['load']:>5.1f}",
                 flush=True,
             )
+            phases = ", ".join(
+                f"{k} {r['phase_cpu'].get(k, 0):.1f}/{v:.1f}" for k, v in got["ran_seconds"].items()
+            )
+            print(
+                f"       phases (measured/predicted CPU s): {phases}; {len(r['sweeps'])}/"
+                f"{got['scheduled_sweeps']} sweeps; predicted for all {cost.feature_rows:,} rows: "
+                f"{cost.total_seconds:,.0f} s",
+                flush=True,
+            )
     print(
-        "~ : stopped after the rows shown; time extrapolated, peak so far (predicted for the "
-        "same rows). ratio = measured / predicted peak (anon for disk). load: 1-min load average"
+        "cpu s / pred: CPU seconds of what ran (a stopped run: up to the rows shown) and its "
+        "prediction; sweeps: the recorded backward sweeps' CPU and the work model on them; "
+        "all s: the whole run (~: extrapolated); ~ peak: so far (predicted for the same rows). "
+        "ratio = measured / predicted (peak: anon for disk). load: 1-min load average"
     )
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=1))

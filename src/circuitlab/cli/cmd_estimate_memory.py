@@ -1,4 +1,5 @@
-"""``circuitlab estimate-memory``: predicted peak memory of an attribution, without running it."""
+"""``circuitlab estimate-memory``: predicted peak memory, CPU time and file size of an attribution,
+without running it."""
 
 from __future__ import annotations
 
@@ -23,8 +24,12 @@ Reads the model's config.json (and safetensors headers) and the transcoders' con
 layer-file headers, and prints the predicted peak memory with its parts (runtime, model
 weights, transcoders eager or lazy, forward activations and capture, sources, edge rows, the
 sweep's batch, graph rows, scores/pruning, offload savings) and the total of each phase.
-Also predicts the wall time per phase (operations counted, divided by a rate measured on a
-2-core CPU; --gflops sets yours) and the graph file's size.
+Also predicts the CPU time per phase and the graph file's size: the backward sweeps are
+scheduled as `attribute` runs them and their work (dense projections, the transposed attention
+pattern, the projection onto the sources, the copies of the rows) is divided by this machine's
+rates: measured once by --calibrate (a few seconds, one torch thread, saved in the user cache
+and used by every later estimate on this machine), else the 2-core reference machine's;
+--gflops scales the reference rates to another machine's matmul speed instead.
 Takes the same flags as `circuitlab attribute`. The number of active features is l0 per layer
 and token: TopK's k, else --l0 (default 64): a number, or the JSON that
 `circuitlab eval-transcoders --json` wrote (its mean l0 over layers).
@@ -36,6 +41,7 @@ EXAMPLES = """examples:
   circuitlab estimate-memory -t ./tc -p "The capital of France is" --max_feature_nodes 4096 \\
       --batch_size 64 --offload disk --l0 20
   circuitlab estimate-memory -t ./tc --n-tokens 256 --dtype bfloat16 --json
+  circuitlab estimate-memory -t ./tc --n-tokens 2048 --l0 eval.json --calibrate
   circuitlab estimate-memory -t ./tc --n-tokens 2048 --l0 eval.json --gflops 2000
 """
 
@@ -51,12 +57,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="active features per layer and token: a number, or an eval-transcoders --json file",
     )
-    p.add_argument(
+    rates = p.add_mutually_exclusive_group()
+    rates.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="measure this machine's rates for the time prediction (a few seconds, one torch "
+        "thread), save them in the user cache for later estimates, and use them",
+    )
+    rates.add_argument(
         "--gflops",
         type=float,
         default=None,
-        help="sustained GFLOP/s of this machine for the time prediction (default: the 2-core "
-        "reference machine's, see docs/cli.md)",
+        help="matmul GFLOP/s of the machine that will run `attribute`: the reference rates "
+        "scaled to it (default: this machine's calibrated rates, else the 2-core reference "
+        "machine's; see docs/cli.md)",
     )
     p.add_argument("--json", action="store_true", help="print the estimate as JSON")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -64,6 +78,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..attribution.cost import estimate_cost
+    from ..attribution.cost_rates import REFERENCE, calibrate, load_rates, save_rates
     from ..attribution.memory import estimate_memory, model_shapes, transcoder_shapes
     from . import UsageError
 
@@ -86,18 +101,28 @@ def run(args: argparse.Namespace) -> int:
             f"{model.n_layers} of width {model.d_model}: pass the matching -m/--model"
         )
     n_tokens = args.n_tokens or _count_tokens(model_ref, args.prompt, model.vocab_size)
+    if args.calibrate:
+        rates = calibrate()
+        saved = save_rates(rates)
+        print(f"calibrated rates saved to {saved}", file=sys.stderr)
+    elif args.gflops is not None:
+        rates = REFERENCE.scaled_to(args.gflops * 1e9)
+    else:
+        rates = load_rates()
     est = estimate_memory(model, tc, n_tokens, **_settings(args))
+    warning, fits, sweep_batch = _check_available(model, tc, n_tokens, args)
     cost = estimate_cost(
         model,
         tc,
         n_tokens,
         max_feature_nodes=args.max_feature_nodes,
         max_n_logits=args.max_n_logits,
+        batch_size=args.batch_size,
+        sweep_batch=sweep_batch,
         l0=args.l0,
         edge_dtype=args.edge_dtype or ("float64" if args.dtype == "float64" else "float32"),
-        **({} if args.gflops is None else {"flops_per_second": args.gflops * 1e9}),
+        rates=rates,
     )
-    warning, fits = _check_available(model, tc, n_tokens, args)
     if args.json:
         print(json.dumps({**est.to_json(), **cost.to_json(), **fits}, indent=1))
     else:
@@ -110,26 +135,40 @@ def run(args: argparse.Namespace) -> int:
 
 def _check_available(
     model: Any, tc: Any, n_tokens: int, args: argparse.Namespace
-) -> tuple[str | None, dict[str, Any]]:
-    """``(warning or None, JSON fields)``: the whole peak against the RAM available now."""
+) -> tuple[str | None, dict[str, Any], int]:
+    """``(warning or None, JSON fields, rows per sweep)``: the whole peak against the RAM
+    available now, and the rows per backward sweep ``attribute`` would pick there
+    (``--batch_size`` or the largest halving whose buffers fit)."""
+    import torch
+
     from ..attribution.memory_check import (
         AttributionPlan,
         NotEnoughMemoryError,
         available_memory,
         check_attribution_memory,
+        check_before_sweep,
     )
 
     available = available_memory("cpu")
     if "ram" not in available:
-        return None, {"available_bytes": None, "fits": None}
+        return None, {"available_bytes": None, "fits": None}, args.batch_size
     plan = AttributionPlan(model, tc, n_tokens, _settings(args))
+    n_active = plan.estimate().assumptions["n_active"]
+    try:
+        sweep = AttributionPlan(model, tc, n_tokens, _settings(args))
+        sweep_batch = check_before_sweep(
+            sweep, torch.device("cpu"), n_active, args.max_n_logits, available
+        )
+    except NotEnoughMemoryError:
+        sweep_batch = args.batch_size
     fields: dict[str, Any] = {"available_bytes": available["ram"].bytes, "fits": True}
     try:
         check_attribution_memory(plan, "cpu", stage="all", available=available)
     except NotEnoughMemoryError as e:
         fields.update(fits=False, suggestions=e.suggestions)
-        return "`attribute` would refuse these settings: " + e.message(cli=True), fields
-    return None, fields
+        message = "`attribute` would refuse these settings: " + e.message(cli=True)
+        return message, fields, sweep_batch
+    return None, fields, sweep_batch
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:

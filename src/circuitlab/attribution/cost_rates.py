@@ -1,0 +1,212 @@
+"""The throughputs behind ``attribution.cost``'s time prediction, and how to measure them.
+
+The backward sweep spends its time in three kinds of work (``attribution.backward``,
+``attribution.sources``), each with its own speed on a given machine:
+
+* **matmul**: dense projections (``W_O``, ``W_V``, the skip path), floating-point operations
+  per second of ``[rows * pos, d] @ [d, d]``;
+* **pattern**: the transposed attention pattern's products over causal key blocks
+  (``backward.causal_t_matmul``), operations per second;
+* **read**: (feature, row) pairs per second that ``Sources.read`` projects a gradient onto
+  (gathers of the gradient, batched products with rebuilt decoder vectors, scatter into the
+  rows: memory-bound, so not a flop rate);
+* **stream**: edge entries per second of one pass over stored rows (``|A|`` times a vector,
+  as influence ranking does; also the rate of copying rows into blocks and writing them out).
+
+``calibrate()`` measures the four with one torch thread in a few seconds, on tensors of the
+sweep's shapes (SmolLM2-135M's ``d_model`` 576, ``d_head`` 64, 512 positions, 32 rows), and
+``save_rates`` keeps them in the user cache (``cost-rates.json``) so later predictions on the
+same machine use them (``circuitlab estimate-memory --calibrate``). Without a calibration the
+rates of the reference machine (``REFERENCE``) apply.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+#: The file under the user cache that ``save_rates``/``load_rates`` use.
+RATES_FILE = "cost-rates.json"
+
+
+@dataclass(frozen=True)
+class CostRates:
+    """Throughputs of one CPU thread (or one device); see the module docstring."""
+
+    matmul: float  # flop/s
+    pattern: float  # flop/s
+    read: float  # (feature, row) pairs per second
+    stream: float  # edge entries per second
+    machine: str = "reference"
+
+    def scaled_to(self, matmul: float) -> CostRates:
+        """These rates with ``matmul`` set and the others scaled by the same factor (what
+        ``--gflops`` does: one measured speed, the reference machine's proportions)."""
+        if matmul <= 0:
+            raise ValueError(f"the matmul rate must be positive, got {matmul}")
+        f = matmul / self.matmul
+        return replace(
+            self,
+            matmul=matmul,
+            pattern=self.pattern * f,
+            read=self.read * f,
+            stream=self.stream * f,
+            machine=f"{self.machine}, scaled to {matmul / 1e9:g} GFLOP/s",
+        )
+
+
+#: One torch thread of the 2-core machine this project is developed on (Intel Xeon, AVX-512),
+#: measured by ``calibrate()`` on a quiet machine; the sweep of ``benchmarks/capped.py`` agrees
+#: (``benchmarks/README.md``, *Capped long prompts*).
+REFERENCE = CostRates(matmul=85e9, pattern=80e9, read=6.0e6, stream=400e6)
+
+
+def machine_id() -> str:
+    """What a calibration is valid for: processor, CPU count and torch's version."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu} x{os.cpu_count()} torch {torch.__version__}"
+
+
+def calibrate(seconds: float = 1.0) -> CostRates:
+    """Measures the three rates with one torch thread, about ``seconds`` each (the thread
+    count is restored afterwards)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return CostRates(
+            matmul=_matmul_rate(seconds),
+            pattern=_pattern_rate(seconds),
+            read=_read_rate(seconds),
+            stream=_stream_rate(seconds),
+            machine=machine_id(),
+        )
+    finally:
+        torch.set_num_threads(threads)
+
+
+_D, _D_HEAD, _POS, _ROWS = 576, 64, 512, 32
+
+
+def _timed(work: object, seconds: float) -> float:
+    """Seconds of CPU per call of ``work()`` (called until ``seconds`` have passed; one
+    warm-up call first)."""
+    assert callable(work)
+    work()
+    n, start = 0, time.process_time()
+    while True:
+        work()
+        n += 1
+        spent = time.process_time() - start
+        if spent >= seconds:
+            return spent / n
+
+
+def _matmul_rate(seconds: float) -> float:
+    import torch
+
+    x, w = torch.randn(_ROWS * _POS, _D), torch.randn(_D, _D)
+    return 2 * _ROWS * _POS * _D * _D / _timed(lambda: x @ w, seconds)
+
+
+def _pattern_rate(seconds: float) -> float:
+    import torch
+
+    from .backward import ATTENTION_BLOCK, causal_t_matmul
+
+    pattern_t = torch.rand(_POS, _POS).triu()  # [k, q]: zero where q < k
+    x = torch.randn(_POS, _ROWS * _D_HEAD)
+    out = torch.zeros(_POS, _ROWS * _D_HEAD)
+    flops = 2 * _ROWS * _D_HEAD * blocked_area(_POS, ATTENTION_BLOCK)
+    return flops / _timed(lambda: causal_t_matmul(pattern_t, x, out), seconds)
+
+
+def _read_rate(seconds: float, per_position: int = 16, d_transcoder: int = 4096) -> float:
+    """``Sources.read`` of one layer's features (``per_position`` active at each of ``_POS``
+    positions, random 4,096-feature transcoder) into ``_ROWS`` rows."""
+    import torch
+
+    from ..transcoders.base import SparseActivations
+    from ..transcoders.random import random_transcoder_set
+    from .sources import Sources, pack_decoders
+
+    g = torch.Generator().manual_seed(0)
+    tc = random_transcoder_set(1, _D, d_transcoder, seed=0)
+    idx = torch.stack(
+        [
+            torch.randperm(d_transcoder, generator=g)[:per_position].sort().values
+            for _ in range(_POS)
+        ]
+    )
+    indices = torch.stack(
+        [torch.zeros_like(idx), torch.arange(_POS)[:, None].expand_as(idx), idx], -1
+    ).reshape(-1, 3)
+    features = SparseActivations(indices, torch.rand(len(indices), generator=g) + 0.1)
+    n_cols = len(features) + 2 * _POS
+    sources = Sources(
+        features=features,
+        decoders=pack_decoders(tc, features, _POS, n_cols, torch.float32),
+        errors=torch.randn(1, _POS, _D),
+        tokens=torch.randn(_POS, _D),
+        n_layers=1,
+        n_pos=_POS,
+    )
+    out = torch.zeros(_ROWS, n_cols + 1)
+    grad = torch.randn(_ROWS, _POS, _D)
+    return len(features) * _ROWS / _timed(lambda: sources.read(out, 0, grad), seconds)
+
+
+def _stream_rate(seconds: float, rows: int = 64, cols: int = 2**18) -> float:
+    """Entries per second of ``w @ |A|`` over ``A [rows, cols]`` (64 MiB, beyond the caches)."""
+    import torch
+
+    a, w = torch.randn(rows, cols), torch.rand(rows)
+    return rows * cols / _timed(lambda: w @ a.abs(), seconds)
+
+
+def blocked_area(n_pos: int, block: int) -> int:
+    """Entries of a ``[n_pos, n_pos]`` transposed causal pattern that the blocked product
+    touches: key block ``[lo, hi)`` reads queries ``lo..n_pos``."""
+    return sum(min(block, n_pos - lo) * (n_pos - lo) for lo in range(0, n_pos, block))
+
+
+def rates_path() -> Path:
+    """``cost-rates.json`` in the user cache (``$CIRCUITLAB_CACHE`` or ``~/.cache/circuitlab``)."""
+    from ..models.packaged import cache_dir
+
+    return cache_dir() / RATES_FILE
+
+
+def save_rates(rates: CostRates, path: Path | None = None) -> Path:
+    """Writes ``rates`` (atomically) and returns the file."""
+    path = rates_path() if path is None else path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(asdict(rates), indent=1))
+    tmp.replace(path)
+    return path
+
+
+def load_rates(path: Path | None = None) -> CostRates:
+    """The calibrated rates of this machine when a calibration for it is saved, else
+    ``REFERENCE``."""
+    path = rates_path() if path is None else path
+    try:
+        saved = CostRates(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return REFERENCE
+    return saved if saved.machine == machine_id() else REFERENCE
