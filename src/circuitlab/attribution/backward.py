@@ -119,20 +119,20 @@ class FrozenBackward:
         """Adds the transposed attention path of ``g [batch, pos, d]`` into ``out`` (same shape).
 
         ``x -> C(sum_h P_h x W_V,h W_O,h * s1 * w)`` transposed, with the norm folded into
-        ``pattern_t`` and ``W_V``. Head by head, so that the temporaries beyond ``g @ W_O`` are
-        ``[pos, batch, d_head]``, not ``[batch, pos, d]``; heads sharing a value head (GQA) are
-        summed before ``W_V``.
+        ``pattern_t`` and ``W_V``. The head projection is computed transposed, ``W_O^T g^T
+        [heads * d_head, batch * pos]``, so that each head's block ``[d_head * batch, q]`` is a
+        matrix the pattern multiplies from the right without a copy; heads sharing a value head
+        (GQA) accumulate into one block of ``gv [kv_heads * d_head, batch * pos]``, and a single
+        product with all of ``W_V`` (inner size ``kv_heads * d_head``) adds the result.
         """
         b, p, d = g.shape
         dh, group = self.d_head, self.n_heads // self.n_kv
-        gz = (g.reshape(b * p, d) @ lay.W_O).view(b, p, self.n_heads, dh)
-        for kv in range(self.n_kv):
-            gv = torch.zeros(p, b * dh, dtype=g.dtype, device=g.device)  # [k, batch * d_head]
-            for h in range(kv * group, (kv + 1) * group):
-                x = gz[:, :, h].transpose(0, 1).reshape(p, b * dh)  # [q, batch * d_head]
-                causal_t_matmul(lay.pattern_t[h, :p, :p], x, gv)
-            gv = gv.view(p, b, dh).transpose(0, 1).reshape(b * p, dh)
-            out.view(b * p, d).addmm_(gv, lay.W_V[kv * dh : (kv + 1) * dh])
+        gz = torch.mm(lay.W_O.t(), g.reshape(b * p, d).t()).view(self.n_heads, dh * b, p)
+        gv = torch.zeros(self.n_kv, dh * b, p, dtype=g.dtype, device=g.device)
+        pattern = lay.pattern_t.transpose(1, 2)  # [heads, q, k]
+        for h in range(self.n_heads):
+            causal_matmul(gz[h], pattern[h, :p, :p], gv[h // group])
+        out.view(b * p, d).addmm_(gv.view(self.n_kv * dh, b * p).t(), lay.W_V)
 
     def _attention_at(
         self, lay: _Layer, v: torch.Tensor, positions: torch.Tensor, out: torch.Tensor
@@ -242,6 +242,16 @@ def causal_t_matmul(pattern_t: torch.Tensor, x: torch.Tensor, out: torch.Tensor)
     for lo in range(0, p, ATTENTION_BLOCK):
         hi = min(lo + ATTENTION_BLOCK, p)
         out[lo:hi].addmm_(pattern_t[lo:hi, lo:], x[lo:])
+
+
+def causal_matmul(x: torch.Tensor, pattern: torch.Tensor, out: torch.Tensor) -> None:
+    """``out += x @ pattern`` for a causal ``pattern [q, k]`` (zero where ``k > q``) and ``x [n,
+    q]``: the keys of block ``[lo, hi)`` only read queries ``>= lo`` (``causal_t_matmul``'s
+    saving, with the positions as columns)."""
+    p = x.shape[1]
+    for lo in range(0, p, ATTENTION_BLOCK):
+        hi = min(lo + ATTENTION_BLOCK, p)
+        out[:, lo:hi].addmm_(x[:, lo:], pattern[lo:, lo:hi])
 
 
 def _scaled_pattern(
