@@ -135,34 +135,44 @@ def _pick(marginals: dict[str, float], where) -> str:
     return max(names, key=lambda n: abs(marginals[n]))
 
 
+@pytest.mark.parametrize("layer", [1, 2])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_moving_a_node_changes_the_score_by_its_share(family: str) -> None:
+def test_moving_a_node_changes_the_score_by_its_share(family: str, layer: int) -> None:
     """First order: scaling a node's value by (1 + eps) changes the frozen model's score by
-    eps * (its query marginal + its key marginal). Layer-0 nodes at the key position are
-    key-side only in layer 1 (and those at the query position query-side only)."""
-    rm = build(family, "plt_skip", n_layers=2)
+    eps * (its query marginal + its key marginal). Nodes of layer ``layer - 1`` at the key
+    position are key-side only (and those at the query position query-side only); at layer 2
+    the contributions cross a whole lower block (layer 0) as well as the one below."""
+    rm = build(family, "plt_skip", n_layers=layer + 1)
     cap, feats, errors = _clean_nodes(rm)
-    at = (1, 1, 7, 4)
+    at = (layer, 1, 7, 4)
     r = qk_attribution(rm, PROMPT, *at, top_k=None)
     base = _moved_score(rm, cap, feats, errors, "E_0_0", 0.0, at)
     assert base == pytest.approx(r.total, rel=1e-5)
-    key_only = _pick(r.key_marginals, lambda n: n.startswith("0_") and n.endswith("_4"))
-    query_only = _pick(r.query_marginals, lambda n: n.startswith("0_") and n.endswith("_7"))
+    below = f"{layer - 1}_"
+    key_only = _pick(r.key_marginals, lambda n: n.startswith(below) and n.endswith("_4"))
+    query_only = _pick(r.query_marginals, lambda n: n.startswith(below) and n.endswith("_7"))
     assert key_only not in r.query_marginals and query_only not in r.key_marginals
     token = _pick(r.key_marginals, lambda n: n.startswith("E_"))
+    # at layer 2, a layer-0 node reaches both sides through layer 1's attention
+    both = [n for n in r.key_marginals if n.startswith("0_") and n in r.query_marginals]
+    assert bool(both) == (layer == 2)
     eps = 1e-4
-    for node in (key_only, query_only, token):
+    for node in (key_only, query_only, token, *both[:1]):
         share = r.query_marginals.get(node, 0.0) + r.key_marginals.get(node, 0.0)
         moved = _moved_score(rm, cap, feats, errors, node, eps, at)
         assert (moved - base) / eps == pytest.approx(share, rel=1e-3, abs=1e-6 * abs(r.total))
 
 
+@pytest.mark.parametrize("layer", [1, 2])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_bias_terms_are_the_query_and_key_of_the_model_without_nodes(family: str) -> None:
-    """With every node at zero the frozen model's query and key are the bias vectors."""
-    rm = build(family, "plt_skip", n_layers=2)
+def test_bias_terms_are_the_query_and_key_of_the_model_without_nodes(
+    family: str, layer: int
+) -> None:
+    """With every node at zero the frozen model's query and key are the bias vectors (so the
+    nodes' contributions, carried through every block below ``layer``, sum to the rest)."""
+    rm = build(family, "plt_skip", n_layers=layer + 1)
     cap, feats, errors = _clean_nodes(rm)
-    layer, head, q, k = 1, 3, 6, 2
+    head, q, k = 3, 6, 2
     r = qk_attribution(rm, PROMPT, layer, head, q, k)
     tc = rm.transcoders
     reads = cap.stacked_reads()

@@ -26,6 +26,7 @@ from torch import nn
 from ..attribution.backward import FrozenBackward
 from ..attribution.sources import Sources
 from ..graph.graph import Graph
+from ..models.norms import norm_transpose
 from ..models.session import Capture
 from ..models.tokens import Prompt
 from ..replacement import ReplacementModel
@@ -159,8 +160,11 @@ class FrozenPrompt:
         b, p = positions.shape[0], int(positions.max()) + 1
         out = torch.zeros(b, src.n_cols + 1, dtype=self.dtype, device=directions.device)
         g = torch.zeros(b, p, directions.shape[1], dtype=self.dtype, device=directions.device)
-        g[torch.arange(b), positions] = directions.to(self.dtype)
-        for lower in range(layer - 1, -1, -1):
+        rows, v = torch.arange(b), directions.to(self.dtype)
+        g[rows, positions] = v
+        if layer > 0:  # the layer below: each row is non-zero at its own position only
+            self._first_layer(layer - 1, positions, v, g, out)
+        for lower in range(layer - 2, -1, -1):
             lay = bw.layers[lower]
             gw = g
             if lay.post_mlp is not None and not bw.write_after_post_norm:
@@ -179,6 +183,47 @@ class FrozenPrompt:
             bw._attention_t(lay, ga, g)
         src.read_tokens(out, g)
         return out[:, :-1]
+
+    def _first_layer(
+        self,
+        lower: int,
+        positions: torch.Tensor,
+        v: torch.Tensor,
+        g: torch.Tensor,
+        out: torch.Tensor,
+    ) -> None:
+        """``contributions``' step through layer ``lower`` for gradients ``g [b, p, d]`` that
+        are ``v [b, d]`` at ``positions [b]`` and zero elsewhere: the skip path and the
+        attention (``W_O`` and the pattern row) applied to one vector per row instead of to
+        every position, all zero but one (``FrozenBackward._attention_at``)."""
+        bw, ad, src = self.backward, self.model.adapter, self.sources
+        lay, rows = bw.layers[lower], torch.arange(v.shape[0])
+        vw = v
+        if lay.post_mlp is not None and not bw.write_after_post_norm:
+            vw = self._norm_at(ad.post_mlp_norm, lower, v, lay.post_mlp[positions])
+        if vw is v:
+            src.read(out, lower, g)
+        else:
+            gw = torch.zeros_like(g)
+            gw[rows, positions] = vw
+            src.read(out, lower, gw)
+        if lay.W_skip is not None:
+            sk = vw @ lay.W_skip
+            if lay.ln2 is not None:
+                sk *= lay.ln2[positions].to(self.dtype)
+            g[rows, positions] += sk
+        va = g[rows, positions]
+        if lay.post_attn is not None:
+            va = self._norm_at(ad.post_attn_norm, lower, va, lay.post_attn[positions])
+        bw._attention_at(lay, va, positions, g)
+
+    def _norm_at(
+        self, name: str | None, layer: int, v: torch.Tensor, scale: torch.Tensor
+    ) -> torch.Tensor:
+        """A frozen norm transposed on vectors ``v [b, d]`` with their own scales ``[b, 1]``."""
+        assert name is not None
+        module = self.model.block(layer).get_submodule(name)
+        return norm_transpose(self.model.adapter.norm, module, v, scale.to(self.dtype))
 
 
 def _check_graph(graph: Graph, features: SparseActivations, ids: torch.Tensor) -> None:
