@@ -15,7 +15,8 @@ its default optimiser (``SignSGD`` in ``schedulefree.ScheduleFreeWrapper``, mome
 data feed differs from ``sparsify.Trainer.fit``: cached activations instead of model
 forwards, so both tools see the same tokens in the same order. Writes ``WORK/sparsify.pt``
 (per layer ``W_enc [F, d]``, ``b_enc [F]``, ``W_dec [F, d]``, ``b_dec [d]``) and
-``WORK/sparsify.json`` (wall and process CPU time of the training loop, settings, the last training FVUs).
+``WORK/sparsify.json`` (wall and process CPU time of the training loop, settings, the
+training FVU every 20 steps: the mean of the steps' batch FVUs since the last log).
 """
 
 # pyright: reportMissingImports=false
@@ -58,6 +59,7 @@ def main() -> None:
     )
     opt.train()
     fvus = [0.0] * n_layers
+    history, fvu_sums, logged = [], [0.0] * n_layers, 0
     start, cpu_start = time.perf_counter(), time.process_time()
     for step in range(steps):
         idx = np.sort(order[step * args.batch : (step + 1) * args.batch])
@@ -72,10 +74,14 @@ def main() -> None:
             out = sae(x=x, y=y, dead_mask=None, total_variance=total_variance)
             out.fvu.backward()
             fvus[layer] = float(out.fvu)
+            fvu_sums[layer] += fvus[layer]
         opt.step()
         opt.zero_grad()
-        if step % 20 == 0 or step == steps - 1:
-            print(f"step {step + 1}/{steps}: fvu {[round(f, 4) for f in fvus]}", flush=True)
+        if step % 20 == 0 or step == steps - 1:  # mean over the steps since the last log
+            mean = [f / (step + 1 - logged) for f in fvu_sums]
+            history.append({"step": step + 1, "fvu": mean})
+            fvu_sums, logged = [0.0] * n_layers, step + 1
+            print(f"step {step + 1}/{steps}: fvu {[round(f, 4) for f in mean]}", flush=True)
     seconds = time.perf_counter() - start
     cpu_seconds = time.process_time() - cpu_start
     opt.eval()  # schedule-free: the evaluation weights are the averaged iterate
@@ -102,6 +108,7 @@ def main() -> None:
         "auxk_alpha": 0.0,
         "train_fvu_last_batch": fvus,
         "threads": args.threads,
+        "history": history,
     }
     (args.work / "sparsify.json").write_text(json.dumps(info, indent=2))
     print(json.dumps(info))

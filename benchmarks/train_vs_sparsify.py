@@ -2,7 +2,8 @@
 
     python benchmarks/train_vs_sparsify.py --work /tmp/tvs [--layers 4 12 20] \
         [--train-tokens 65536] [--steps 192] [--batch 1024] [--width 4096] [--k 32] \
-        [--sparsify-python /work/sparsify-venv/bin/python] [--plot tvs.png]
+        [--threads 1] [--sparsify-python /work/sparsify-venv/bin/python] [--plot tvs.png] \
+        [--skip circuitlab|sparsify]
 
 1. *prepare* (once; reused when ``WORK`` has it): SmolLM2-135M-Instruct
    (``packaged_model_dir('smollm2')``) runs over the offline Wikipedia text
@@ -13,14 +14,21 @@
    token windows; ``order.npy`` fixes every step's batch (random epochs over the training
    tokens), so both tools see the same tokens in the same order.
 2. *circuitlab*: TopK PLTs for the chosen layers, trained jointly by the step of
-   ``circuitlab train`` (``trainer._step``: Adam, warm-up and decay, unit-norm decoders, AuxK,
-   sparse kernels; normalisation from the first 8,192 tokens) with its defaults.
+   ``circuitlab train`` (``trainer._step``: fused Adam from ``trainer.new_optimizer``, warm-up
+   and decay, unit-norm decoders, AuxK, sparse kernels; normalisation from the first 8,192
+   tokens) with its defaults.
 3. *sparsify*: ``train_sparsify_worker.py`` in the other venv (its own defaults; see there).
 4. *evaluate* both on the held-out tokens, with the same code: FVU
    (``Σ‖y − ŷ‖² / Σ‖y − ȳ‖²``), L0, features never active, and the next-token loss with each
    layer's MLP output replaced by the reconstruction (the BOS position kept), against zeroing
-   it: loss recovered ``(L_zero − L_replaced) / (L_zero − L_clean)``. Wall time is the
-   training loop alone (data reads included for both), measured in the same run.
+   it: loss recovered ``(L_zero − L_replaced) / (L_zero − L_clean)``. Process CPU time and
+   wall time of the training loop alone (data reads included for both); both tools run with
+   ``--threads`` torch threads (default 1), one after the other. CPU time is the figure to
+   compare on a shared machine: others' load stretches wall time, not CPU time.
+
+``--skip TOOL`` reuses that tool's weights and timing from an earlier run in ``WORK`` (the
+cached activations are always reused when their settings match), e.g. to rerun circuitlab's
+side alone against a sparsify result.
 
 Prints a table and writes ``WORK/results.json`` and ``--plot``.
 """
@@ -109,9 +117,10 @@ def train_circuitlab(work: Path, width: int, k: int, batch: int) -> dict[str, An
         activation="topk", d_transcoder=width, k=k, batch_size=batch, n_tokens=steps * batch
     )
     tc = T.new_trainable(cfg, n_layers, d)
-    opt = torch.optim.Adam(tc.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
+    opt = T.new_optimizer(tc, cfg)
     prog, metrics = T.Progress(), T._Metrics(n_layers, width)
-    start = time.perf_counter()
+    history: list[dict[str, Any]] = []
+    start, cpu_start = time.perf_counter(), time.process_time()
     first = np.sort(order[:8192])
     T._init_from_buffer(tc, torch.from_numpy(x_all[:, first]), torch.from_numpy(y_all[:, first]))
     for step in range(steps):
@@ -120,19 +129,26 @@ def train_circuitlab(work: Path, width: int, k: int, batch: int) -> dict[str, An
         yb = torch.from_numpy(y_all[:, idx]) / tc.out_scale[:, None, None]
         T._step(tc, opt, cfg, prog, metrics, xb, yb, steps)
         if step % 20 == 0 or step == steps - 1:
-            fvu = metrics.summary(prog.tokens, cfg.dead_window)["fvu"]
+            s = metrics.summary(prog.tokens, cfg.dead_tokens)
             metrics.reset(n_layers)
-            print(f"step {step + 1}/{steps}: fvu {[round(f, 4) for f in fvu]}", flush=True)
+            history.append({"step": step + 1, "fvu": s["fvu"], "dead": s["dead"]})
+            print(
+                f"step {step + 1}/{steps}: fvu {[round(f, 4) for f in s['fvu']]}, dead {s['dead']}",
+                flush=True,
+            )
     seconds = time.perf_counter() - start
+    cpu_seconds = time.process_time() - cpu_start
     ts: Any = tc.to_transcoders(input_hook=cfg.in_hook, output_hook=cfg.output_hook)
     weights = {}
     for layer in range(n_layers):
         t = ts.layers[layer]
         for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
             weights[f"{layer}.{name}"] = getattr(t, name).detach().clone()
-    info = {"tool": "circuitlab", "seconds": round(seconds, 1), "steps": steps}
-    info |= {"tokens": steps * batch, "lr": cfg.lr, "optimizer": "Adam (circuitlab default)"}
-    info |= {"auxk_alpha": cfg.auxk_alpha, "threads": torch.get_num_threads()}
+    info = {"tool": "circuitlab", "seconds": round(seconds, 1)}
+    info |= {"cpu_seconds": round(cpu_seconds, 1), "steps": steps, "tokens": steps * batch}
+    info |= {"lr": cfg.lr, "optimizer": "fused Adam (circuitlab default, new_optimizer)"}
+    info |= {"auxk_alpha": cfg.auxk_alpha, "k_aux": cfg.aux_k, "dead_tokens": cfg.dead_tokens}
+    info |= {"threads": torch.get_num_threads(), "history": history}
     torch.save(weights, work / "circuitlab.pt")
     (work / "circuitlab.json").write_text(json.dumps(info, indent=2))
     return info
@@ -229,20 +245,22 @@ def evaluate(work: Path, tools: list[str], layers: list[int], k: int) -> dict[st
 
 
 def report(results: dict[str, Any], infos: dict[str, dict[str, Any]], width: int) -> str:
-    lines = ["| tool | layer | held-out FVU | loss recovered | L0 | never active | wall (s) |"]
-    lines.append("|---|---|---|---|---|---|---|")
+    lines = [
+        "| tool | layer | held-out FVU | loss recovered | L0 | never active | CPU (s) | wall (s) |"
+    ]
+    lines.append("|---|---|---|---|---|---|---|---|")
     for tool, rows in results["tools"].items():
         for r in rows:
             lines.append(
                 f"| {tool} | {r['layer']} | {r['fvu']:.4f} | {r['loss_recovered']:.4f} | "
-                f"{r['l0']:.1f} | {r['never_active']} of {width} | |"
+                f"{r['l0']:.1f} | {r['never_active']} of {width} | | |"
             )
         n = len(rows)
         lines.append(
             f"| **{tool}** | mean | **{sum(r['fvu'] for r in rows) / n:.4f}** | "
             f"**{sum(r['loss_recovered'] for r in rows) / n:.4f}** | "
             f"{sum(r['l0'] for r in rows) / n:.1f} | {sum(r['never_active'] for r in rows)} | "
-            f"**{infos[tool]['seconds']}** |"
+            f"**{infos[tool].get('cpu_seconds', '?')}** | {infos[tool]['seconds']} |"
         )
     return "\n".join(lines)
 
@@ -256,7 +274,7 @@ def plot(results: dict[str, Any], infos: dict[str, dict[str, Any]], path: Path) 
         return
     tools = list(results["tools"])
     layers = [r["layer"] for r in results["tools"][tools[0]]]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
     width = 0.8 / len(tools)
     for j, (key, title) in enumerate(
         (
@@ -272,8 +290,21 @@ def plot(results: dict[str, Any], infos: dict[str, dict[str, Any]], path: Path) 
         ax.set_xticklabels([f"layer {layer}" for layer in layers])
         ax.set_title(title)
         ax.legend()
-    axes[2].bar(tools, [infos[t]["seconds"] for t in tools], color=["C0", "C1"][: len(tools)])
-    axes[2].set_title("training wall time (s, lower is better)")
+    for t, tool in enumerate(tools):  # training FVU (of the batches, as each tool logs it)
+        hist = infos[tool].get("history", [])
+        for i, layer in enumerate(layers):
+            steps = [h["step"] for h in hist]
+            style = ("-", "--", ":")[i % 3]
+            fvu = [h["fvu"][i] for h in hist]
+            axes[2].plot(steps, fvu, style, color=f"C{t}", label=f"{tool} L{layer}")
+    axes[2].set_ylim(0, 1.2)
+    axes[2].set_xlabel("step")
+    axes[2].set_title("training FVU")
+    axes[2].legend(fontsize=7)
+    cpu = [infos[t].get("cpu_seconds", 0.0) for t in tools]
+    axes[3].bar(tools, cpu, color=["C0", "C1"][: len(tools)])
+    threads = infos[tools[0]].get("threads")
+    axes[3].set_title(f"training CPU s, {threads} thread(s) (lower is better)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -289,6 +320,7 @@ def main() -> None:
     p.add_argument("--width", type=int, default=4096)
     p.add_argument("--k", type=int, default=32)
     p.add_argument("--sparsify-python", default=DEFAULT_SPARSIFY_PYTHON)
+    p.add_argument("--threads", type=int, default=1, help="torch threads, for both tools")
     p.add_argument(
         "--skip",
         nargs="*",
@@ -298,6 +330,7 @@ def main() -> None:
     )
     p.add_argument("--plot", type=Path)
     args = p.parse_args()
+    torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load {os.getloadavg()}")
     prepare(args.work, args.layers, args.train_tokens, args.heldout_tokens)
     write_order(args.work, args.steps, args.batch)
