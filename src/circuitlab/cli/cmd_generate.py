@@ -21,7 +21,7 @@ DESCRIPTION = (
 )
 EXAMPLES = """examples:
   circuitlab generate --smollm2 -p "The capital of France is" -n 8 \\
-      --nodes 29_868_5 29_1370_5 28_1517_5 29_242_5 24_1262_5 0_1079_2 26_457_5
+      --constrained-layers all --nodes 29_1786_5 29_533_5 2_527_1 29_890_5 25_1195_5
   circuitlab generate -t ./tc -m ./model -p "Hecho: Michael Jordan juega al" \\
       --graph-json graphs/jordan.json --supernode Spanish --node-scale -2 --sample --seed 0
 """

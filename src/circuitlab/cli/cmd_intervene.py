@@ -22,7 +22,7 @@ DESCRIPTION = (
 )
 EXAMPLES = """examples:
   circuitlab intervene --smollm2 -p "The capital of France is" --target " Paris" \\
-      --nodes 29_868_5 29_1370_5 28_1517_5 29_242_5 24_1262_5 0_1079_2 26_457_5
+      --constrained-layers all --nodes 29_1786_5 29_533_5 2_527_1 29_890_5 25_1195_5
   circuitlab intervene -t ./tc -m ./model -p "Fact: the capital of the state containing Dallas is" \\
       --scale 10 8 5000,5001 -4 --constrained-layers 16-21
   circuitlab intervene -t ./tc -m ./model -p "..." --graph-json graphs/dallas.json \\

@@ -22,7 +22,7 @@ EXAMPLES = """examples:
   circuitlab validate dallas.safetensors -t ./tc -m ./model --thresholds 0.5 0.7 0.9 0.99 \\
       --plot dallas.svg --json dallas.faithfulness.json
   circuitlab validate dallas.safetensors -t ./tc --graph_file_dir ./graphs --slug dallas
-  circuitlab validate france.safetensors --smollm2 --pinned 29_868_5 29_1370_5 --constrained-layers all
+  circuitlab validate france.safetensors --smollm2 --pinned 29_1786_5 29_533_5 --constrained-layers all
   circuitlab validate dallas.safetensors -t ./tc --mean-ablation prompts.txt --save-means means.safetensors
 """
 

@@ -185,9 +185,9 @@ def read_eval(entry: str | Path) -> dict[str, Any]:
 
 
 def quality_line(record: dict[str, Any]) -> str:
-    """Two lines on a set's held-out quality from its ``eval.json`` record: mean and worst
-    layer FVU, loss recovered (per layer, mean; every layer replaced at once), L0 and the
-    build's time."""
+    """A few lines on a set's held-out quality from its ``eval.json`` record: mean and worst
+    layer FVU, loss recovered (per layer, mean; every layer replaced at once), L0, what the
+    figures mean and the build's time."""
     o = record["overall"]
     fvu = record["fvu"]
     worst = max(range(len(fvu)), key=fvu.__getitem__)
@@ -196,7 +196,9 @@ def quality_line(record: dict[str, Any]) -> str:
         f"transcoders held-out ({record['n_tokens']:,} tokens): FVU mean {o['fvu_mean']:.3f}, "
         f"worst {fvu[worst]:.3f} (layer {worst}); loss recovered "
         f"{_num(per_layer)} per layer (mean), {_num(together)} with all "
-        f"{len(fvu)} layers replaced; L0 {o['l0_mean']:.1f}"
+        f"{len(fvu)} layers replaced; L0 {o['l0_mean']:.1f}",
+        "  (FVU: the share of each MLP output's variance left unexplained, 0 exact, 1 no better "
+        "than its mean; loss recovered: 1 = the model's next-token loss, 0 = the MLP zeroed)",
     ]
     build = record.get("build")
     if build:
