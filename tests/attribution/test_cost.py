@@ -4,6 +4,7 @@ as the work does and divides by the rates it is given; the file size matches a s
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -49,9 +50,7 @@ def test_time_divides_by_the_rates() -> None:
     assert slow.total_seconds == pytest.approx(10 * fast.total_seconds)
     assert fast.file_bytes == slow.file_bytes
     # Only the pattern rate slower: the pattern's share of the sweep grows with the prompt.
-    pattern = cr.CostRates(
-        REFERENCE.matmul, REFERENCE.pattern / 2, REFERENCE.read, REFERENCE.stream
-    )
+    pattern = replace(REFERENCE, pattern=REFERENCE.pattern / 2)
     ratios = [
         estimate_cost(MODEL, TC, n, l0=19, rates=pattern).total_seconds
         / estimate_cost(MODEL, TC, n, l0=19).total_seconds
@@ -90,12 +89,16 @@ def test_schedule_matches_the_sweeps_attribute_runs(
     # The same sweeps, each with the same number of rows; logit sweeps exactly.
     assert [s.rows for s in predicted] == [s[0] for s in seen]
     assert [(s.positions, s.layer_steps) for s in logits] == [s[1:] for s in seen[: len(logits)]]
-    # Feature sweeps: the positions they reach and the layers their rows pass, in total, as
-    # the schedule assumes (features spread over positions and layers).
+    # Feature sweeps: the positions they reach in total, as the schedule assumes (every
+    # active feature spread over the prompt; a capped choice near its end). Uncapped, the
+    # rows are the active features, so the layers they pass follow from them too (under a
+    # cap the depth is an assumption measured on SmolLM2, cost.SELECTED_DEPTH).
     measured = seen[len(logits) :]
     reach = sum(s.positions for s in features) / sum(s[1] for s in measured)
-    steps = sum(s.layer_steps for s in features) / sum(s[2] for s in measured)
-    assert 0.7 < reach < 1.3 and 0.6 < steps < 1.6, (reach, steps)
+    assert 0.75 < reach < 1.25, reach
+    if cap is None:
+        steps = sum(s.layer_steps for s in features) / sum(s[2] for s in measured)
+        assert 0.8 < steps < 1.25, steps
     # The estimate uses that schedule.
     est = estimate_cost(model, tc, n, max_feature_nodes=cap, max_n_logits=graph.n_logits,
                         batch_size=8, update_interval=2, n_active=n_active)  # fmt: skip

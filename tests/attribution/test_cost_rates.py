@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from circuitlab.attribution.backward import ATTENTION_BLOCK, causal_t_matmul
+from circuitlab.attribution.backward import ATTENTION_BLOCK, causal_matmul
 from circuitlab.attribution.cost_rates import (
     REFERENCE,
     blocked_area,
@@ -47,6 +47,7 @@ def test_scaled_to_keeps_the_proportions() -> None:
     assert fast.matmul == 4 * REFERENCE.matmul
     assert fast.pattern == pytest.approx(4 * REFERENCE.pattern)
     assert fast.read == pytest.approx(4 * REFERENCE.read)
+    assert fast.elementwise == pytest.approx(4 * REFERENCE.elementwise)
     assert fast.stream == pytest.approx(4 * REFERENCE.stream)
     with pytest.raises(ValueError, match="positive"):
         REFERENCE.scaled_to(0)
@@ -55,9 +56,8 @@ def test_scaled_to_keeps_the_proportions() -> None:
 @pytest.mark.parametrize("n_pos", [1, 100, 256, 300, 700])
 def test_blocked_area_counts_what_the_blocked_product_reads(n_pos: int) -> None:
     # A pattern of ones (not causal) and x = 1: out sums the pattern entries the product reads.
-    out = torch.zeros(n_pos, 1, dtype=torch.float64)
-    causal_t_matmul(
-        torch.ones(n_pos, n_pos, dtype=torch.float64), torch.ones(n_pos, 1).double(), out
-    )
+    out = torch.zeros(1, n_pos, dtype=torch.float64)
+    ones = torch.ones(n_pos, n_pos, dtype=torch.float64)
+    causal_matmul(torch.ones(1, n_pos, dtype=torch.float64), ones, out)
     assert blocked_area(n_pos, ATTENTION_BLOCK) == int(out.sum())
     assert blocked_area(n_pos, ATTENTION_BLOCK) >= n_pos * (n_pos + 1) // 2

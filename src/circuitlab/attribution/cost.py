@@ -21,8 +21,9 @@ machine (``attribution.cost_rates``: calibrated with ``circuitlab estimate-memor
     term quadratic in positions): ``2 heads d_head area`` flops at the *pattern* rate;
 
   and ``Sources.read`` projects each row's gradient onto the features written below its read
-  layer at positions ``< p`` (``read_pairs``, at the memory-bound *read* rate). Each row is
-  then copied into its edge blocks (*stream* rate, per entry).
+  layer at positions ``< p`` (``read_pairs``) and the error nodes there (``p`` a layer), at the
+  memory-bound *read* rate; the tokens' read is ``p d`` entries per row at the *elementwise*
+  rate. Each row is then copied into its edge blocks (*stream* rate, per entry).
 * **ranking**: under a cap, the influence of every node is recomputed from the rows so far
   before each ranking chunk (one pass over the stored entries, *stream* rate);
 * **graph**: the kept blocks renumbered and written (the file's entries, *stream* rate).
@@ -30,12 +31,15 @@ machine (``attribution.cost_rates``: calibrated with ``circuitlab estimate-memor
 The row schedule is predicted as the engine runs it (``schedule``): logit rows in sweeps at
 the last position; feature rows ranked in chunks of ``update_interval * batch_size`` (or all
 at once uncapped), each chunk sorted by position and cut into sweeps of ``sweep_batch`` rows
-(the batch that the memory check picks). What is *assumed*: the chosen features' positions
-spread over the prompt like the active features (evenly over the non-BOS positions), so the
-``j``-th of a chunk's ``m`` sweeps reaches ``(j + 1) / m`` of the prompt; their read layers
-spread evenly (a row passes ``(L - 1) / 2`` layers on average); each layer's active features
-spread evenly over the positions. ``benchmarks/capped.py`` compares this with measured runs;
-the stated accuracy is ``TIME_TOLERANCE``.
+(the batch that the memory check picks). What is *assumed*: uncapped, the rows are the active
+features, spread evenly over the non-BOS positions and the layers (the ``j``-th of ``m``
+sweeps reaches ``(j + 1) / m`` of the prompt, a row passes ``(L - 1) / 2`` layers); under a
+cap, influence ranking chooses features near the end of the prompt and in the lower layers,
+which the schedule takes as spread evenly over the last ``SELECTION_WINDOW`` positions and
+passing ``SELECTED_DEPTH * L`` layers (both measured on SmolLM2, and prompt-dependent: the
+first ranking chunks are deeper than the rest); each layer's active features spread evenly
+over the positions. ``benchmarks/capped.py`` compares this with measured runs, sweep by
+sweep; the stated accuracy is ``TIME_TOLERANCE``.
 
 The file (``graph.storage``) holds the kept edge rows in the edge dtype (selected features,
 errors and tokens of earlier layers and positions, ``attribution.memory``'s row model
@@ -62,6 +66,14 @@ from .memory import (
 ATTENTION_BLOCK = 256
 #: ``attribute``'s default ``update_interval``: ranking chunks of this many sweeps' rows.
 UPDATE_INTERVAL = 4
+#: Under a cap, the layers a chosen feature's row passes on average, as a share of the model's
+#: layers: influence ranking picks shallow features (measured on SmolLM2 with the 30 x 4,096
+#: PLTs, cap 7,500: 0.15 at 128 tokens, 0.21 at 512; ``benchmarks/capped.py``).
+SELECTED_DEPTH = 0.18
+#: Under a cap, the chosen features lie near the end of the prompt: their positions are taken
+#: as spread evenly over the last this many (measured: on average 37 positions before the end
+#: at 128 tokens, 28 at 512).
+SELECTION_WINDOW = 64
 #: The stated accuracy of the time prediction: measured CPU time of one thread on a quiet
 #: machine lies within ``1 / TIME_TOLERANCE`` .. ``TIME_TOLERANCE`` of the prediction
 #: (``benchmarks/README.md``, *Capped long prompts*).
@@ -118,8 +130,8 @@ class CostEstimate:
             f"x{TIME_TOLERANCE:g} either way on a quiet machine), {self.sweeps:,} sweeps of up to "
             f"{self.sweep_batch} rows",
             f"  rates ({r.machine}): matmul {r.matmul / 1e9:.0f} GFLOP/s, pattern "
-            f"{r.pattern / 1e9:.0f} GFLOP/s, read {r.read / 1e6:.1f} M pairs/s, stream "
-            f"{r.stream / 1e6:.0f} M entries/s"
+            f"{r.pattern / 1e9:.0f} GFLOP/s, read {r.read / 1e6:.1f} M pairs/s, elementwise "
+            f"{r.elementwise / 1e6:.0f} M entries/s, stream {r.stream / 1e6:.0f} M entries/s"
             + ("" if r.machine != "reference" else " (`--calibrate` measures this machine's)"),
         ]
         lines += [f"  {k:<14}{v:>10,.1f} s" for k, v in self.seconds.items()]
@@ -132,12 +144,12 @@ def sweep_work(model: ModelShapes, transcoders: TranscoderShapes, sweep: Sweep) 
     docstring)."""
     d, h, kv, dh, p = model.d_model, model.n_heads, model.n_kv_heads, model.d_head, sweep.positions
     dense = 2 * p * d * (h + kv) * dh + (2 * p * d * d if transcoders.skip else 0)
-    dense += 4 * p * d  # the error vectors' products and the gradient updates
     pattern = 2 * h * dh * blocked_area(p, ATTENTION_BLOCK)
     return {
-        "matmul": sweep.layer_steps * dense + sweep.rows * 2 * p * d,  # + the token read
+        "matmul": sweep.layer_steps * dense,
         "pattern": sweep.layer_steps * pattern,
-        "read": sweep.read_pairs,
+        "read": sweep.read_pairs + sweep.layer_steps * p,  # features, errors (one a position)
+        "elementwise": sweep.rows * p * d,  # the tokens' read
     }
 
 
@@ -146,7 +158,12 @@ def sweep_seconds(
 ) -> float:
     """Predicted CPU seconds of one sweep (without the copy of its rows into the store)."""
     w = sweep_work(model, transcoders, sweep)
-    return w["matmul"] / rates.matmul + w["pattern"] / rates.pattern + w["read"] / rates.read
+    return (
+        w["matmul"] / rates.matmul
+        + w["pattern"] / rates.pattern
+        + w["read"] / rates.read
+        + w["elementwise"] / rates.elementwise
+    )
 
 
 def schedule(
@@ -169,15 +186,20 @@ def schedule(
     for start in range(0, n_logits, b):
         k = min(b, n_logits - start)
         logits.append(Sweep(k, n, k * L, k * L * per_layer))
-    chunk = feature_rows if feature_rows >= n_active else max(1, rank_every)
+    capped = feature_rows < n_active
+    chunk = max(1, rank_every) if capped else feature_rows
+    # Uncapped: every active feature, over all positions and layers. Capped: the chosen
+    # features' positions fill the last ``window`` positions, their depth SELECTED_DEPTH.
+    window = min(n - 1, SELECTION_WINDOW) if capped else n
+    depth = SELECTED_DEPTH * L if capped else (L - 1) / 2
     features = []
     for start in range(0, feature_rows, chunk):
         rows = min(chunk, feature_rows - start)
         m = math.ceil(rows / b)
         for j in range(m):
             k = min(b, rows - j * b)
-            p = max(1, min(n, round(n * (j + 1) / m)))
-            steps = k * (L - 1) / 2
+            p = max(1, min(n, n - window + round(window * (j + 1) / m)))
+            steps = k * depth
             # sources of earlier layers at positions < p (the BOS has none)
             features.append(Sweep(k, p, steps, steps * per_layer * max(p - 1, 0) / max(n - 1, 1)))
     return logits, features

@@ -5,15 +5,17 @@ The backward sweep spends its time in three kinds of work (``attribution.backwar
 
 * **matmul**: dense projections (``W_O``, ``W_V``, the skip path), floating-point operations
   per second of ``[rows * pos, d] @ [d, d]``;
-* **pattern**: the transposed attention pattern's products over causal key blocks
-  (``backward.causal_t_matmul``), operations per second;
-* **read**: (feature, row) pairs per second that ``Sources.read`` projects a gradient onto
-  (gathers of the gradient, batched products with rebuilt decoder vectors, scatter into the
-  rows: memory-bound, so not a flop rate);
+* **pattern**: the attention pattern's products over causal key blocks
+  (``backward.causal_matmul``), operations per second;
+* **read**: (source, row) pairs per second that ``Sources.read`` projects a gradient onto,
+  the sources being a layer's features and error nodes (rebuilt decoder vectors, batched
+  products, scatter into the rows: memory-bound, so not a flop rate);
+* **elementwise**: gradient entries per second of the tokens' read (a product and a sum over
+  ``d`` for every row and position: ``sources._read_vectors``), memory-bound;
 * **stream**: edge entries per second of one pass over stored rows (``|A|`` times a vector,
   as influence ranking does; also the rate of copying rows into blocks and writing them out).
 
-``calibrate()`` measures the four with one torch thread in a few seconds, on tensors of the
+``calibrate()`` measures the five with one torch thread in a few seconds, on tensors of the
 sweep's shapes (SmolLM2-135M's ``d_model`` 576, ``d_head`` 64, 512 positions, 32 rows), and
 ``save_rates`` keeps them in the user cache (``cost-rates.json``) so later predictions on the
 same machine use them (``circuitlab estimate-memory --calibrate``). Without a calibration the
@@ -40,6 +42,7 @@ class CostRates:
     matmul: float  # flop/s
     pattern: float  # flop/s
     read: float  # (feature, row) pairs per second
+    elementwise: float  # gradient entries per second
     stream: float  # edge entries per second
     machine: str = "reference"
 
@@ -54,6 +57,7 @@ class CostRates:
             matmul=matmul,
             pattern=self.pattern * f,
             read=self.read * f,
+            elementwise=self.elementwise * f,
             stream=self.stream * f,
             machine=f"{self.machine}, scaled to {matmul / 1e9:g} GFLOP/s",
         )
@@ -62,7 +66,7 @@ class CostRates:
 #: One torch thread of the 2-core machine this project is developed on (Intel Xeon, AVX-512),
 #: measured by ``calibrate()`` on a quiet machine; the sweep of ``benchmarks/capped.py`` agrees
 #: (``benchmarks/README.md``, *Capped long prompts*).
-REFERENCE = CostRates(matmul=85e9, pattern=80e9, read=6.0e6, stream=400e6)
+REFERENCE = CostRates(matmul=85e9, pattern=80e9, read=6.0e6, elementwise=400e6, stream=400e6)
 
 
 def machine_id() -> str:
@@ -81,7 +85,7 @@ def machine_id() -> str:
 
 
 def calibrate(seconds: float = 1.0) -> CostRates:
-    """Measures the three rates with one torch thread, about ``seconds`` each (the thread
+    """Measures the five rates with one torch thread, about ``seconds`` each (the thread
     count is restored afterwards)."""
     import torch
 
@@ -92,6 +96,7 @@ def calibrate(seconds: float = 1.0) -> CostRates:
             matmul=_matmul_rate(seconds),
             pattern=_pattern_rate(seconds),
             read=_read_rate(seconds),
+            elementwise=_elementwise_rate(seconds),
             stream=_stream_rate(seconds),
             machine=machine_id(),
         )
@@ -126,13 +131,13 @@ def _matmul_rate(seconds: float) -> float:
 def _pattern_rate(seconds: float) -> float:
     import torch
 
-    from .backward import ATTENTION_BLOCK, causal_t_matmul
+    from .backward import ATTENTION_BLOCK, causal_matmul
 
-    pattern_t = torch.rand(_POS, _POS).triu()  # [k, q]: zero where q < k
-    x = torch.randn(_POS, _ROWS * _D_HEAD)
-    out = torch.zeros(_POS, _ROWS * _D_HEAD)
+    pattern = torch.rand(_POS, _POS).tril()  # [q, k]: zero where k > q
+    x = torch.randn(_ROWS * _D_HEAD, _POS)  # one head's [d_head * rows, q]
+    out = torch.zeros(_ROWS * _D_HEAD, _POS)
     flops = 2 * _ROWS * _D_HEAD * blocked_area(_POS, ATTENTION_BLOCK)
-    return flops / _timed(lambda: causal_t_matmul(pattern_t, x, out), seconds)
+    return flops / _timed(lambda: causal_matmul(x, pattern, out), seconds)
 
 
 def _read_rate(seconds: float, per_position: int = 16, d_transcoder: int = 4096) -> float:
@@ -167,7 +172,21 @@ def _read_rate(seconds: float, per_position: int = 16, d_transcoder: int = 4096)
     )
     out = torch.zeros(_ROWS, n_cols + 1)
     grad = torch.randn(_ROWS, _POS, _D)
-    return len(features) * _ROWS / _timed(lambda: sources.read(out, 0, grad), seconds)
+    pairs = (len(features) + _POS) * _ROWS  # the features and one error node a position
+    return pairs / _timed(lambda: sources.read(out, 0, grad), seconds)
+
+
+def _elementwise_rate(seconds: float) -> float:
+    """The tokens' read of a ``[_ROWS, _POS, _D]`` gradient, in entries per second."""
+    import torch
+
+    from .sources import READ_CHUNK_ELEMENTS, _read_vectors
+
+    grad, tokens = torch.randn(_ROWS, _POS, _D), torch.randn(_POS, _D)
+    out = torch.zeros(_ROWS, _POS)
+    width = READ_CHUNK_ELEMENTS // (_ROWS * _D)
+    work = lambda: _read_vectors(out, 0, grad, tokens, width)  # noqa: E731
+    return _ROWS * _POS * _D / _timed(work, seconds)
 
 
 def _stream_rate(seconds: float, rows: int = 64, cols: int = 2**18) -> float:
