@@ -7,10 +7,12 @@ for cross-layer transcoders), for an error node the MLP-output residual the tran
 for a token its embedding.
 
 Features writing into one output layer are packed position by position into padded slots
-``[positions, slots]`` so that a few batched matmuls read them all. Positions are bucketed by
-how many features write there (slots rounded up to a power of two), so padding costs at most
-2x: one block padded to the busiest position wasted 7x memory and time on a 512-token SmolLM2
-prompt, where the first tokens carry ~8x the average feature count.
+``[positions, slots + 1]``, the last slot of a position being its error node, so that a few
+batched matmuls read every feature and error of the layer. A bucket is a run of consecutive
+positions (so it reads the gradient as a strided view, without gathering it) padded to its
+busiest position, cut where the padding would exceed 2x: one block padded to the busiest
+position wasted 7x memory and time on a 512-token SmolLM2 prompt, where the first tokens carry
+~8x the average feature count.
 
 The activation-scaled decoder vectors themselves are not kept: a long prompt activates far
 more (feature, position) pairs than a transcoder has features (1.2M pairs on 2,048 SmolLM2
@@ -23,7 +25,6 @@ the same numbers) while it projects the gradient onto them. Its work memory is b
 
 from __future__ import annotations
 
-import bisect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -35,36 +36,43 @@ if TYPE_CHECKING:
     from ..models.session import Capture
     from ..replacement import ReplacementModel
 
-#: Elements of the gathered gradient ``[positions, batch, d]`` that ``Sources.read`` projects at
-#: once (64 MiB in float32): bounds its temporaries whatever the prompt length and batch size.
+#: Elements of ``Sources.read``'s temporaries per step (scaled vectors ``[positions, slots + 1,
+#: d]`` and products ``[positions, batch, slots + 1]`` twice; 64 MiB in float32): bounds its
+#: work memory whatever the prompt length and batch size.
 READ_CHUNK_ELEMENTS = 2**24
 
 
 @dataclass
 class PackedBucket:
-    """Features writing at the positions ``positions`` (ascending) of one output layer.
+    """Features writing at the consecutive positions ``start .. start + k - 1`` of one output
+    layer.
 
-    ``rows [k, slots]`` index the layer's ``DecoderTable``, ``values [k, slots]`` the
-    activations and ``cols [k, slots]`` the source columns (padding: value 0, column
-    ``n_cols``, a spare column).
+    ``rows [k, slots]`` index the layer's ``DecoderTable`` and ``values [k, slots]`` hold the
+    activations (padding: row 0, value 0); ``cols [k, slots + 1]`` are the source columns, the
+    last one the position's error node (padding: column ``n_cols``, a spare column).
     """
 
-    positions: list[int]
-    index: torch.Tensor  # [k] the same positions, for gathering gradients
+    start: int
     rows: torch.Tensor
     values: torch.Tensor
     cols: torch.Tensor
 
+    @property
+    def stop(self) -> int:
+        """One past the last position."""
+        return self.start + self.rows.shape[0]
+
     def vectors(self, table: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-        """Activation-scaled decoder vectors ``[hi - lo, slots, d]`` of positions ``lo:hi`` of
-        this bucket (``table [n_rows, d]``: the layer's distinct decoder rows)."""
+        """Activation-scaled decoder vectors ``[hi - lo, slots, d]`` of this bucket's positions
+        ``lo:hi`` (counted from ``start``; ``table [n_rows, d]``: the layer's distinct decoder
+        rows)."""
         return table[self.rows[lo:hi]] * self.values[lo:hi, :, None]
 
 
 @dataclass
 class PackedDecoders:
     """Features writing into one output layer: their distinct decoder rows ``table [n, d]``
-    and buckets of positions with similar feature counts."""
+    and buckets of consecutive positions covering every position in order."""
 
     table: torch.Tensor
     buckets: list[PackedBucket]
@@ -75,7 +83,7 @@ class Sources:
     """Everything the backward sweep contracts gradients with."""
 
     features: SparseActivations
-    decoders: list[PackedDecoders | None]  # per output layer
+    decoders: list[PackedDecoders]  # per output layer
     errors: torch.Tensor  # [n_layers, n_pos, d]
     tokens: torch.Tensor  # [n_pos, d]
     n_layers: int
@@ -120,23 +128,33 @@ class Sources:
         return self.n_features + self.n_layers * self.n_pos
 
     def read(self, out: torch.Tensor, layer: int, grad: torch.Tensor) -> None:
-        """Adds the edges of sources writing at ``layer`` into ``out [batch, n_cols + 1]``.
+        """Adds the edges of sources writing at ``layer`` (features and errors) into ``out
+        [batch, n_cols + 1]``.
 
         ``grad [batch, pos', d]`` is the gradient at that layer's write point (``pos' <= n_pos``).
-        Positions are projected a chunk at a time (``READ_CHUNK_ELEMENTS``).
+        Each bucket's positions are read a chunk at a time (``READ_CHUNK_ELEMENTS``): the
+        feature vectors and the error vector of each position are stacked into ``[k, slots + 1,
+        d]`` and one batched product projects the gradient's view ``[k, batch, d]`` onto them.
         """
         batch, p, d = grad.shape
-        width = READ_CHUNK_ELEMENTS // (batch * d)
-        packed = self.decoders[layer]
-        if packed is not None:
-            for bucket in packed.buckets:
-                k = bisect.bisect_left(bucket.positions, p)  # positions < p
-                for lo, hi in spans(k, width):
-                    g = grad.index_select(1, bucket.index[lo:hi]).transpose(0, 1)  # [k', b, d]
-                    vals = torch.bmm(g, bucket.vectors(packed.table, lo, hi).transpose(1, 2))
-                    cols = bucket.cols[lo:hi].reshape(-1)  # vals: [k', batch, slots]
-                    out.index_add_(1, cols, vals.transpose(0, 1).reshape(batch, -1))
-        _read_vectors(out, self.error_col(layer), grad, self.errors[layer], width)
+        packed, errors = self.decoders[layer], self.errors[layer]
+        for bucket in packed.buckets:
+            if bucket.start >= p:
+                break
+            slots = bucket.rows.shape[1]
+            width = READ_CHUNK_ELEMENTS // ((slots + 1) * (d + 2 * batch))
+            for lo, hi in spans(min(bucket.stop, p) - bucket.start, width):
+                a, z = bucket.start + lo, bucket.start + hi
+                vecs = torch.empty(hi - lo, slots + 1, d, dtype=grad.dtype, device=grad.device)
+                torch.mul(
+                    packed.table[bucket.rows[lo:hi]],
+                    bucket.values[lo:hi, :, None],
+                    out=vecs[:, :slots],
+                )
+                vecs[:, slots] = errors[a:z]
+                vals = torch.bmm(grad[:, a:z].transpose(0, 1), vecs.transpose(1, 2))
+                cols = bucket.cols[lo:hi].reshape(-1)  # vals: [k, batch, slots + 1]
+                out.index_add_(1, cols, vals.transpose(0, 1).reshape(batch, -1))
 
     def read_tokens(self, out: torch.Tensor, grad: torch.Tensor) -> None:
         """Adds token edges for ``grad [batch, pos', d]`` at the embedding output."""
@@ -166,9 +184,11 @@ def pack_decoders(
     n_pos: int,
     n_cols: int,
     dtype: torch.dtype,
-) -> list[PackedDecoders | None]:
+) -> list[PackedDecoders]:
     """Features grouped by output layer and position, with each output layer's distinct decoder
-    rows (see ``PackedDecoders``)."""
+    rows (see ``PackedDecoders``); ``n_cols`` source columns, the errors of layer ``l`` at
+    ``n_cols - (n_layers + 1 - l) * n_pos`` onwards. Layers no feature writes to get empty
+    slots (their buckets still read the errors)."""
     n_layers = transcoders.n_layers
     # per output layer: (positions, columns, table rows, activations) and table parts
     parts: list[list[tuple[torch.Tensor, ...]]] = [[] for _ in range(n_layers)]
@@ -187,14 +207,21 @@ def pack_decoders(
             parts[out].append((idx[sel, 1], sel, which + size[out], values))
             tables[out].append(dec[:, j])
             size[out] += len(distinct)
-    packed: list[PackedDecoders | None] = []
+    packed: list[PackedDecoders] = []
+    device = features.indices.device
     for out in range(n_layers):
+        error_cols = n_cols - (n_layers + 1 - out) * n_pos + torch.arange(n_pos, device=device)
         if not parts[out]:
-            packed.append(None)
+            none = torch.zeros(0, dtype=torch.long, device=device)
+            table = torch.zeros(0, transcoders.d_model, dtype=dtype, device=device)
+            buckets = _buckets(none, none, none, table[:, 0], n_pos, n_cols, error_cols)
+            packed.append(PackedDecoders(table, buckets))
             continue
         pos, col, row, val = (torch.cat(t) for t in zip(*parts[out], strict=True))
         order = torch.argsort(pos, stable=True)
-        buckets = _buckets(pos[order], col[order], row[order], val[order], n_pos, n_cols)
+        buckets = _buckets(
+            pos[order], col[order], row[order], val[order], n_pos, n_cols, error_cols
+        )
         packed.append(PackedDecoders(torch.cat(tables[out]), buckets))
     return packed
 
@@ -206,39 +233,53 @@ def _buckets(
     val: torch.Tensor,
     n_pos: int,
     n_cols: int,
+    error_cols: torch.Tensor,
 ) -> list[PackedBucket]:
-    """Buckets for features sorted by position ``pos [n]``, with columns ``col``, table rows
-    ``row`` and activations ``val``."""
+    """Buckets covering positions ``0..n_pos - 1`` for features sorted by position ``pos [n]``,
+    with columns ``col``, table rows ``row`` and activations ``val``; ``error_cols [n_pos]``:
+    the error column of each position."""
     counts = torch.bincount(pos, minlength=n_pos)
     starts = torch.cumsum(counts, 0) - counts
     slot = torch.arange(len(pos), device=pos.device) - starts[pos]
-    # bucket of a position: ceil(log2(count)); positions without features have none
-    level = torch.where(counts > 0, torch.ceil(torch.log2(counts.double())).long(), -1)
     buckets = []
-    for lv in torch.unique(level[level >= 0]).tolist():
-        where = (level == lv).nonzero(as_tuple=True)[0]  # ascending positions
-        shape = (len(where), int(counts[where].max()))
-        at = torch.full((n_pos,), -1, dtype=torch.long, device=pos.device)
-        at[where] = torch.arange(len(where), device=pos.device)
-        mine = at[pos] >= 0
-        slots = (at[pos[mine]], slot[mine])
-        rows = torch.zeros(shape, dtype=torch.long, device=pos.device)
-        values = torch.zeros(shape, dtype=val.dtype, device=val.device)
-        cols = torch.full(shape, n_cols, dtype=torch.long, device=pos.device)
-        rows[slots], values[slots], cols[slots] = row[mine], val[mine], col[mine]
-        buckets.append(PackedBucket(where.tolist(), where, rows, values, cols))
+    for a, z, width in position_runs(counts.tolist()):
+        i, j = int(starts[a]), int(starts[z - 1] + counts[z - 1])  # the features of a..z-1
+        at = (pos[i:j] - a, slot[i:j])
+        rows = torch.zeros(z - a, width, dtype=torch.long, device=pos.device)
+        values = torch.zeros(z - a, width, dtype=val.dtype, device=val.device)
+        cols = torch.full((z - a, width + 1), n_cols, dtype=torch.long, device=pos.device)
+        rows[at], values[at], cols[at] = row[i:j], val[i:j], col[i:j]
+        cols[:, width] = error_cols[a:z]
+        buckets.append(PackedBucket(a, rows, values, cols))
     return buckets
 
 
+def position_runs(counts: list[int]) -> list[tuple[int, int, int]]:
+    """Cuts positions ``0..len(counts) - 1`` into runs ``(start, stop, slots)`` of consecutive
+    positions, ``slots`` the largest of ``counts[start:stop]`` (features per position): a run
+    grows while its padded size ``(slots + 1) * length`` (one more slot for the error node)
+    stays within twice its ``sum(counts) + length`` entries."""
+    runs, start, n = [], 0, len(counts)
+    while start < n:
+        stop, slots, used = start + 1, counts[start], counts[start] + 1
+        while stop < n:
+            wider = max(slots, counts[stop])
+            if (wider + 1) * (stop + 1 - start) > 2 * (used + counts[stop] + 1):
+                break
+            slots, used, stop = wider, used + counts[stop] + 1, stop + 1
+        runs.append((start, stop, slots))
+        start = stop
+    return runs
+
+
 def reconstructions(
-    transcoders: Transcoders, decoders: list[PackedDecoders | None], reads: torch.Tensor
+    transcoders: Transcoders, decoders: list[PackedDecoders], reads: torch.Tensor
 ) -> torch.Tensor:
     """Transcoder outputs ``[n_layers, n_pos, d]`` from the packed decoders (no second read of
     the decoder rows): scaled decoder rows summed per position, plus ``b_dec`` and the skip."""
     out = torch.zeros(reads.shape, dtype=reads.dtype, device=reads.device)
     for layer, packed in enumerate(decoders):
-        if packed is not None:
-            _add_reconstruction(out[layer], packed)
+        _add_reconstruction(out[layer], packed)
         out[layer] += transcoders.decoder_bias(layer).to(reads.dtype)
         sk = transcoders.skip(layer, reads[layer])
         if sk is not None:
@@ -249,7 +290,7 @@ def reconstructions(
 def _add_reconstruction(out: torch.Tensor, packed: PackedDecoders) -> None:
     """Adds each position's activation-scaled decoder vectors into ``out [n_pos, d]``."""
     for bucket in packed.buckets:
-        width = READ_CHUNK_ELEMENTS // (bucket.rows.shape[1] * out.shape[-1])
-        for lo, hi in spans(len(bucket.positions), width):
+        width = READ_CHUNK_ELEMENTS // (max(bucket.rows.shape[1], 1) * out.shape[-1])
+        for lo, hi in spans(bucket.stop - bucket.start, width):
             vecs = bucket.vectors(packed.table, lo, hi)
-            out.index_add_(0, bucket.index[lo:hi], vecs.sum(1).to(out.dtype))
+            out[bucket.start + lo : bucket.start + hi] += vecs.sum(1).to(out.dtype)
