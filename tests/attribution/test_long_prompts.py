@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from circuitlab.attribution import attribute, backward, sources
-from circuitlab.attribution.backward import causal_t_matmul
+from circuitlab.attribution.backward import causal_matmul, causal_t_matmul
 from circuitlab.attribution.memory_check import AVAILABLE_MEMORY_ENV, AttributionPlan, _needs
 
 from conftest import PROMPT, build
@@ -39,6 +39,17 @@ def test_causal_t_matmul_is_the_dense_product(monkeypatch: pytest.MonkeyPatch) -
         out = torch.ones(11, 7, dtype=torch.float64)
         causal_t_matmul(pattern.T, x, out)
         torch.testing.assert_close(out, 1 + pattern.T @ x)
+
+
+def test_causal_matmul_is_the_dense_product(monkeypatch: pytest.MonkeyPatch) -> None:
+    gen = torch.Generator().manual_seed(0)
+    pattern = torch.rand(11, 11, generator=gen, dtype=torch.float64).tril()  # [q, k]
+    x = torch.randn(7, 11, generator=gen, dtype=torch.float64)  # [n, q]
+    for block in (1, 4, 11, 64):
+        monkeypatch.setattr(backward, "ATTENTION_BLOCK", block)
+        out = torch.ones(7, 11, dtype=torch.float64)
+        causal_matmul(x, pattern, out)
+        torch.testing.assert_close(out, 1 + x @ pattern)
 
 
 def test_attribute_leaves_one_copy_of_the_patterns() -> None:
