@@ -34,11 +34,11 @@ at once uncapped), each chunk sorted by position and cut into sweeps of ``sweep_
 (the batch that the memory check picks). What is *assumed*: uncapped, the rows are the active
 features, spread evenly over the non-BOS positions and the layers (the ``j``-th of ``m``
 sweeps reaches ``(j + 1) / m`` of the prompt, a row passes ``(L - 1) / 2`` layers); under a
-cap, influence ranking chooses features near the end of the prompt and in the lower layers,
-which the schedule takes as spread evenly over the last ``SELECTION_WINDOW`` positions and
-passing ``SELECTED_DEPTH * L`` layers (both measured on SmolLM2, and prompt-dependent: the
-first ranking chunks are deeper than the rest); each layer's active features spread evenly
-over the positions. ``benchmarks/capped.py`` compares this with measured runs, sweep by
+cap, influence ranking first takes the last position's features (the ones the logits read
+directly, ``n_active / (n - 1)`` of them, at every layer), then features near the end of the
+prompt and in the lower layers, which the schedule takes as spread evenly over the last
+``SELECTION_WINDOW`` positions and passing ``SELECTED_DEPTH * L`` layers (measured on SmolLM2,
+and prompt-dependent); each layer's active features spread evenly over the positions. ``benchmarks/capped.py`` compares this with measured runs, sweep by
 sweep; the stated accuracy is ``TIME_TOLERANCE``.
 
 The file (``graph.storage``) holds the kept edge rows in the edge dtype (selected features,
@@ -66,10 +66,11 @@ from .memory import (
 ATTENTION_BLOCK = 256
 #: ``attribute``'s default ``update_interval``: ranking chunks of this many sweeps' rows.
 UPDATE_INTERVAL = 4
-#: Under a cap, the layers a chosen feature's row passes on average, as a share of the model's
-#: layers: influence ranking picks shallow features (measured on SmolLM2 with the 30 x 4,096
-#: PLTs, cap 7,500: 0.15 at 128 tokens, 0.21 at 512; ``benchmarks/capped.py``).
-SELECTED_DEPTH = 0.18
+#: Under a cap, after the last position's features, the layers a chosen feature's row passes
+#: on average, as a share of the model's layers: influence ranking picks shallow features
+#: (SmolLM2 with the 30 x 4,096 PLTs, cap 7,500, ``benchmarks/capped.py``: 0.13 at 128 tokens,
+#: 0.20 at 512).
+SELECTED_DEPTH = 0.16
 #: Under a cap, the chosen features lie near the end of the prompt: their positions are taken
 #: as spread evenly over the last this many (measured: on average 37 positions before the end
 #: at 128 tokens, 28 at 512).
@@ -186,23 +187,50 @@ def schedule(
     for start in range(0, n_logits, b):
         k = min(b, n_logits - start)
         logits.append(Sweep(k, n, k * L, k * L * per_layer))
-    capped = feature_rows < n_active
-    chunk = max(1, rank_every) if capped else feature_rows
-    # Uncapped: every active feature, over all positions and layers. Capped: the chosen
-    # features' positions fill the last ``window`` positions, their depth SELECTED_DEPTH.
-    window = min(n - 1, SELECTION_WINDOW) if capped else n
-    depth = SELECTED_DEPTH * L if capped else (L - 1) / 2
+    if feature_rows < n_active:
+        return logits, _capped_sweeps(L, n, per_layer, feature_rows, n_active, b, rank_every)
+    # Uncapped: every active feature, spread evenly over the positions and the layers.
     features = []
-    for start in range(0, feature_rows, chunk):
-        rows = min(chunk, feature_rows - start)
-        m = math.ceil(rows / b)
-        for j in range(m):
-            k = min(b, rows - j * b)
-            p = max(1, min(n, n - window + round(window * (j + 1) / m)))
-            steps = k * depth
-            # sources of earlier layers at positions < p (the BOS has none)
-            features.append(Sweep(k, p, steps, steps * per_layer * max(p - 1, 0) / max(n - 1, 1)))
+    m = math.ceil(feature_rows / b)
+    for j in range(m):
+        k = min(b, feature_rows - j * b)
+        p = max(1, min(n, round(n * (j + 1) / m)))
+        steps = k * (L - 1) / 2
+        # sources of earlier layers at positions < p (the BOS has none)
+        features.append(Sweep(k, p, steps, steps * per_layer * max(p - 1, 0) / max(n - 1, 1)))
     return logits, features
+
+
+def _capped_sweeps(
+    L: int,
+    n: int,
+    per_layer: float,
+    feature_rows: int,
+    n_active: int,
+    b: int,
+    rank_every: int,
+) -> list[Sweep]:
+    """Feature sweeps under a cap: ranked first, the last position's features (what the logits
+    read directly: ``n_active / (n - 1)`` of them, passing ``(L - 1) / 2`` layers), then
+    features spread evenly over the last ``SELECTION_WINDOW`` positions passing
+    ``SELECTED_DEPTH * L`` layers; each chunk of ``rank_every`` sorted by position and cut
+    into sweeps of ``b``."""
+    at_last = min(feature_rows, round(n_active / max(n - 1, 1)))
+    window = min(n - 1, SELECTION_WINDOW)
+    sweeps = []
+    for start in range(0, feature_rows, max(1, rank_every)):
+        rows = min(rank_every, feature_rows - start)
+        last = max(0, min(rows, at_last - start))
+        spread = rows - last
+        # each row's (position + 1, layers passed), sorted by position as the engine sorts
+        pos = [n - window + window * (i + 1) / spread for i in range(spread)] + [n] * last
+        depth = [SELECTED_DEPTH * L] * spread + [(L - 1) / 2] * last
+        for lo in range(0, rows, b):
+            hi = min(lo + b, rows)
+            p = max(1, min(n, round(pos[hi - 1])))
+            steps = sum(depth[lo:hi])
+            sweeps.append(Sweep(hi - lo, p, steps, steps * per_layer * (p - 1) / max(n - 1, 1)))
+    return sweeps
 
 
 def estimate_cost(

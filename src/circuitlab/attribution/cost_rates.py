@@ -4,7 +4,7 @@ The backward sweep spends its time in three kinds of work (``attribution.backwar
 ``attribution.sources``), each with its own speed on a given machine:
 
 * **matmul**: dense projections (``W_O``, ``W_V``, the skip path), floating-point operations
-  per second of ``[rows * pos, d] @ [d, d]``;
+  per second, as the sweep computes them;
 * **pattern**: the attention pattern's products over causal key blocks
   (``backward.causal_matmul``), operations per second;
 * **read**: (source, row) pairs per second that ``Sources.read`` projects a gradient onto,
@@ -92,9 +92,10 @@ def calibrate(seconds: float = 1.0) -> CostRates:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
+        matmul, pattern = _attention_rates(seconds)
         return CostRates(
-            matmul=_matmul_rate(seconds),
-            pattern=_pattern_rate(seconds),
+            matmul=matmul,
+            pattern=pattern,
             read=_read_rate(seconds),
             elementwise=_elementwise_rate(seconds),
             stream=_stream_rate(seconds),
@@ -121,23 +122,35 @@ def _timed(work: object, seconds: float) -> float:
             return spent / n
 
 
-def _matmul_rate(seconds: float) -> float:
+def _attention_rates(seconds: float) -> tuple[float, float]:
+    """``(matmul, pattern)`` rates of the sweep's transposed attention
+    (``FrozenBackward._attention_t`` on one layer of SmolLM2's shapes, 9 heads sharing 3 value
+    heads): the pattern's blocked products timed alone, the dense projections as the rest."""
     import torch
 
-    x, w = torch.randn(_ROWS * _POS, _D), torch.randn(_D, _D)
-    return 2 * _ROWS * _POS * _D * _D / _timed(lambda: x @ w, seconds)
+    from .backward import ATTENTION_BLOCK, FrozenBackward, _Layer, causal_matmul
 
-
-def _pattern_rate(seconds: float) -> float:
-    import torch
-
-    from .backward import ATTENTION_BLOCK, causal_matmul
-
-    pattern = torch.rand(_POS, _POS).tril()  # [q, k]: zero where k > q
-    x = torch.randn(_ROWS * _D_HEAD, _POS)  # one head's [d_head * rows, q]
-    out = torch.zeros(_ROWS * _D_HEAD, _POS)
-    flops = 2 * _ROWS * _D_HEAD * blocked_area(_POS, ATTENTION_BLOCK)
-    return flops / _timed(lambda: causal_matmul(x, pattern, out), seconds)
+    heads, kv = _D // _D_HEAD, 3
+    sweep = FrozenBackward.__new__(FrozenBackward)  # only the head counts are needed
+    sweep.n_heads, sweep.n_kv, sweep.d_head = heads, kv, _D_HEAD
+    pattern = torch.rand(heads, _POS, _POS).tril()  # [heads, q, k]: zero where k > q
+    layer = _Layer(
+        pattern_t=pattern.transpose(1, 2),
+        post_attn=None,
+        ln2=None,
+        post_mlp=None,
+        W_V=torch.randn(kv * _D_HEAD, _D),
+        W_O=torch.randn(_D, heads * _D_HEAD),
+        W_skip=None,
+    )
+    grad, out = torch.randn(_ROWS, _POS, _D), torch.zeros(_ROWS, _POS, _D)
+    x, gv = torch.randn(_ROWS * _D_HEAD, _POS), torch.zeros(_ROWS * _D_HEAD, _POS)
+    per_head = _timed(lambda: causal_matmul(x, pattern[0], gv), seconds / 2)
+    whole = _timed(lambda: sweep._attention_t(layer, grad, out), seconds)
+    dense = 2 * _ROWS * _POS * _D * (heads + kv) * _D_HEAD
+    pattern_flops = 2 * _ROWS * _D_HEAD * blocked_area(_POS, ATTENTION_BLOCK)
+    # (the rest is at least a third of the whole: guards against a noisy subtraction)
+    return dense / max(whole - heads * per_head, whole / 3), pattern_flops / per_head
 
 
 def _read_rate(seconds: float, per_position: int = 16, d_transcoder: int = 4096) -> float:
