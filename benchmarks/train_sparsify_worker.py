@@ -73,7 +73,7 @@ def main() -> None:
             total_variance = (y - y.mean(0)).pow(2).sum()
             out = sae(x=x, y=y, dead_mask=None, total_variance=total_variance)
             out.fvu.backward()
-            fvus[layer] = float(out.fvu)
+            fvus[layer] = float(out.fvu.detach())
             fvu_sums[layer] += fvus[layer]
         opt.step()
         opt.zero_grad()

@@ -3,7 +3,7 @@
     python benchmarks/train_vs_sparsify.py --work /tmp/tvs [--layers 4 12 20] \
         [--train-tokens 65536] [--steps 192] [--batch 1024] [--width 4096] [--k 32] \
         [--threads 1] [--sparsify-python /work/sparsify-venv/bin/python] [--plot tvs.png] \
-        [--skip circuitlab|sparsify]
+        [--k-aux 0] [--skip circuitlab|sparsify]
 
 1. *prepare* (once; reused when ``WORK`` has it): SmolLM2-135M-Instruct
    (``packaged_model_dir('smollm2')``) runs over the offline Wikipedia text
@@ -104,8 +104,9 @@ def write_order(work: Path, steps: int, batch: int) -> None:
     np.save(work / "order.npy", np.concatenate(parts)[:need])
 
 
-def train_circuitlab(work: Path, width: int, k: int, batch: int) -> dict[str, Any]:
-    """circuitlab's TopK PLTs (module docstring, step 2); returns weights and timing."""
+def train_circuitlab(work: Path, width: int, k: int, batch: int, k_aux: int = 0) -> dict[str, Any]:
+    """circuitlab's TopK PLTs (module docstring, step 2); returns weights and timing.
+    ``k_aux``: ``TrainConfig.k_aux`` (``circuitlab train --k-aux``; 0: the default, k)."""
     from circuitlab.transcoders.training import trainer as T
 
     x_all = np.load(work / "x_train.npy", mmap_mode="r")
@@ -114,7 +115,12 @@ def train_circuitlab(work: Path, width: int, k: int, batch: int) -> dict[str, An
     n_layers, _, d = x_all.shape
     steps = len(order) // batch
     cfg = T.TrainConfig(
-        activation="topk", d_transcoder=width, k=k, batch_size=batch, n_tokens=steps * batch
+        activation="topk",
+        d_transcoder=width,
+        k=k,
+        batch_size=batch,
+        n_tokens=steps * batch,
+        k_aux=k_aux,
     )
     tc = T.new_trainable(cfg, n_layers, d)
     opt = T.new_optimizer(tc, cfg)
@@ -319,6 +325,9 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=1024, help="tokens per step")
     p.add_argument("--width", type=int, default=4096)
     p.add_argument("--k", type=int, default=32)
+    p.add_argument(
+        "--k-aux", type=int, default=0, help="circuitlab's AuxK k (circuitlab train --k-aux)"
+    )
     p.add_argument("--sparsify-python", default=DEFAULT_SPARSIFY_PYTHON)
     p.add_argument("--threads", type=int, default=1, help="torch threads, for both tools")
     p.add_argument(
@@ -341,7 +350,7 @@ def main() -> None:
             continue
         print(f"training {tool}; load {os.getloadavg()}", flush=True)
         if tool == "circuitlab":
-            infos[tool] = train_circuitlab(args.work, args.width, args.k, args.batch)
+            infos[tool] = train_circuitlab(args.work, args.width, args.k, args.batch, args.k_aux)
         else:
             infos[tool] = run_sparsify(
                 args.work, args.sparsify_python, args.width, args.k, args.batch
