@@ -7,18 +7,30 @@ saves the graph) and reports wall time, CPU time (one torch thread by default: o
 it counts the touched pages of mapped files too) and peak anonymous memory (``RssAnon``
 sampled every 0.2 s: what ``offload="disk"`` moves out), the graph file's size, and the
 rows per sweep the memory check chose. ``estimate-memory``'s predictions (memory, time, file
-size, from the run's own active-feature count) are printed beside each figure.
+size, from the run's own active-feature and logit counts and rows per sweep) are printed
+beside each figure.
+
+Time is compared twice, in CPU seconds of the child (one torch thread): the whole run (or the
+part that ran) against ``estimate-memory``'s prediction of the same part, and the backward
+sweeps the run recorded (rows, furthest position, layers passed, read pairs, CPU each) against
+the work model applied to those very sweeps (``cost.sweep_seconds``), which checks the rates
+apart from the schedule's assumptions about which features a cap chooses. ``--rates`` picks
+the rates: this machine's saved calibration (else ``cost_rates.REFERENCE``), the reference, or
+a calibration made now. A per-phase line follows each row.
 
 Long prompts cost time per row that grows with ``tokens^2``: ``--max-rows`` (or
 ``--time-limit``) stops a run after that many feature rows (at the end of a ranking chunk of
-``4 * batch_size`` rows, whose rows span the prompt's positions); its total time is then
-*extrapolated* (phases so far + seconds per feature row x rows left) and its peak is the peak
-*so far*, both marked ``~`` in the table. The machine is shared: each row records ``uptime``'s
-load average.
+``4 * batch_size`` rows); it is then compared with the prediction for those rows, its peak is
+the peak *so far*, and its total is *extrapolated* (phases so far + CPU per feature row x rows
+left), both marked ``~``. The extrapolation overstates: the first ranking chunk holds the last
+position's features, the deepest and furthest of the run (a complete 512-token run took 458 s
+of CPU where its first 256 rows extrapolated to ~1,270 s). The machine is shared: each row
+records ``uptime``'s load average.
 
     python benchmarks/capped.py                                   # 128 and 512, both modes
     python benchmarks/capped.py --lengths 1024 --max-rows 512 --offload disk
     python benchmarks/capped.py --lengths 2048 --max-rows 256 --budget 10GiB --json out.json
+    python benchmarks/capped.py --lengths 512 --batch-size 64 --rates calibrate
 """
 
 from __future__ import annotations
@@ -30,6 +42,7 @@ import subprocess
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -186,16 +199,18 @@ def run_case(fx, n: int, offload: str | None, a: argparse.Namespace) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def predict(model, tc, n: int, r: dict, a: argparse.Namespace, rates: CostRates) -> dict:
+def predict(model, tc, n: int, r: dict, rates: CostRates) -> dict:
     """The predictions for run ``r``: memory, the whole run's time and file, and the time of
     the part that ran (a stopped run: the same ranking chunks, no graph phase)."""
-    opts = dict(
-        n_active=r["n_active"], max_n_logits=r["n_logits"], batch_size=a.batch_size,
-        sweep_batch=r["sweep_batch"], rates=rates,
+    cap = r.get("cap", r["rows_total"])
+    opts: dict[str, Any] = dict(
+        n_active=r["n_active"], max_n_logits=r["n_logits"],
+        batch_size=r.get("batch_size", r["sweep_batch"]), sweep_batch=r["sweep_batch"],
+        rates=rates,
     )  # fmt: skip
-    cost = estimate_cost(model, tc, n, max_feature_nodes=a.cap, **opts)
+    cost = estimate_cost(model, tc, n, max_feature_nodes=cap, **opts)
     ran = cost
-    rows = a.cap
+    rows = cap
     if not r["complete"]:
         rows = r["rows_done"]
         ran = estimate_cost(model, tc, n, max_feature_nodes=rows, **opts)
@@ -214,6 +229,62 @@ def predict(model, tc, n: int, r: dict, a: argparse.Namespace, rates: CostRates)
     return dict(
         cost=cost, mem=mem, ran_seconds=ran_seconds, recorded_sweeps=recorded,
         scheduled_sweeps=ran.sweeps,
+    )  # fmt: skip
+
+
+HEAD = (
+    f"{'tokens':>6} {'offload':>7} {'active':>9} {'batch':>5} {'rows':>11} {'cpu s':>8} "
+    f"{'pred':>7} {'ratio':>5} {'sweeps':>7} {'pred':>7} {'ratio':>5} {'all s':>8} "
+    f"{'peak':>10} {'anon':>9} {'pred':>9} {'ratio':>5} {'file':>9} {'pred':>9} {'load':>5}"
+)
+
+
+def report(model, tc, r: dict, rates: CostRates) -> dict:
+    """Prints run ``r`` beside its predictions (a table row and a line of phases) and returns
+    the row for ``--json``."""
+    n, offload = r["tokens"], r["offload"]
+    got = predict(model, tc, n, r, rates)
+    cost, mem = got["cost"], got["mem"]
+    # CPU seconds (one thread): what the machine's load does not stretch. A stopped run is
+    # compared with the prediction of the same part; its total is extrapolated as the phases
+    # so far plus its CPU per feature row times all the rows.
+    ran_pred = sum(got["ran_seconds"].values())
+    sweep_cpu = sum(s[-1] for s in r["sweeps"])
+    total = r["cpu_seconds"]
+    if not r["complete"]:
+        per_row = r["row_cpu_seconds"] / max(r["rows_done"], 1)
+        total = r["before_rows_cpu"] + per_row * r["rows_total"]
+    shown_peak = r["peak_anon"] if offload == "disk" else r["peak"]
+    partial = "" if r["complete"] else "~"
+    file = human(r["file_bytes"]) if r["file_bytes"] else "-"
+    print(
+        f"{n:>6} {offload or 'none':>7} {r['n_active']:>9,} {r['sweep_batch']:>5} "
+        f"{r['rows_done']:>5}/{r['rows_total']:<5} {r['cpu_seconds']:>8.0f} "
+        f"{ran_pred:>7.0f} {r['cpu_seconds'] / ran_pred:>5.2f} {sweep_cpu:>7.0f} "
+        f"{got['recorded_sweeps']:>7.0f} {sweep_cpu / got['recorded_sweeps']:>5.2f} "
+        f"{partial + f'{total:.0f}':>8} {partial + human(r['peak']):>10} "
+        f"{human(r['peak_anon']):>9} {human(mem.peak):>9} "
+        f"{shown_peak / mem.peak:>5.2f} {file:>9} {human(cost.file_bytes):>9} "
+        f"{r['load']:>5.1f}",
+        flush=True,
+    )
+    phases = ", ".join(
+        f"{k} {r['phase_cpu'].get(k, 0):.1f}/{v:.1f}" for k, v in got["ran_seconds"].items()
+    )
+    print(
+        f"       phases (measured/predicted CPU s): {phases}; {len(r['sweeps'])}/"
+        f"{got['scheduled_sweeps']} sweeps; predicted for all {cost.feature_rows:,} rows: "
+        f"{cost.total_seconds:,.0f} s",
+        flush=True,
+    )
+    keep = ("predicted_seconds", "predicted_phases", "predicted_ran", "predicted_sweeps_recorded")
+    return dict(
+        {k: v for k, v in r.items() if k not in keep}, rates=asdict(rates),
+        extrapolated_seconds=None if r["complete"] else total,
+        predicted_seconds=cost.total_seconds, predicted_phases=cost.seconds,
+        predicted_ran=got["ran_seconds"], predicted_sweeps_recorded=got["recorded_sweeps"],
+        predicted_sweep_count=got["scheduled_sweeps"], predicted_peak=mem.peak,
+        predicted_file_bytes=cost.file_bytes,
     )  # fmt: skip
 
 
@@ -238,6 +309,12 @@ def main() -> None:
         help="time predictions with this machine's saved calibration (else the reference "
         "rates), the reference rates, or a calibration made now (and saved)",
     )
+    p.add_argument(
+        "--report",
+        nargs="+",
+        metavar="JSON",
+        help="run nothing: print the runs that --json saved beside today's predictions",
+    )
     p.add_argument("--budget", help="CIRCUITLAB_AVAILABLE_MEMORY for the runs (e.g. 10GiB)")
     p.add_argument("--json", help="also write the rows to this file")
     a = p.parse_args()
@@ -249,61 +326,17 @@ def main() -> None:
     print(f"rates: {rates}")
     fx = smollm2()
     model, (tc, _) = model_shapes(fx.model_dir), transcoder_shapes(fx.transcoder_dir)
-    head = (
-        f"{'tokens':>6} {'offload':>7} {'active':>9} {'batch':>5} {'rows':>11} {'cpu s':>8} "
-        f"{'pred':>7} {'ratio':>5} {'sweeps':>7} {'pred':>7} {'ratio':>5} {'all s':>8} "
-        f"{'peak':>10} {'anon':>9} {'pred':>9} {'ratio':>5} {'file':>9} {'pred':>9} {'load':>5}"
-    )
-    print(head)
+    print(HEAD)
     results = []
-    for n in map(int, a.lengths.split(",")):
+    if a.report:
+        for path in a.report:
+            results += [report(model, tc, r, rates) for r in json.loads(Path(path).read_text())]
+    for n in map(int, a.lengths.split(",")) if not a.report else []:
         for mode in a.offload.split(","):
             offload = None if mode == "none" else mode
             r = run_case(fx, n, offload, a)
-            r["offload"] = offload
-            got = predict(model, tc, n, r, a, rates)
-            cost, mem = got["cost"], got["mem"]
-            # CPU seconds (one thread): what the machine's load does not stretch. A stopped
-            # run is compared with the prediction of the same part; its total is extrapolated
-            # as the phases so far plus its CPU per feature row times all the rows.
-            ran_pred = sum(got["ran_seconds"].values())
-            sweep_cpu = sum(s[-1] for s in r["sweeps"])
-            total = r["cpu_seconds"]
-            if not r["complete"]:
-                per_row = r["row_cpu_seconds"] / max(r["rows_done"], 1)
-                total = r["before_rows_cpu"] + per_row * r["rows_total"]
-            shown_peak = r["peak_anon"] if offload == "disk" else r["peak"]
-            row = dict(
-                tokens=n, **r, extrapolated_seconds=None if r["complete"] else total,
-                rates=asdict(rates), predicted_seconds=cost.total_seconds,
-                predicted_phases=cost.seconds, predicted_ran=got["ran_seconds"],
-                predicted_sweeps_recorded=got["recorded_sweeps"],
-                predicted_sweep_count=got["scheduled_sweeps"],
-                predicted_peak=mem.peak, predicted_file_bytes=cost.file_bytes,
-            )  # fmt: skip
-            results.append(row)
-            partial = "" if r["complete"] else "~"
-            file = human(r["file_bytes"]) if r["file_bytes"] else "-"
-            print(
-                f"{n:>6} {mode:>7} {r['n_active']:>9,} {r['sweep_batch']:>5} "
-                f"{r['rows_done']:>5}/{r['rows_total']:<5} {r['cpu_seconds']:>8.0f} "
-                f"{ran_pred:>7.0f} {r['cpu_seconds'] / ran_pred:>5.2f} {sweep_cpu:>7.0f} "
-                f"{got['recorded_sweeps']:>7.0f} {sweep_cpu / got['recorded_sweeps']:>5.2f} "
-                f"{partial + f'{total:.0f}':>8} {partial + human(r['peak']):>10} "
-                f"{human(r['peak_anon']):>9} {human(mem.peak):>9} "
-                f"{shown_peak / mem.peak:>5.2f} {file:>9} {human(cost.file_bytes):>9} "
-                f"{r['load']:>5.1f}",
-                flush=True,
-            )
-            phases = ", ".join(
-                f"{k} {r['phase_cpu'].get(k, 0):.1f}/{v:.1f}" for k, v in got["ran_seconds"].items()
-            )
-            print(
-                f"       phases (measured/predicted CPU s): {phases}; {len(r['sweeps'])}/"
-                f"{got['scheduled_sweeps']} sweeps; predicted for all {cost.feature_rows:,} rows: "
-                f"{cost.total_seconds:,.0f} s",
-                flush=True,
-            )
+            r.update(tokens=n, offload=offload, cap=a.cap, batch_size=a.batch_size)
+            results.append(report(model, tc, r, rates))
     print(
         "cpu s / pred: CPU seconds of what ran (a stopped run: up to the rows shown) and its "
         "prediction; sweeps: the recorded backward sweeps' CPU and the work model on them; "

@@ -75,9 +75,9 @@ SELECTED_DEPTH = 0.16
 #: as spread evenly over the last this many (measured: on average 37 positions before the end
 #: at 128 tokens, 28 at 512).
 SELECTION_WINDOW = 64
-#: The stated accuracy of the time prediction: measured CPU time of one thread on a quiet
-#: machine lies within ``1 / TIME_TOLERANCE`` .. ``TIME_TOLERANCE`` of the prediction
-#: (``benchmarks/README.md``, *Capped long prompts*).
+#: The stated accuracy of the time prediction: measured CPU time of one thread lies within
+#: ``1 / TIME_TOLERANCE`` .. ``TIME_TOLERANCE`` of the prediction made with rates calibrated
+#: under the same load (``benchmarks/README.md``, *Capped long prompts*).
 TIME_TOLERANCE = 1.5
 
 
@@ -127,8 +127,8 @@ class CostEstimate:
     def report(self) -> str:
         r = self.rates
         lines = [
-            f"predicted time: {self.total_seconds:,.0f} s of CPU (one thread; measured within "
-            f"x{TIME_TOLERANCE:g} either way on a quiet machine), {self.sweeps:,} sweeps of up to "
+            f"predicted time: {self.total_seconds:,.0f} s of CPU (one thread; stated accuracy "
+            f"x{TIME_TOLERANCE:g} either way), {self.sweeps:,} sweeps of up to "
             f"{self.sweep_batch} rows",
             f"  rates ({r.machine}): matmul {r.matmul / 1e9:.0f} GFLOP/s, pattern "
             f"{r.pattern / 1e9:.0f} GFLOP/s, read {r.read / 1e6:.1f} M pairs/s, elementwise "

@@ -63,10 +63,13 @@ class CostRates:
         )
 
 
-#: One torch thread of the 2-core machine this project is developed on (Intel Xeon, AVX-512),
-#: measured by ``calibrate()`` on a quiet machine; the sweep of ``benchmarks/capped.py`` agrees
-#: (``benchmarks/README.md``, *Capped long prompts*).
-REFERENCE = CostRates(matmul=85e9, pattern=80e9, read=6.0e6, elementwise=400e6, stream=400e6)
+#: One torch thread of the 2-core machine this project is developed on (Intel Xeon, AVX-512,
+#: torch 2.13): the median of three ``calibrate()`` runs on 2026-12-07, while the machine was
+#: shared (load average 6-7), as the runs of ``benchmarks/capped.py`` it is compared with
+#: (``benchmarks/README.md``, *Capped long prompts*). The three differed by up to 10%; the
+#: memory-bound rates fall most when other jobs share the caches (the read rate halved beside
+#: a long attribution).
+REFERENCE = CostRates(matmul=95.8e9, pattern=118.9e9, read=10.8e6, elementwise=329e6, stream=366e6)
 
 
 def machine_id() -> str:
