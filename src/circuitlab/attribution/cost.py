@@ -35,7 +35,7 @@ at once uncapped), each chunk sorted by position and cut into sweeps of ``sweep_
 features, spread evenly over the non-BOS positions and the layers (the ``j``-th of ``m``
 sweeps reaches ``(j + 1) / m`` of the prompt, a row passes ``(L - 1) / 2`` layers); under a
 cap, influence ranking first takes the last position's features (the ones the logits read
-directly, ``n_active / (n - 1)`` of them, at every layer), then features near the end of the
+directly, ``n_active / (n - 1)`` of them, the deepest first), then features near the end of the
 prompt and in the lower layers, which the schedule takes as spread evenly over the last
 ``SELECTION_WINDOW`` positions and passing ``SELECTED_DEPTH * L`` layers (measured on SmolLM2,
 and prompt-dependent); each layer's active features spread evenly over the positions. ``benchmarks/capped.py`` compares this with measured runs, sweep by
@@ -69,8 +69,8 @@ UPDATE_INTERVAL = 4
 #: Under a cap, after the last position's features, the layers a chosen feature's row passes
 #: on average, as a share of the model's layers: influence ranking picks shallow features
 #: (SmolLM2 with the 30 x 4,096 PLTs, cap 7,500, ``benchmarks/capped.py``: 0.13 at 128 tokens,
-#: 0.20 at 512).
-SELECTED_DEPTH = 0.16
+#: 0.20 at 512; 0.18 puts the two complete runs' time at 0.80x and 1.44x the prediction).
+SELECTED_DEPTH = 0.18
 #: Under a cap, the chosen features lie near the end of the prompt: their positions are taken
 #: as spread evenly over the last this many (measured: on average 37 positions before the end
 #: at 128 tokens, 28 at 512).
@@ -211,20 +211,25 @@ def _capped_sweeps(
     rank_every: int,
 ) -> list[Sweep]:
     """Feature sweeps under a cap: ranked first, the last position's features (what the logits
-    read directly: ``n_active / (n - 1)`` of them, passing ``(L - 1) / 2`` layers), then
+    read directly: ``n_active / (n - 1)`` of them, the deepest first, ``(L - 1) / 2`` layers
+    on average), then
     features spread evenly over the last ``SELECTION_WINDOW`` positions passing
     ``SELECTED_DEPTH * L`` layers; each chunk of ``rank_every`` sorted by position and cut
     into sweeps of ``b``."""
-    at_last = min(feature_rows, round(n_active / max(n - 1, 1)))
+    per_position = max(1, round(n_active / max(n - 1, 1)))  # the last position's features
+    at_last = min(feature_rows, per_position)
     window = min(n - 1, SELECTION_WINDOW)
     sweeps = []
     for start in range(0, feature_rows, max(1, rank_every)):
         rows = min(rank_every, feature_rows - start)
         last = max(0, min(rows, at_last - start))
         spread = rows - last
-        # each row's (position + 1, layers passed), sorted by position as the engine sorts
+        # each row's (position + 1, layers passed), sorted by position as the engine sorts;
+        # the last position's features are ranked deepest first (L - 1 down to 0)
         pos = [n - window + window * (i + 1) / spread for i in range(spread)] + [n] * last
-        depth = [SELECTED_DEPTH * L] * spread + [(L - 1) / 2] * last
+        depth = [SELECTED_DEPTH * L] * spread + [
+            (L - 1) * (1 - (start + i + 0.5) / per_position) for i in range(last)
+        ]
         for lo in range(0, rows, b):
             hi = min(lo + b, rows)
             p = max(1, min(n, round(pos[hi - 1])))
