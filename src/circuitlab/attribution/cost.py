@@ -212,10 +212,9 @@ def _capped_sweeps(
 ) -> list[Sweep]:
     """Feature sweeps under a cap: ranked first, the last position's features (what the logits
     read directly: ``n_active / (n - 1)`` of them, the deepest first, ``(L - 1) / 2`` layers
-    on average), then
-    features spread evenly over the last ``SELECTION_WINDOW`` positions passing
-    ``SELECTED_DEPTH * L`` layers; each chunk of ``rank_every`` sorted by position and cut
-    into sweeps of ``b``."""
+    on average), then features spread evenly over the last ``SELECTION_WINDOW`` positions
+    passing ``SELECTED_DEPTH * L`` layers; each chunk of ``rank_every`` rows sorted by
+    position and cut into sweeps of ``b``."""
     per_position = max(1, round(n_active / max(n - 1, 1)))  # the last position's features
     at_last = min(feature_rows, per_position)
     window = min(n - 1, SELECTION_WINDOW)
