@@ -14,6 +14,14 @@ busiest position, cut where the padding would exceed 2x: one block padded to the
 position wasted 7x memory and time on a 512-token SmolLM2 prompt, where the first tokens carry
 ~8x the average feature count.
 
+Runs are many on long prompts (~46 a layer at 256 SmolLM2 tokens), and each bucket read has a
+fixed cost (~0.1 ms on one CPU thread) that a large batch of gradient rows amortises and a
+lone row does not. So the features are packed a second time for reads of a few rows
+(``FEW_ROWS``): positions grouped by feature count, slots rounded up to a power of two (also
+at most 2x padding, ~8 buckets a layer), read by gathering the gradient at the bucket's
+positions, a copy that is cheap for a few rows and costly for many, and the errors in a
+separate elementwise pass.
+
 The activation-scaled decoder vectors themselves are not kept: a long prompt activates far
 more (feature, position) pairs than a transcoder has features (1.2M pairs on 2,048 SmolLM2
 tokens against 30 x 4,096 features, 2.7 GB of vectors), so each output layer keeps only the
@@ -25,6 +33,7 @@ the same numbers) while it projects the gradient onto them. Its work memory is b
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -40,6 +49,14 @@ if TYPE_CHECKING:
 #: d]`` and products ``[positions, batch, slots + 1]`` twice; 64 MiB in float32): bounds its
 #: work memory whatever the prompt length and batch size.
 READ_CHUNK_ELEMENTS = 2**24
+
+#: ``Sources.read`` of at most this many gradient rows reads ``PackedDecoders.gathered``
+#: (a few buckets, the gradient gathered), more rows ``PackedDecoders.buckets`` (runs of
+#: positions, the gradient read in place). ``read`` over every layer of SmolLM2 with a random
+#: gradient, one thread, gathered vs runs: 256 tokens 173 vs 294 ms for 1 row, 364 vs 418 ms
+#: for 16, 513 vs 488 ms for 32, 1,590 vs 770 ms for 64; 512 tokens 668 vs 814 ms for 16,
+#: 1,048 vs 1,012 ms for 32; 32 tokens 54 vs 54 ms for 16.
+FEW_ROWS = 16
 
 
 @dataclass
@@ -70,12 +87,38 @@ class PackedBucket:
 
 
 @dataclass
+class GatheredBucket:
+    """Features writing at the positions ``positions`` (ascending, not necessarily
+    consecutive) of one output layer, read by gathering the gradient there (``index [k]``: the
+    same positions). ``rows``, ``values`` and ``cols`` ``[k, slots]`` as in ``PackedBucket``,
+    without the error slot."""
+
+    positions: list[int]
+    index: torch.Tensor
+    rows: torch.Tensor
+    values: torch.Tensor
+    cols: torch.Tensor
+
+
+@dataclass
 class PackedDecoders:
     """Features writing into one output layer: their distinct decoder rows ``table [n, d]``
-    and buckets of consecutive positions covering every position in order."""
+    packed twice.
+
+    ``buckets``: runs of consecutive positions covering every position in order, read as
+    strided views of the gradient, for many gradient rows (tens of buckets a layer on long
+    prompts). ``gathered``: positions grouped by their feature count (slots rounded up to a
+    power of two, so at most ~log2 of the busiest position's count buckets, also padded at
+    most 2x), read by gathering the gradient, for a few rows (``FEW_ROWS``), where each
+    bucket's fixed cost outweighs the gather. The second packing holds the same entries padded
+    differently (20 bytes a padded slot: int64 row and column, float32 value): on 256 SmolLM2
+    tokens 2.6 MB beside the runs' 3.8 MB for 98,415 features, ~27 bytes a feature, so ~32 MB
+    for the 1.2M features of 2,048 tokens.
+    """
 
     table: torch.Tensor
     buckets: list[PackedBucket]
+    gathered: list[GatheredBucket]
 
 
 @dataclass
@@ -132,11 +175,15 @@ class Sources:
         [batch, n_cols + 1]``.
 
         ``grad [batch, pos', d]`` is the gradient at that layer's write point (``pos' <= n_pos``).
-        Each bucket's positions are read a chunk at a time (``READ_CHUNK_ELEMENTS``): the
-        feature vectors and the error vector of each position are stacked into ``[k, slots + 1,
-        d]`` and one batched product projects the gradient's view ``[k, batch, d]`` onto them.
+        Up to ``FEW_ROWS`` rows: ``_read_few``. Otherwise each run bucket's positions are read a
+        chunk at a time (``READ_CHUNK_ELEMENTS``): the feature vectors and the error vector of
+        each position are stacked into ``[k, slots + 1, d]`` and one batched product projects
+        the gradient's view ``[k, batch, d]`` onto them.
         """
         batch, p, d = grad.shape
+        if batch <= FEW_ROWS:
+            self._read_few(out, layer, grad)
+            return
         packed, errors = self.decoders[layer], self.errors[layer]
         for bucket in packed.buckets:
             if bucket.start >= p:
@@ -155,6 +202,25 @@ class Sources:
                 vals = torch.bmm(grad[:, a:z].transpose(0, 1), vecs.transpose(1, 2))
                 cols = bucket.cols[lo:hi].reshape(-1)  # vals: [k, batch, slots + 1]
                 out.index_add_(1, cols, vals.transpose(0, 1).reshape(batch, -1))
+
+    def _read_few(self, out: torch.Tensor, layer: int, grad: torch.Tensor) -> None:
+        """``read`` for a few rows ``grad [batch, pos', d]``: each gathered bucket's positions
+        a chunk at a time, the gradient there ``[k, batch, d]`` projected onto the scaled
+        vectors ``[k, slots, d]`` by one batched product; then the errors, one per position."""
+        batch, p, d = grad.shape
+        packed = self.decoders[layer]
+        for bucket in packed.gathered:
+            k = bisect.bisect_left(bucket.positions, p)  # positions < p
+            slots = bucket.rows.shape[1]
+            width = READ_CHUNK_ELEMENTS // (slots * (d + 2 * batch) + batch * d)
+            for lo, hi in spans(k, width):
+                g = grad.index_select(1, bucket.index[lo:hi]).transpose(0, 1)  # [k', b, d]
+                vecs = packed.table[bucket.rows[lo:hi]] * bucket.values[lo:hi, :, None]
+                vals = torch.bmm(g, vecs.transpose(1, 2))  # [k', batch, slots]
+                cols = bucket.cols[lo:hi].reshape(-1)
+                out.index_add_(1, cols, vals.transpose(0, 1).reshape(batch, -1))
+        width = READ_CHUNK_ELEMENTS // (batch * d)
+        _read_vectors(out, self.error_col(layer), grad, self.errors[layer], width)
 
     def read_tokens(self, out: torch.Tensor, grad: torch.Tensor) -> None:
         """Adds token edges for ``grad [batch, pos', d]`` at the embedding output."""
@@ -211,18 +277,18 @@ def pack_decoders(
     device = features.indices.device
     for out in range(n_layers):
         error_cols = n_cols - (n_layers + 1 - out) * n_pos + torch.arange(n_pos, device=device)
-        if not parts[out]:
-            none = torch.zeros(0, dtype=torch.long, device=device)
+        if parts[out]:
+            pos, col, row, val = (torch.cat(t) for t in zip(*parts[out], strict=True))
+            order = torch.argsort(pos, stable=True)
+            pos, col, row, val = pos[order], col[order], row[order], val[order]
+            table = torch.cat(tables[out])
+        else:
+            pos = col = row = torch.zeros(0, dtype=torch.long, device=device)
             table = torch.zeros(0, transcoders.d_model, dtype=dtype, device=device)
-            buckets = _buckets(none, none, none, table[:, 0], n_pos, n_cols, error_cols)
-            packed.append(PackedDecoders(table, buckets))
-            continue
-        pos, col, row, val = (torch.cat(t) for t in zip(*parts[out], strict=True))
-        order = torch.argsort(pos, stable=True)
-        buckets = _buckets(
-            pos[order], col[order], row[order], val[order], n_pos, n_cols, error_cols
-        )
-        packed.append(PackedDecoders(torch.cat(tables[out]), buckets))
+            val = table[:, 0]
+        buckets = _buckets(pos, col, row, val, n_pos, n_cols, error_cols)
+        gathered = _gathered_buckets(pos, col, row, val, n_pos, n_cols)
+        packed.append(PackedDecoders(table, buckets, gathered))
     return packed
 
 
@@ -251,6 +317,37 @@ def _buckets(
         rows[at], values[at], cols[at] = row[i:j], val[i:j], col[i:j]
         cols[:, width] = error_cols[a:z]
         buckets.append(PackedBucket(a, rows, values, cols))
+    return buckets
+
+
+def _gathered_buckets(
+    pos: torch.Tensor,
+    col: torch.Tensor,
+    row: torch.Tensor,
+    val: torch.Tensor,
+    n_pos: int,
+    n_cols: int,
+) -> list[GatheredBucket]:
+    """Positions with features grouped by ``ceil(log2(count))`` (see ``PackedDecoders``), for
+    features sorted by position ``pos [n]`` with columns ``col``, table rows ``row`` and
+    activations ``val``; positions without features are in none."""
+    counts = torch.bincount(pos, minlength=n_pos)
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(len(pos), device=pos.device) - starts[pos]
+    level = torch.where(counts > 0, torch.ceil(torch.log2(counts.double())).long(), -1)
+    buckets = []
+    for lv in torch.unique(level[level >= 0]).tolist():
+        where = (level == lv).nonzero(as_tuple=True)[0]  # ascending positions
+        shape = (len(where), int(counts[where].max()))
+        at = torch.full((n_pos,), -1, dtype=torch.long, device=pos.device)
+        at[where] = torch.arange(len(where), device=pos.device)
+        mine = at[pos] >= 0
+        slots = (at[pos[mine]], slot[mine])
+        rows = torch.zeros(shape, dtype=torch.long, device=pos.device)
+        values = torch.zeros(shape, dtype=val.dtype, device=val.device)
+        cols = torch.full(shape, n_cols, dtype=torch.long, device=pos.device)
+        rows[slots], values[slots], cols[slots] = row[mine], val[mine], col[mine]
+        buckets.append(GatheredBucket(where.tolist(), where, rows, values, cols))
     return buckets
 
 
