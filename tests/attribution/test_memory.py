@@ -100,13 +100,16 @@ def test_shapes_come_from_config_and_headers(tiny_dirs: tuple[Path, Path]) -> No
 
 
 _CHILD = """
-import json, resource, sys, torch
+import json, sys, torch
 from circuitlab.attribution import attribute
 from circuitlab.batch import LoadSpec
 from circuitlab.graph import compute_graph_scores
 g = attribute(LoadSpec(sys.argv[1]).load(), torch.tensor(json.loads(sys.argv[2])))
 compute_graph_scores(g)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+# VmHWM, not ru_maxrss: Linux carries the parent's peak into ru_maxrss across fork + exec, so a
+# big pytest parent (the whole suite collected: ~0.8 GB) would read as this child's peak.
+hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0]
+print(int(hwm.split()[1]) * 1024)
 """
 
 
