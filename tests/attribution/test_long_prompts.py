@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from circuitlab.attribution import attribute, backward, sources
-from circuitlab.attribution.backward import causal_matmul, causal_t_matmul
+from circuitlab.attribution.backward import causal_matmul
 from circuitlab.attribution.memory_check import AVAILABLE_MEMORY_ENV, AttributionPlan, _needs
 
 from conftest import PROMPT, build
@@ -28,17 +28,6 @@ def test_chunked_projection_and_causal_blocks_equal_the_whole(
     assert torch.equal(whole.active_features, chunked.active_features)
     torch.testing.assert_close(chunked.edges, whole.edges, rtol=1e-12, atol=1e-14)
     assert whole.edges.abs().sum() > 0
-
-
-def test_causal_t_matmul_is_the_dense_product(monkeypatch: pytest.MonkeyPatch) -> None:
-    gen = torch.Generator().manual_seed(0)
-    pattern = torch.rand(11, 11, generator=gen, dtype=torch.float64).tril()  # [q, k]
-    x = torch.randn(11, 7, generator=gen, dtype=torch.float64)
-    for block in (1, 4, 11, 64):
-        monkeypatch.setattr(backward, "ATTENTION_BLOCK", block)
-        out = torch.ones(11, 7, dtype=torch.float64)
-        causal_t_matmul(pattern.T, x, out)
-        torch.testing.assert_close(out, 1 + pattern.T @ x)
 
 
 def test_causal_matmul_is_the_dense_product(monkeypatch: pytest.MonkeyPatch) -> None:

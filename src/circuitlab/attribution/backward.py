@@ -230,24 +230,14 @@ class FrozenBackward:
         return result
 
 
-#: Key positions per block of ``causal_t_matmul``.
+#: Key positions per block of ``causal_matmul``.
 ATTENTION_BLOCK = 256
-
-
-def causal_t_matmul(pattern_t: torch.Tensor, x: torch.Tensor, out: torch.Tensor) -> None:
-    """``out += pattern_t @ x`` for a transposed causal pattern ``pattern_t [k, q]`` (zero where
-    ``q < k``) and ``x [q, n]``: the keys of block ``[lo, hi)`` only read queries ``>= lo``, which
-    skips the zero half of the product on long prompts (56% of the flops at 2,048 positions)."""
-    p = x.shape[0]
-    for lo in range(0, p, ATTENTION_BLOCK):
-        hi = min(lo + ATTENTION_BLOCK, p)
-        out[lo:hi].addmm_(pattern_t[lo:hi, lo:], x[lo:])
 
 
 def causal_matmul(x: torch.Tensor, pattern: torch.Tensor, out: torch.Tensor) -> None:
     """``out += x @ pattern`` for a causal ``pattern [q, k]`` (zero where ``k > q``) and ``x [n,
-    q]``: the keys of block ``[lo, hi)`` only read queries ``>= lo`` (``causal_t_matmul``'s
-    saving, with the positions as columns)."""
+    q]``: the keys of block ``[lo, hi)`` only read queries ``>= lo``, which skips the zero half
+    of the product on long prompts (56% of the flops at 2,048 positions)."""
     p = x.shape[1]
     for lo in range(0, p, ATTENTION_BLOCK):
         hi = min(lo + ATTENTION_BLOCK, p)
