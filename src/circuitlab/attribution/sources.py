@@ -286,27 +286,43 @@ def pack_decoders(
             pos = col = row = torch.zeros(0, dtype=torch.long, device=device)
             table = torch.zeros(0, transcoders.d_model, dtype=dtype, device=device)
             val = table[:, 0]
-        buckets = _buckets(pos, col, row, val, n_pos, n_cols, error_cols)
-        gathered = _gathered_buckets(pos, col, row, val, n_pos, n_cols)
+        slots = _PositionSlots.of(pos, n_pos)
+        buckets = _buckets(slots, pos, col, row, val, n_cols, error_cols)
+        gathered = _gathered_buckets(slots, pos, col, row, val, n_pos, n_cols)
         packed.append(PackedDecoders(table, buckets, gathered))
     return packed
 
 
+@dataclass(frozen=True)
+class _PositionSlots:
+    """For features sorted by position ``pos [n]``: ``counts [n_pos]`` features per position,
+    ``starts [n_pos]`` the first feature of each position, ``slot [n]`` each feature's index
+    within its position (shared by both packings)."""
+
+    counts: torch.Tensor
+    starts: torch.Tensor
+    slot: torch.Tensor
+
+    @classmethod
+    def of(cls, pos: torch.Tensor, n_pos: int) -> _PositionSlots:
+        counts = torch.bincount(pos, minlength=n_pos)
+        starts = torch.cumsum(counts, 0) - counts
+        return cls(counts, starts, torch.arange(len(pos), device=pos.device) - starts[pos])
+
+
 def _buckets(
+    slots: _PositionSlots,
     pos: torch.Tensor,
     col: torch.Tensor,
     row: torch.Tensor,
     val: torch.Tensor,
-    n_pos: int,
     n_cols: int,
     error_cols: torch.Tensor,
 ) -> list[PackedBucket]:
-    """Buckets covering positions ``0..n_pos - 1`` for features sorted by position ``pos [n]``,
-    with columns ``col``, table rows ``row`` and activations ``val``; ``error_cols [n_pos]``:
-    the error column of each position."""
-    counts = torch.bincount(pos, minlength=n_pos)
-    starts = torch.cumsum(counts, 0) - counts
-    slot = torch.arange(len(pos), device=pos.device) - starts[pos]
+    """Buckets covering every position for features sorted by position ``pos [n]``, with
+    columns ``col``, table rows ``row`` and activations ``val``; ``error_cols [n_pos]``: the
+    error column of each position."""
+    counts, starts, slot = slots.counts, slots.starts, slots.slot
     buckets = []
     for a, z, width in position_runs(counts.tolist()):
         i, j = int(starts[a]), int(starts[z - 1] + counts[z - 1])  # the features of a..z-1
@@ -321,6 +337,7 @@ def _buckets(
 
 
 def _gathered_buckets(
+    slots: _PositionSlots,
     pos: torch.Tensor,
     col: torch.Tensor,
     row: torch.Tensor,
@@ -331,9 +348,7 @@ def _gathered_buckets(
     """Positions with features grouped by ``ceil(log2(count))`` (see ``PackedDecoders``), for
     features sorted by position ``pos [n]`` with columns ``col``, table rows ``row`` and
     activations ``val``; positions without features are in none."""
-    counts = torch.bincount(pos, minlength=n_pos)
-    starts = torch.cumsum(counts, 0) - counts
-    slot = torch.arange(len(pos), device=pos.device) - starts[pos]
+    counts, slot = slots.counts, slots.slot
     level = torch.where(counts > 0, torch.ceil(torch.log2(counts.double())).long(), -1)
     buckets = []
     for lv in torch.unique(level[level >= 0]).tolist():
@@ -342,11 +357,11 @@ def _gathered_buckets(
         at = torch.full((n_pos,), -1, dtype=torch.long, device=pos.device)
         at[where] = torch.arange(len(where), device=pos.device)
         mine = at[pos] >= 0
-        slots = (at[pos[mine]], slot[mine])
+        place = (at[pos[mine]], slot[mine])
         rows = torch.zeros(shape, dtype=torch.long, device=pos.device)
         values = torch.zeros(shape, dtype=val.dtype, device=val.device)
         cols = torch.full(shape, n_cols, dtype=torch.long, device=pos.device)
-        rows[slots], values[slots], cols[slots] = row[mine], val[mine], col[mine]
+        rows[place], values[place], cols[place] = row[mine], val[mine], col[mine]
         buckets.append(GatheredBucket(where.tolist(), where, rows, values, cols))
     return buckets
 
