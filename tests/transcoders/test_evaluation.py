@@ -26,6 +26,7 @@ from circuitlab.transcoders import (
 from circuitlab.transcoders.evaluation import (
     ReconstructionStats,
     evaluate_transcoders,
+    evaluate_windows,
     held_out_split,
 )
 
@@ -239,6 +240,22 @@ def test_replacement_score_on_prompts() -> None:
     assert ev.loss_clean is None and ev.loss_recovered is None
     assert len(ev.replacement_scores) == 1 and 0.0 <= ev.replacement_scores[0] <= 1.0
     assert not math.isnan(ev.overall()["fvu_mean"])  # type: ignore[arg-type]
+
+
+def test_evaluate_windows_batches_and_cuts_the_score_prompts() -> None:
+    """Windows in batches of 2 (the last one short) and the first window cut to 5 tokens as
+    the one score prompt: the same figures as those batches and prompt given by hand."""
+    rm = build("llama", "plt")
+    windows = _ids(3, batch=5, pos=9)
+    ev = evaluate_windows(rm, windows, batch_size=2, score_prompts=1, score_length=5)
+    hand = evaluate_transcoders(
+        rm, [windows[0:2], windows[2:4], windows[4:5]], score_prompts=[windows[0, :5]]
+    )
+    assert ev.n_tokens == 5 * 8
+    assert ev.to_dict() == hand.to_dict()
+    assert len(ev.replacement_scores) == 1
+    other = evaluate_windows(rm, windows, batch_size=2, score_prompts=1, score_length=9)
+    assert other.replacement_scores != ev.replacement_scores  # the cut is the one given
 
 
 def test_held_out_split_takes_the_last_documents() -> None:

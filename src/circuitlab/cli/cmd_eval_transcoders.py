@@ -75,10 +75,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..atomic import write_json_atomic
-    from ..features.corpus import batched_windows, open_corpus, token_windows
+    from ..features.corpus import open_corpus, token_windows
     from ..replacement import ReplacementModel
     from ..transcoders import load_transcoders
-    from ..transcoders.evaluation import evaluate_transcoders, held_out_split
+    from ..transcoders.evaluation import evaluate_windows, held_out_split
     from . import UsageError, check_at_least
 
     check_at_least(
@@ -114,16 +114,15 @@ def run(args: argparse.Namespace) -> int:
         windows = torch.stack(found)
     else:
         _, windows = held_out_split(texts, model.tokenizer, args.context, args.n_tokens)
-    prompts = [w[: args.score_length] for w in windows[: args.score_prompts]]
-    batches = list(batched_windows(windows, args.batch_size))
-    ev = evaluate_transcoders(
+    ev = evaluate_windows(
         model,
-        batches,
+        windows,
+        batch_size=args.batch_size,
+        score_prompts=args.score_prompts,
+        score_length=args.score_length,
         losses=not args.no_losses,
-        score_prompts=prompts,
         max_feature_nodes=args.max_feature_nodes,
         verbose=not args.quiet,
-        progress_total=len(batches),
     )
     print(ev.table())
     if json_path is not None:

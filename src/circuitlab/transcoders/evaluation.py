@@ -336,6 +336,38 @@ def evaluate_transcoders(
     return ev
 
 
+def evaluate_windows(
+    model: ReplacementModel,
+    windows: torch.Tensor,
+    *,
+    batch_size: int,
+    score_prompts: int = 0,
+    score_length: int = 64,
+    losses: bool = True,
+    max_feature_nodes: int | None = 512,
+    verbose: bool = False,
+) -> TranscoderEval:
+    """``evaluate_transcoders`` on held-out windows ``[n, context]``, ``batch_size`` at a time.
+
+    The first ``score_prompts`` windows, cut to their first ``score_length`` tokens, are also
+    attributed and scored (``TranscoderEval.replacement_scores``). This is the evaluation that
+    ``circuitlab eval-transcoders`` prints and that ``trained_set`` writes to ``eval.json``.
+    """
+    from ..features.corpus import batched_windows
+
+    prompts = [w[:score_length] for w in windows[:score_prompts]]
+    batches = list(batched_windows(windows, batch_size))
+    return evaluate_transcoders(
+        model,
+        batches,
+        losses=losses,
+        score_prompts=prompts,
+        max_feature_nodes=max_feature_nodes,
+        verbose=verbose,
+        progress_total=len(batches),
+    )
+
+
 def replacement_scores(
     model: ReplacementModel, prompts: Sequence[torch.Tensor | str], max_feature_nodes: int | None
 ) -> list[float]:

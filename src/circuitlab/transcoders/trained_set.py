@@ -6,7 +6,7 @@
 * ``transcoders/``: circuit-tracer's layout, trained by ``training.train_transcoders`` with
   ``recipe.config`` (``config.yaml``'s ``model_name`` is the ``model_name`` given);
 * ``metrics.json``: the trainer's metrics, held-out figures over training included;
-* ``eval.json``: ``evaluation.evaluate_transcoders`` on the held-out windows (the same JSON
+* ``eval.json``: ``evaluation.evaluate_windows`` on the held-out windows (the same JSON
   as ``circuitlab eval-transcoders --json``), plus ``build``: the CPU and wall seconds the
   training and the evaluation took, and the torch threads they had.
 
@@ -41,7 +41,7 @@ import torch
 from ..atomic import write_json_atomic
 from ..cache import build_once
 from ..models.packaged import cache_dir
-from .evaluation import evaluate_transcoders, held_out_split
+from .evaluation import evaluate_windows, held_out_split
 from .training import TrainConfig, train_transcoders
 from .training.trainer import METRICS_NAME, TRANSCODERS_DIR
 
@@ -139,23 +139,20 @@ def _evaluate(
     verbose: bool,
 ) -> dict[str, Any]:
     """``eval-transcoders``' JSON record for the set in ``tc_dir`` on the held-out windows."""
-    from ..features.corpus import batched_windows
     from ..replacement import ReplacementModel
 
     cfg = recipe.config
     replacement = ReplacementModel.from_pretrained(str(model), str(tc_dir))
     assert replacement.tokenizer is not None  # the trainer needed it too
     _, windows = held_out_split(docs, replacement.tokenizer, cfg.context, cfg.eval_tokens)
-    prompts = [w[: recipe.score_length] for w in windows[: recipe.score_prompts]]
-    batches = list(batched_windows(windows, recipe.eval_batch))
-    ev = evaluate_transcoders(
+    ev = evaluate_windows(
         replacement,
-        batches,
-        losses=True,
-        score_prompts=prompts,
+        windows,
+        batch_size=recipe.eval_batch,
+        score_prompts=recipe.score_prompts,
+        score_length=recipe.score_length,
         max_feature_nodes=recipe.max_feature_nodes,
         verbose=verbose,
-        progress_total=len(batches),
     )
     if verbose:
         print(ev.table(), flush=True)
