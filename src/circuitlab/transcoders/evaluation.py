@@ -342,7 +342,7 @@ def evaluate_windows(
     *,
     batch_size: int,
     score_prompts: int = 0,
-    score_length: int = 64,
+    score_length: int = 16,
     losses: bool = True,
     max_feature_nodes: int | None = 512,
     verbose: bool = False,
