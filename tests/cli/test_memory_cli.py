@@ -5,11 +5,13 @@ available."""
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from circuitlab.attribution.memory_check import AVAILABLE_MEMORY_ENV
+from circuitlab.attribution.spill_space import AVAILABLE_DISK_ENV
 from circuitlab.cli import main
 
 #: 41 tokens: its edge rows need more than its forward pass, so a small budget is refused
@@ -34,6 +36,28 @@ def test_attribute_refuses_with_the_numbers_and_flags_that_fit(
     assert "check_memory=False" not in err and not out.exists()
     assert main([*argv, "--no-memory-check"]) == 0
     assert out.is_file()
+
+
+def test_offload_disk_without_room_is_refused_with_flags(
+    tiny_dirs: tuple[Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    _, tc = tiny_dirs
+    spill_dir = tmp_path / "tmp"
+    spill_dir.mkdir()
+    monkeypatch.setenv("TMPDIR", str(spill_dir))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # read TMPDIR again
+    out = tmp_path / "g.safetensors"
+    argv = ["attribute", "-p", "the capital of Texas is", "-t", str(tc), "-o", str(out)]
+    monkeypatch.setenv(AVAILABLE_DISK_ENV, "1KiB")
+    assert main([*argv, "--offload", "disk"]) == 2
+    err = capsys.readouterr().err
+    assert "not enough space for offload='disk'" in err and "--no-memory-check" in err
+    assert "check_memory=False" not in err and not out.exists()
+    assert main([*argv, "--offload", "disk", "--no-memory-check"]) == 0 and out.is_file()
+    assert list(spill_dir.iterdir()) == []
 
 
 def test_batch_passes_no_memory_check_on(

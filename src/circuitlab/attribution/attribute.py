@@ -33,6 +33,7 @@ from .edge_store import EdgeRows
 from .memory_check import check_before_forward, check_before_sweep
 from .offload import OFFLOAD_MODES, SpillFile, offloaded
 from .sources import Sources
+from .spill_space import check_spill_space
 from .targets import Targets, TargetSpec, resolve_targets
 
 logger = logging.getLogger("circuitlab.attribution")
@@ -98,7 +99,10 @@ def attribute(
     ``check_memory``: before the forward pass and again before the first edge row, the
     predicted memory is compared with the available memory; ``NotEnoughMemoryError`` (naming
     both and the settings that would fit) is raised instead of running out of memory
-    (``attribution.memory_check``). ``False`` skips the check.
+    (``attribution.memory_check``). With ``offload="disk"`` the spill file's size is compared
+    with the free space of the temporary folder (``TMPDIR``) at the same two points, and
+    ``NotEnoughDiskError`` raised instead of filling it (``attribution.spill_space``).
+    ``False`` skips both checks.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
@@ -119,6 +123,9 @@ def attribute(
             offload=offload,
             edge_dtype=str(store_dtype).removeprefix("torch."),
         )
+        if offload == "disk":
+            on_accelerator = model.device.type != "cpu"
+            check_spill_space(plan.estimate(), "forward", on_accelerator=on_accelerator)
 
     spill = SpillFile() if offload == "disk" else None
     with timer.phase("forward"):
@@ -154,6 +161,8 @@ def attribute(
     sweep_batch = batch_size
     if plan is not None:
         sweep_batch = check_before_sweep(plan, model.device, n_active, n_logits)
+        if offload == "disk":
+            check_spill_space(plan.estimate(batch_size=sweep_batch), "sweep")
         if sweep_batch < batch_size and verbose:
             print(
                 f"attribution: {sweep_batch} rows per backward sweep instead of {batch_size}, "

@@ -241,6 +241,7 @@ def estimate_memory(
         "dtype": dtype,
         "batch_size": batch_size,
         "offload": offload,
+        "edge_dtype": edge_dtype,
     }
     return MemoryEstimate(parts, phases, assumptions)
 

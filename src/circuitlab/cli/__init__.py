@@ -84,7 +84,8 @@ def _is_user_error(e: Exception) -> bool:
 
     OSError covers missing files and folders and failed hub look-ups (unknown model ids),
     ImportError a missing optional extra, SafetensorError a damaged weight file,
-    NotEnoughMemoryError an attribution refused before it starts (settings too large).
+    NotEnoughMemoryError an attribution refused before it starts (settings too large; its
+    disk counterpart NotEnoughDiskError is an OSError).
     """
     if isinstance(e, (UsageError, ValueError, OSError, ImportError)):
         return True
@@ -93,7 +94,9 @@ def _is_user_error(e: Exception) -> bool:
 
 def _message(e: Exception, args: argparse.Namespace) -> str:
     from_library = getattr(e, "message", None)
-    if type(e).__name__ == "NotEnoughMemoryError" and callable(from_library):
+    if type(e).__name__ in ("NotEnoughMemoryError", "NotEnoughDiskError") and callable(
+        from_library
+    ):
         return one_line(Exception(from_library(cli=True)))  # flags instead of keywords
     text = one_line(e)
     model = getattr(args, "model", None)
