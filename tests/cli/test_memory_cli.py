@@ -93,6 +93,26 @@ def test_estimate_memory_warns_when_the_peak_exceeds_available_memory(
     assert report["fits"] is False and report["available_bytes"] == 2**20
 
 
+def test_estimate_memory_prints_the_spill_file_against_the_free_space(
+    tiny_dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    _, tc = tiny_dirs
+    argv = ["estimate-memory", "-t", str(tc), "--n-tokens", "64", "--offload", "disk"]
+    monkeypatch.setenv(AVAILABLE_DISK_ENV, "1GiB")
+    assert main([*argv, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    parts = report["parts"]
+    need = parts["attention patterns in a mapped file"] + parts["edge rows in a mapped file"]
+    assert report["spill_bytes"] == need > 0 and report["spill_room_bytes"] == 2**30
+    monkeypatch.setenv(AVAILABLE_DISK_ENV, str(need - 1))
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "spill file (offload disk)" in captured.out
+    assert "warning: the spill file needs about" in captured.err and "TMPDIR" in captured.err
+    assert main(argv[:-2]) == 0  # in memory: no spill line
+    assert "spill file" not in capsys.readouterr().out
+
+
 def test_estimate_memory_without_a_tokenizer_asks_for_n_tokens(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

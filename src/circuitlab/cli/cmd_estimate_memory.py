@@ -123,14 +123,46 @@ def run(args: argparse.Namespace) -> int:
         edge_dtype=args.edge_dtype or ("float64" if args.dtype == "float64" else "float32"),
         rates=rates,
     )
+    spill_line, spill_fields, spill_warning = _spill(est, args.offload)
     if args.json:
-        print(json.dumps({**est.to_json(), **cost.to_json(), **fits}, indent=1))
+        print(json.dumps({**est.to_json(), **cost.to_json(), **fits, **spill_fields}, indent=1))
     else:
         print(est.report())
         print(cost.report())
-    if warning:
-        print(f"circuitlab estimate-memory: warning: {warning}", file=sys.stderr)
+        if spill_line:
+            print(spill_line)
+    for text in (warning, spill_warning):
+        if text:
+            print(f"circuitlab estimate-memory: warning: {text}", file=sys.stderr)
     return 0
+
+
+def _spill(est: Any, offload: str | None) -> tuple[str | None, dict[str, Any], str | None]:
+    """With ``--offload disk``: ``(report line, JSON fields, warning or None)`` for the spill
+    file against the free space of the temporary folder (``attribution.spill_space``)."""
+    from ..attribution.memory import human
+    from ..attribution.spill_space import STAGE_PARTS, spill_room
+
+    if offload != "disk":
+        return None, {}, None
+    needed = sum(est.parts.get(part, 0) for part in STAGE_PARTS.values())
+    room = spill_room()
+    line = (
+        f"spill file (offload disk): {human(needed)} in {room.directory}, "
+        f"{human(room.bytes)} free ({room.source})"
+    )
+    fields = {
+        "spill_bytes": needed,
+        "spill_room_bytes": room.bytes,
+        "spill_dir": str(room.directory),
+    }
+    if needed <= room.bytes:
+        return line, fields, None
+    warning = (
+        f"the spill file needs about {human(needed)} in {room.directory} but {human(room.bytes)} "
+        "is free: `attribute` would refuse (set TMPDIR to a folder on a disk with more room)"
+    )
+    return line, fields, warning
 
 
 def _check_available(
