@@ -172,8 +172,8 @@ def _timed(seconds: dict[str, float], name: str) -> Iterator[None]:
     """Adds ``{name}_cpu_s`` (this process's CPU time) and ``{name}_wall_s`` to ``seconds``."""
     cpu, wall = time.process_time(), time.perf_counter()
     yield
-    seconds[f"{name}_cpu_s"] = round(time.process_time() - cpu, 1)
-    seconds[f"{name}_wall_s"] = round(time.perf_counter() - wall, 1)
+    seconds[f"{name}_cpu_s"] = round(time.process_time() - cpu, 3)
+    seconds[f"{name}_wall_s"] = round(time.perf_counter() - wall, 3)
 
 
 def read_eval(entry: str | Path) -> dict[str, Any]:
