@@ -31,6 +31,8 @@ records ``uptime``'s load average.
     python benchmarks/capped.py --lengths 1024 --max-rows 512 --offload disk
     python benchmarks/capped.py --lengths 2048 --max-rows 256 --budget 10GiB --json out.json
     python benchmarks/capped.py --lengths 512 --batch-size 64 --rates calibrate
+    python benchmarks/capped.py --report benchmarks/results/capped_smollm2.json \
+        --rates reference --plot docs/img/capped.png      # the saved runs: table and plot
 """
 
 from __future__ import annotations
@@ -288,6 +290,54 @@ def report(model, tc, r: dict, rates: CostRates) -> dict:
     )  # fmt: skip
 
 
+def plot(results: list[dict], path: Path) -> None:
+    """Measured (filled) and predicted (open, dashed) CPU time and peak memory of the complete
+    runs against prompt length, log-log, one colour per offload mode; the memory measured is
+    the peak RSS in memory and the anonymous peak on disk (as in the table). Stopped runs are
+    left out: their time is not the whole run's."""
+    from circuitlab.plotting import import_pyplot
+
+    plt = import_pyplot()
+    if plt is None:
+        raise SystemExit("--plot needs matplotlib: pip install 'circuitlab[plots]'")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5))
+    colors = {"none": "tab:blue", "disk": "tab:orange", "cpu": "tab:green"}
+    done = sorted((r for r in results if r["complete"]), key=lambda r: r["tokens"])
+    for mode in sorted({r["offload"] or "none" for r in done}):
+        runs = [r for r in done if (r["offload"] or "none") == mode]
+        tokens = [r["tokens"] for r in runs]
+        name = "in memory" if mode == "none" else f'offload="{mode}"'
+        measured = [r["peak_anon"] if mode == "disk" else r["peak"] for r in runs]
+        pairs = (
+            ([r["cpu_seconds"] for r in runs], [r["predicted_seconds"] for r in runs]),
+            ([m / 2**30 for m in measured], [r["predicted_peak"] / 2**30 for r in runs]),
+        )
+        for ax, (got, want) in zip(axes, pairs, strict=True):
+            c = colors.get(mode, "k")
+            ax.plot(tokens, got, "o-", color=c, label=f"{name}: measured")
+            ax.plot(tokens, want, "o--", color=c, mfc="none", label=f"{name}: estimate-memory")
+    lengths = [r["tokens"] for r in done]
+    ylabels = ("CPU time of attribute + save (s)", "peak memory (GiB; anonymous on disk)")
+    for ax, ylabel in zip(axes, ylabels, strict=True):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xticks(sorted(set(lengths)), [f"{n:,}" for n in sorted(set(lengths))])
+        ax.minorticks_off()
+        ax.set_xlabel("prompt length (tokens)")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=4, frameon=False)
+    fig.suptitle(
+        "SmolLM2-135M, max_feature_nodes=7500: measured against estimate-memory, CPU",
+        fontsize=10,
+    )
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     p.add_argument("--lengths", default="128,512")
@@ -317,6 +367,7 @@ def main() -> None:
     )
     p.add_argument("--budget", help="CIRCUITLAB_AVAILABLE_MEMORY for the runs (e.g. 10GiB)")
     p.add_argument("--json", help="also write the rows to this file")
+    p.add_argument("--plot", type=Path, help="PNG of time and peak memory against length")
     a = p.parse_args()
     if a.rates == "calibrate":
         rates = calibrate()
@@ -345,6 +396,9 @@ def main() -> None:
     )
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=1))
+    if a.plot is not None:
+        plot(results, a.plot)
+        print(f"plot: {a.plot}")
 
 
 if __name__ == "__main__":
