@@ -111,6 +111,13 @@ def test_estimate_memory_prints_the_spill_file_against_the_free_space(
     assert "warning: the spill file needs about" in captured.err and "TMPDIR" in captured.err
     assert main(argv[:-2]) == 0  # in memory: no spill line
     assert "spill file" not in capsys.readouterr().out
+    # the patterns re-read from disk when no memory is left beside the run for the page cache
+    assert report["spill_patterns_reread"] is False  # this machine's RAM holds a few KiB
+    monkeypatch.setenv(AVAILABLE_MEMORY_ENV, str(report["peak_bytes"]))
+    assert main(argv) == 0
+    assert "each sweep reads them back from disk" in capsys.readouterr().out
+    assert main([*argv, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["spill_patterns_reread"] is True
 
 
 def test_estimate_memory_without_a_tokenizer_asks_for_n_tokens(

@@ -141,6 +141,7 @@ def _spill(est: Any, offload: str | None) -> tuple[str | None, dict[str, Any], s
     """With ``--offload disk``: ``(report line, JSON fields, warning or None)`` for the spill
     file against the free space of the temporary folder (``attribution.spill_space``)."""
     from ..attribution.memory import human
+    from ..attribution.memory_check import available_memory
     from ..attribution.spill_space import STAGE_PARTS, spill_room
 
     if offload != "disk":
@@ -156,6 +157,19 @@ def _spill(est: Any, offload: str | None) -> tuple[str | None, dict[str, Any], s
         "spill_room_bytes": room.bytes,
         "spill_dir": str(room.directory),
     }
+    # The sweep reads every layer's pattern once per batch of rows: from the page cache if the
+    # patterns fit in the memory the run leaves free, else from the disk again each time.
+    patterns = est.parts.get(STAGE_PARTS["forward"], 0)
+    ram = available_memory("cpu").get("ram")
+    cache = None if ram is None else max(0, ram.bytes - est.peak)
+    fields["spill_patterns_reread"] = cache is not None and patterns > cache
+    if fields["spill_patterns_reread"]:
+        line += (
+            f"\n  its patterns ({human(patterns)}) exceed the memory left for the page cache "
+            f"beside the run (~{human(cache or 0)}): each sweep reads them back from disk, system "
+            "time the CPU prediction leaves out (4,096 tokens on SmolLM2: ~14% of the run, "
+            "benchmarks/README.md)"
+        )
     if needed <= room.bytes:
         return line, fields, None
     warning = (
