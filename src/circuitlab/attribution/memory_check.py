@@ -132,13 +132,12 @@ def _describe(change: Mapping[str, Any], cli: bool) -> str:
 
 
 # ---- what is available -----------------------------------------------------------------------
-def parse_bytes(text: str) -> int:
-    """``"8GiB"``, ``"8G"``, ``"500MB"``, ``"1048576"`` -> bytes (binary units)."""
+def parse_bytes(text: str, name: str = AVAILABLE_MEMORY_ENV) -> int:
+    """``"8GiB"``, ``"8G"``, ``"500MB"``, ``"1048576"`` -> bytes (binary units); ``name``: the
+    setting the text came from, for the error."""
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?b)?\s*", text.lower())
     if not m:
-        raise ValueError(
-            f"{AVAILABLE_MEMORY_ENV}={text!r}: give bytes or a size such as 8GiB or 500MB"
-        )
+        raise ValueError(f"{name}={text!r}: give bytes or a size such as 8GiB or 500MB")
     return int(float(m.group(1)) * _UNITS[m.group(2)])
 
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .memory import MemoryEstimate, human
+from .memory_check import available_memory, parse_bytes
 
 #: Replaces the measured free space of the spill folder when set: bytes or ``40GiB``/``500MB``.
 AVAILABLE_DISK_ENV = "CIRCUITLAB_AVAILABLE_DISK"
@@ -87,17 +88,10 @@ def spill_room(
     directory: str | Path | None = None, *, mounts: str | Path = "/proc/mounts"
 ) -> SpillRoom:
     """Free bytes where ``offload.SpillFile`` writes (``directory``, else the temp folder)."""
-    from .memory_check import available_memory, parse_bytes
-
     folder = Path(directory if directory is not None else tempfile.gettempdir())
     override = os.environ.get(AVAILABLE_DISK_ENV)
     if override:
-        try:
-            n = parse_bytes(override)
-        except ValueError:
-            raise ValueError(
-                f"{AVAILABLE_DISK_ENV}={override!r}: give bytes or a size such as 40GiB"
-            ) from None
+        n = parse_bytes(override, AVAILABLE_DISK_ENV)
         return SpillRoom(n, folder, f"{AVAILABLE_DISK_ENV}={override}")
     free = shutil.disk_usage(folder).free
     fs = filesystem_type(folder, mounts)
