@@ -64,6 +64,7 @@ from circuitlab.attribution.memory import (  # noqa: E402
 )
 
 from fixtures import smollm2  # noqa: E402
+from plot_axes import length_axes  # noqa: E402
 
 _CHILD = r"""
 import json, os, sys, tempfile, threading, time
@@ -241,6 +242,12 @@ HEAD = (
 )
 
 
+def measured_peak(r: dict) -> int:
+    """The peak compared with the prediction: ``VmHWM`` in memory; with ``offload="disk"`` the
+    anonymous peak, since ``VmHWM`` also counts the mapped spill file's (evictable) pages."""
+    return r["peak_anon"] if r["offload"] == "disk" else r["peak"]
+
+
 def report(model, tc, r: dict, rates: CostRates) -> dict:
     """Prints run ``r`` beside its predictions (a table row and a line of phases) and returns
     the row for ``--json``."""
@@ -256,7 +263,6 @@ def report(model, tc, r: dict, rates: CostRates) -> dict:
     if not r["complete"]:
         per_row = r["row_cpu_seconds"] / max(r["rows_done"], 1)
         total = r["before_rows_cpu"] + per_row * r["rows_total"]
-    shown_peak = r["peak_anon"] if offload == "disk" else r["peak"]
     partial = "" if r["complete"] else "~"
     file = human(r["file_bytes"]) if r["file_bytes"] else "-"
     print(
@@ -266,7 +272,7 @@ def report(model, tc, r: dict, rates: CostRates) -> dict:
         f"{got['recorded_sweeps']:>7.0f} {sweep_cpu / got['recorded_sweeps']:>5.2f} "
         f"{partial + f'{total:.0f}':>8} {partial + human(r['peak']):>10} "
         f"{human(r['peak_anon']):>9} {human(mem.peak):>9} "
-        f"{shown_peak / mem.peak:>5.2f} {file:>9} {human(cost.file_bytes):>9} "
+        f"{measured_peak(r) / mem.peak:>5.2f} {file:>9} {human(cost.file_bytes):>9} "
         f"{r['load']:>5.1f}",
         flush=True,
     )
@@ -307,7 +313,7 @@ def plot(results: list[dict], path: Path) -> None:
         runs = [r for r in done if (r["offload"] or "none") == mode]
         tokens = [r["tokens"] for r in runs]
         name = "in memory" if mode == "none" else f'offload="{mode}"'
-        measured = [r["peak_anon"] if mode == "disk" else r["peak"] for r in runs]
+        measured = [measured_peak(r) for r in runs]
         pairs = (
             ([r["cpu_seconds"] for r in runs], [r["predicted_seconds"] for r in runs]),
             ([m / 2**30 for m in measured], [r["predicted_peak"] / 2**30 for r in runs]),
@@ -316,16 +322,8 @@ def plot(results: list[dict], path: Path) -> None:
             c = colors.get(mode, "k")
             ax.plot(tokens, got, "o-", color=c, label=f"{name}: measured")
             ax.plot(tokens, want, "o--", color=c, mfc="none", label=f"{name}: estimate-memory")
-    lengths = [r["tokens"] for r in done]
     ylabels = ("CPU time of attribute + save (s)", "peak memory (GiB; anonymous on disk)")
-    for ax, ylabel in zip(axes, ylabels, strict=True):
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xticks(sorted(set(lengths)), [f"{n:,}" for n in sorted(set(lengths))])
-        ax.minorticks_off()
-        ax.set_xlabel("prompt length (tokens)")
-        ax.set_ylabel(ylabel)
-        ax.grid(True, which="both", alpha=0.3)
+    length_axes(axes, [r["tokens"] for r in done], ylabels)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=4, frameon=False)
     fig.suptitle(

@@ -43,6 +43,7 @@ from circuitlab.attribution.memory import estimate_memory, model_shapes, transco
 
 from fixtures import FIXTURES, Fixture  # noqa: E402
 from peer import find_peer_python, peer_missing_reason, run_peer  # noqa: E402
+from plot_axes import length_axes  # noqa: E402
 
 LENGTHS = {"tiny_llama_5l": (32, 96, 256), "smollm2": (8, 32, 128)}
 #: Our variants: name -> cl_runner settings.
@@ -283,7 +284,6 @@ def plot(runs: list[Run], path: Path) -> None:
     for r in runs:
         if not r.skipped:
             series.setdefault((r.fixture, r.variant or PEER), []).append(r)
-    lengths = sorted({r.tokens for r in runs})
     for (fixture, name), points in series.items():
         points.sort(key=lambda r: r.tokens)
         line, marker = styles.get(name, ("-", "."))
@@ -293,14 +293,7 @@ def plot(runs: list[Run], path: Path) -> None:
         axes[0].plot(tokens, [r.cpu_seconds for r in points], **kw)
         axes[1].plot(tokens, [r.peak_increment / 1e6 for r in points], **kw)
     ylabels = ("attribute CPU time (s)", "peak RSS increase during attribute (MB)")
-    for ax, ylabel in zip(axes, ylabels, strict=True):
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xticks(lengths, [str(n) for n in lengths])
-        ax.minorticks_off()
-        ax.set_xlabel("prompt length (tokens)")
-        ax.set_ylabel(ylabel)
-        ax.grid(True, which="both", alpha=0.3)
+    length_axes(axes, [r.tokens for r in runs], ylabels)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=4, frameon=False)
     fig.suptitle("Uncapped attribution graphs (every active feature kept), CPU", fontsize=10)
